@@ -1,0 +1,26 @@
+# Two commands on a fresh machine: `make train` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Extra pip arguments for torch, e.g. TORCH="torch==2.14.1 torchvision==0.29.1" to pin a local build.
+TORCH ?= torch torchvision
+
+.PHONY: install train test bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+train: install
+	$(VENV)/bin/accelerate launch --num_processes 1 --num_cpu_threads_per_process $$(nproc) tools/train.py $(ARGS)
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

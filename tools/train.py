@@ -1,0 +1,35 @@
+"""Train a GAN: ``accelerate launch tools/train.py model=<name> dataset=<name> ...``.
+
+Arguments are Hydra overrides of configs/config.yaml (``key=value``, ``group=option``);
+``resume=<run dir>`` continues a run from its newest checkpoint. Every value is checked
+before the run directory is created; a bad one exits with status 2 and a message.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from transgan.cli import run_cli  # noqa: E402
+
+
+def main(argv: list[str]) -> int:
+    """Compose the config, build the run, train; return the exit status."""
+    from transgan.train.trainer import Trainer, resolve_run
+
+    def run() -> None:
+        cfg, run_dir, resume_from = resolve_run(argv)
+        trainer = Trainer(cfg, run_dir, resume_from)
+        out = trainer.train()
+        if trainer.accelerator.is_main_process:
+            print(f"done: {out}")
+
+    return run_cli(run, usage=__doc__, argv=argv)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,3 @@
+"""Backbones. Importing this package registers every generator and discriminator."""
+
+from transgan.models import conv  # noqa: F401

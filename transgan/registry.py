@@ -1,0 +1,77 @@
+"""Registries of generator and discriminator backbones, and builders from config.
+
+A backbone file in ``transgan/models`` decorates its classes with
+``@register_generator("name")`` / ``@register_discriminator("name")``; the trainer,
+evaluation and serving code only ever call :func:`build_generator` and
+:func:`build_discriminator`, so none of them knows a backbone by name.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Mapping, TypeVar
+
+import torch.nn as nn
+
+T = TypeVar("T", bound=type)
+
+GENERATORS: dict[str, type[nn.Module]] = {}
+DISCRIMINATORS: dict[str, type[nn.Module]] = {}
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; raised before any output is written."""
+
+
+def _register(table: dict[str, type[nn.Module]], kind: str, name: str) -> Callable[[T], T]:
+    def decorator(cls: T) -> T:
+        if name in table and table[name] is not cls:
+            raise ValueError(f"{kind} {name!r} is registered twice ({table[name]} and {cls})")
+        table[name] = cls
+        return cls
+
+    return decorator
+
+
+def register_generator(name: str) -> Callable[[T], T]:
+    """Class decorator: make a generator buildable as ``model/generator=<name>``."""
+    return _register(GENERATORS, "generator", name)
+
+
+def register_discriminator(name: str) -> Callable[[T], T]:
+    """Class decorator: make a discriminator buildable as ``model/discriminator=<name>``."""
+    return _register(DISCRIMINATORS, "discriminator", name)
+
+
+def _build(table: dict[str, type[nn.Module]], kind: str, cfg: Mapping[str, Any], **shape: Any) -> nn.Module:
+    import transgan.models  # noqa: F401  (importing the package registers every backbone)
+
+    cfg = dict(cfg)
+    name = cfg.pop("name", None)
+    if name not in table:
+        raise ConfigError(f"unknown {kind} {name!r}; registered: {sorted(table)}")
+    cls = table[name]
+    params = inspect.signature(cls.__init__).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    unknown = [k for k in cfg if k not in params and not takes_any]
+    if unknown:
+        allowed = sorted(k for k in params if k not in ("self", *shape))
+        raise ConfigError(f"{kind} {name!r} has no option(s) {unknown}; its options are {allowed}")
+    try:
+        return cls(**shape, **cfg)
+    except ConfigError:
+        raise
+    except (ValueError, AssertionError) as e:
+        raise ConfigError(f"{kind} {name!r}: {e}") from e
+
+
+def build_generator(cfg: Mapping[str, Any], img_resolution: int, img_channels: int, num_classes: int) -> nn.Module:
+    """Build the generator named by ``cfg.name`` with the remaining keys as keyword arguments."""
+    return _build(GENERATORS, "generator", cfg, img_resolution=img_resolution,
+                  img_channels=img_channels, num_classes=num_classes)
+
+
+def build_discriminator(cfg: Mapping[str, Any], img_resolution: int, img_channels: int, num_classes: int) -> nn.Module:
+    """Build the discriminator named by ``cfg.name`` with the remaining keys as keyword arguments."""
+    return _build(DISCRIMINATORS, "discriminator", cfg, img_resolution=img_resolution,
+                  img_channels=img_channels, num_classes=num_classes)

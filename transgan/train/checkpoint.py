@@ -1,0 +1,114 @@
+"""Checkpoints: complete training state, written atomically, loaded with ``weights_only=True``.
+
+A checkpoint is one ``torch.save`` file holding only tensors and plain Python values, so
+the safe unpickler loads it and nothing in it can execute code. Files are named
+``checkpoints/step-<step>.pt``; a write goes to a temporary file in the same folder, is
+flushed to disk and renamed, so a reader never sees a partial checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+FORMAT = "transgan-checkpoint-v1"
+_NAME = re.compile(r"^step-(\d{9})\.pt$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used: missing, partial, unsafe, or from another model."""
+
+
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    """Where the checkpoint of ``step`` lives in ``run_dir``."""
+    return Path(run_dir) / "checkpoints" / f"step-{step:09d}.pt"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (temporary files are never listed)."""
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if _NAME.match(p.name))
+
+
+def latest_checkpoint(run_dir: Path) -> Path:
+    """The newest complete checkpoint of a run; a clear error when there is none."""
+    found = list_checkpoints(run_dir)
+    if not found:
+        raise CheckpointError(
+            f"cannot resume from {run_dir}: no checkpoint in {Path(run_dir) / 'checkpoints'} "
+            "(expected files named step-<9 digits>.pt written by tools/train.py)")
+    return found[-1]
+
+
+def save_atomic(state: dict[str, Any], path: Path) -> None:
+    """Write ``state`` to ``path`` through a temporary file, fsync and rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # make the rename itself durable
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint with the safe unpickler; refuse anything that is not ours."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"cannot load checkpoint {path}: {type(e).__name__}: {e}") from e
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a transgan checkpoint (format {FORMAT!r} expected)")
+    return state
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` checkpoints."""
+    for old in list_checkpoints(run_dir)[:-keep]:
+        old.unlink(missing_ok=True)
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Every random number generator the training step draws from, as safe-to-load values."""
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    random.setstate(_as_tuple(state["python"]))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy(), *rest))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(x: Any) -> Any:
+    """``random.setstate`` needs tuples where serialization may have produced lists."""
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x

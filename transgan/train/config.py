@@ -1,0 +1,117 @@
+"""Composing and validating a run's configuration (Hydra), before anything is written.
+
+``tools/train.py`` takes Hydra overrides on its command line. We use Hydra's compose
+API rather than ``@hydra.main`` because ``@hydra.main`` creates the run directory
+before the task starts, and a bad value must fail before any output exists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from transgan.registry import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Schema of the ``train`` group: unknown keys and wrong types fail at composition."""
+
+    max_steps: int = 2000
+    batch_size: int = 64
+    grad_accum: int = 1
+    n_critic: int = 5
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    betas_g: tuple[float, float] = (0.0, 0.9)
+    betas_d: tuple[float, float] = (0.0, 0.9)
+    grad_clip: Optional[float] = None
+    mixed_precision: str = "no"
+    ema_kimg: float = 10.0
+    ema_rampup: Optional[float] = 0.05
+    diffaugment: str = ""
+    log_every: int = 50
+    sample_every: int = 500
+    eval_every: int = 500
+    ckpt_every: int = 500
+    keep_checkpoints: int = 3
+    eval_samples_per_class: int = 100
+    sample_grid_cols: int = 8
+    device: str = "auto"
+    cpu_threads: Optional[int] = None
+
+
+def _check_train(train: DictConfig) -> None:
+    checks = [
+        (train.max_steps >= 0, "train.max_steps must be >= 0"),
+        (train.batch_size >= 1, "train.batch_size must be >= 1"),
+        (train.grad_accum >= 1, "train.grad_accum must be >= 1"),
+        (train.n_critic >= 1, "train.n_critic must be >= 1"),
+        (train.mixed_precision in ("no", "fp16", "bf16"), "train.mixed_precision must be one of no|fp16|bf16"),
+        (train.device in ("auto", "cpu"), "train.device must be auto or cpu"),
+        (train.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1"),
+        (min(train.log_every, train.sample_every, train.eval_every, train.ckpt_every) >= 1,
+         "train.log_every, sample_every, eval_every and ckpt_every must be >= 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def compose_config(overrides: Sequence[str], config_dir: Path = CONFIG_DIR) -> tuple[DictConfig, str]:
+    """Compose ``configs/config.yaml`` with command-line overrides; return (cfg, run_dir pattern).
+
+    The run directory comes from ``hydra.run.dir`` (with ``${now:...}`` unresolved until the
+    main process resolves it), so one command-line contract serves Hydra users.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            full = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(str(e).strip()) from e
+    run_dir = OmegaConf.to_container(full.hydra.run, resolve=False)["dir"]
+    with open_dict(full):
+        del full["hydra"]
+    return validate_config(full), run_dir
+
+
+def validate_config(cfg: DictConfig) -> DictConfig:
+    """Check the top-level keys and the ``train`` schema; return a resolved, read-only copy."""
+    expected = {"model", "dataset", "loss", "train", "seed", "resume"}
+    keys = set(cfg.keys())
+    if keys - expected:
+        raise ConfigError(f"unknown top-level config key(s) {sorted(keys - expected)}; expected {sorted(expected)}")
+    if expected - keys:
+        raise ConfigError(f"missing top-level config key(s) {sorted(expected - keys)}")
+    try:
+        train = OmegaConf.merge(OmegaConf.structured(TrainConfig), cfg.train)
+        resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    except Exception as e:  # OmegaConf raises several types for the same kind of mistake
+        raise ConfigError(f"bad config: {e}".strip()) from e
+    resolved.train = train
+    _check_train(resolved.train)
+    for key in ("generator", "discriminator", "resolution"):
+        if key not in resolved.model:
+            raise ConfigError(f"model config needs a {key!r} entry (see configs/model/)")
+    OmegaConf.set_readonly(resolved, True)
+    OmegaConf.set_struct(resolved, True)
+    return resolved
+
+
+def model_signature(cfg: DictConfig) -> dict[str, Any]:
+    """What a checkpoint must agree with to be loadable into this run's networks."""
+    return {
+        "generator": OmegaConf.to_container(cfg.model.generator),
+        "discriminator": OmegaConf.to_container(cfg.model.discriminator),
+        "resolution": int(cfg.model.resolution),
+        "channels": int(cfg.dataset.channels),
+    }

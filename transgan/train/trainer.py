@@ -1,0 +1,354 @@
+"""The Accelerate trainer: phases, lazy regularization, EMA, checkpoints, logging.
+
+One training *step* is ``n_critic`` discriminator steps followed by one generator step
+(WGAN-GP's schedule; ``n_critic=1`` gives StyleGAN2's). Lazy regularization is a phase
+with its own interval (StyleGAN2-ADA): the D reg phase runs every ``loss.d_reg_interval``
+D steps and the G reg phase every ``loss.g_reg_interval`` G steps, with the optimizer
+lr/betas corrected for the interval. The loss object owns the mathematics; this file owns
+only the schedule. It knows no backbone by name.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import nullcontext
+import logging
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+from omegaconf import DictConfig, OmegaConf
+
+from transgan.registry import ConfigError, build_discriminator, build_generator
+from transgan.train import checkpoint as ckpt
+from transgan.train.batches import BatchSource
+from transgan.train.config import compose_config, model_signature, validate_config
+from transgan.train.ema import ema_beta, update_ema
+
+log = logging.getLogger("transgan.train")
+
+
+@dataclass
+class Progress:
+    """Counters that define where training is; saved in every checkpoint."""
+
+    step: int = 0            # G steps done
+    d_steps: int = 0         # D steps done
+    images_seen: int = 0     # real images shown to D
+    data_position: int = 0   # global dataset indices consumed
+    elapsed_s: float = 0.0   # training wall-clock time, summed over resumes
+
+
+def resolve_run(argv: Sequence[str]) -> tuple[DictConfig, str, Optional[Path]]:
+    """Turn command-line overrides into (config, run-dir pattern, checkpoint to resume).
+
+    With ``resume=<run dir>`` the run's saved config.yaml is the base and plain
+    ``key=value`` overrides (e.g. ``train.max_steps=4000``) apply on top; changing a
+    config group (``model=...``) on resume is refused.
+    """
+    resume = [a for a in argv if a.startswith("resume=")]
+    if not resume or resume[-1] in ("resume=", "resume=null"):
+        cfg, run_dir = compose_config([a for a in argv if not a.startswith("resume=")])
+        return cfg, run_dir, None
+    run_dir = Path(resume[-1].split("=", 1)[1]).expanduser()
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        raise ckpt.CheckpointError(f"cannot resume from {run_dir}: no config.yaml there (is it a transgan run directory?)")
+    latest = ckpt.latest_checkpoint(run_dir)
+    base = OmegaConf.load(saved)
+    rest = [a for a in argv if not a.startswith("resume=")]
+    for override in rest:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if "=" not in override or "." not in key or key.startswith("hydra"):
+            raise ConfigError(f"on resume only key=value overrides of existing keys are allowed, not {override!r}")
+    OmegaConf.set_struct(base, True)
+    try:
+        cfg = OmegaConf.merge(base, OmegaConf.from_dotlist(rest))
+    except Exception as e:
+        raise ConfigError(f"bad override on resume: {e}") from e
+    with_resume = OmegaConf.to_container(cfg)
+    with_resume["resume"] = str(run_dir)
+    return validate_config(OmegaConf.create(with_resume)), str(run_dir), latest
+
+
+class Trainer:
+    """Builds everything a run needs from a validated config, then trains."""
+
+    def __init__(self, cfg: DictConfig, run_dir_pattern: str, resume_from: Optional[Path] = None) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import broadcast_object_list, set_seed
+
+        from transgan.augment import DiffAugment
+        from transgan.data import build_dataset
+        from transgan.losses import build_loss, lazy_regularization_hparams
+        from transgan.nn.attention import set_default_kernel
+
+        self.cfg, t = cfg, cfg.train
+        # Everything that can refuse the config runs before the run directory exists.
+        set_default_kernel(cfg.model.get("attention", "auto"))
+        self.dataset = build_dataset(cfg.dataset, resolution=int(cfg.model.resolution))
+        self.loss = build_loss(cfg.loss)
+        self.num_classes = self.dataset.num_classes if cfg.dataset.get("conditional", False) else 0
+        shape = dict(img_resolution=int(cfg.model.resolution), img_channels=self.dataset.channels,
+                     num_classes=self.num_classes)
+        torch.manual_seed(cfg.seed)  # identical initial weights on every process
+        G = build_generator(cfg.model.generator, **shape)
+        D = build_discriminator(cfg.model.discriminator, **shape)
+        state = ckpt.load_checkpoint(resume_from) if resume_from is not None else None
+        if state is not None and state["model"] != model_signature(cfg):
+            raise ckpt.CheckpointError(
+                f"{resume_from} was written for another model ({state['model']}), not {model_signature(cfg)}")
+
+        self.accelerator = Accelerator(mixed_precision=t.mixed_precision, cpu=t.device == "cpu")
+        acc = self.accelerator
+        if acc.device.type == "cpu":
+            torch.set_num_threads(t.cpu_threads or max(1, _physical_cores() // acc.num_processes))
+        if t.batch_size % (acc.num_processes * t.grad_accum):
+            raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by processes x grad_accum "
+                              f"= {acc.num_processes} x {t.grad_accum}")
+        if len(self.dataset) < t.batch_size:
+            raise ConfigError(f"dataset has {len(self.dataset)} images, fewer than one batch ({t.batch_size})")
+
+        # One run directory for all processes: the main process names it, the others hear it.
+        name = [_resolve_run_dir(run_dir_pattern) if acc.is_main_process else None]
+        broadcast_object_list(name)
+        self.run_dir = Path(name[0])
+        if state is None and ckpt.list_checkpoints(self.run_dir):
+            raise ConfigError(f"{self.run_dir} already holds a run; continue it with resume={self.run_dir} "
+                              "or choose another hydra.run.dir")
+
+        self.G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+        lr_d, betas_d = lazy_regularization_hparams(t.lr_d, tuple(t.betas_d), self.loss.d_reg_interval)
+        lr_g, betas_g = lazy_regularization_hparams(t.lr_g, tuple(t.betas_g), self.loss.g_reg_interval)
+        fused = acc.device.type == "cuda"
+        opt_G = torch.optim.Adam(G.parameters(), lr=lr_g, betas=betas_g, fused=fused)
+        opt_D = torch.optim.Adam(D.parameters(), lr=lr_d, betas=betas_d, fused=fused)
+        self.progress = Progress()
+        if state is not None:
+            G.load_state_dict(state["G"])
+            D.load_state_dict(state["D"])
+            self.G_ema.load_state_dict(state["G_ema"])
+            opt_G.load_state_dict(state["opt_G"])
+            opt_D.load_state_dict(state["opt_D"])
+            self.loss.load_state_dict(state["loss"])
+            self.progress = Progress(**state["progress"])
+        self.G, self.D, self.opt_G, self.opt_D = acc.prepare(G, D, opt_G, opt_D)
+        self.G_ema.to(acc.device)
+        if state is not None and state["scaler"] is not None and acc.scaler is not None:
+            acc.scaler.load_state_dict(state["scaler"])
+
+        self.loss.augment = DiffAugment(t.diffaugment) if t.diffaugment else nn.Identity()
+        self.data_augment = dict(cfg.dataset.get("augment", {}))
+        self.data = BatchSource(self.dataset, t.batch_size, cfg.seed, acc.process_index, acc.num_processes,
+                                acc.device, num_workers=int(cfg.dataset.get("num_workers", 2)),
+                                position=self.progress.data_position)
+        set_seed(cfg.seed + acc.process_index)  # each process draws its own z, augmentations, ...
+        if state is not None:
+            ckpt.restore_rng_state(state["rng"][acc.process_index])
+        self.writer = None
+        self.judge = None
+        self._log_now = False
+
+    # ------------------------------------------------------------------ phases
+    def _sample_z(self, n: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        G = self.accelerator.unwrap_model(self.G)
+        z = torch.randn(n, G.z_dim, device=self.accelerator.device)
+        c = torch.randint(0, self.num_classes, (n,), device=z.device) if self.num_classes else None
+        return z, c
+
+    def _real_batch(self) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        from transgan.data.transforms import random_augment
+
+        x, c = self.data.next()
+        if any(self.data_augment.values()):
+            x = random_augment(x, **self.data_augment)
+        return x, (c if self.num_classes else None)
+
+    def _run_phase(self, phase: str, model: nn.Module, opt: torch.optim.Optimizer, micro_batches: list) -> dict:
+        """Accumulate the phase's loss over micro-batches, clip, step; return its stats."""
+        acc, t = self.accelerator, self.cfg.train
+        opt.zero_grad(set_to_none=True)
+        stats: dict[str, torch.Tensor] = {}
+        for i, args in enumerate(micro_batches):
+            sync = i == len(micro_batches) - 1
+            with (acc.no_sync(model) if not sync else nullcontext()), acc.autocast():
+                loss, s = getattr(self.loss, phase)(*args)
+            acc.backward(loss / len(micro_batches))
+            for k, v in s.items():
+                stats[k] = stats.get(k, 0) + v.detach().float() / len(micro_batches)
+        if t.grad_clip is not None:
+            stats[f"grad_norm_{phase}"] = acc.clip_grad_norm_(model.parameters(), t.grad_clip)
+        elif self._log_now:
+            stats[f"grad_norm_{phase}"] = torch.nn.utils.get_total_norm(
+                [p.grad for p in model.parameters() if p.grad is not None])
+        opt.step()
+        return stats
+
+    def train_step(self) -> dict[str, torch.Tensor]:
+        """One G step preceded by n_critic D steps (and any lazy regularization due)."""
+        t, k = self.cfg.train, self.cfg.train.grad_accum
+        G_plain = self.accelerator.unwrap_model(self.G)
+        D_plain = self.accelerator.unwrap_model(self.D)
+        stats: dict[str, torch.Tensor] = {}
+        self.D.requires_grad_(True)
+        for _ in range(t.n_critic):
+            real, c_real = self._real_batch()
+            reals = list(zip(real.chunk(k), *([c_real.chunk(k)] if c_real is not None else [[None] * k])))
+            micro = []
+            for r, cr in reals:
+                z, cf = self._sample_z(r.shape[0])
+                micro.append((G_plain, self.D, r, cr, z, cf))
+            stats.update(self._run_phase("d_main", self.D, self.opt_D, micro))
+            self.progress.d_steps += 1
+            self.progress.images_seen += real.shape[0] * self.accelerator.num_processes
+            interval = self.loss.d_reg_interval
+            if interval and self.progress.d_steps % interval == 0:
+                stats.update(self._run_phase("d_reg", self.D, self.opt_D, [(self.D, r, cr) for r, cr in reals]))
+        # G phase: D is used, not trained; its weights need no gradient.
+        self.D.requires_grad_(False)
+        per = t.batch_size // self.accelerator.num_processes // k
+        micro = [(self.G, D_plain, *self._sample_z(per)) for _ in range(k)]
+        stats.update(self._run_phase("g_main", self.G, self.opt_G, micro))
+        interval = self.loss.g_reg_interval
+        if interval and (self.progress.step + 1) % interval == 0:
+            micro = [(self.G, *self._sample_z(per)) for _ in range(k)]
+            stats.update(self._run_phase("g_reg", self.G, self.opt_G, micro))
+        self.D.requires_grad_(True)
+        self.progress.step += 1
+        self.progress.data_position = self.data.position
+        beta = ema_beta(t.batch_size, self.progress.images_seen, t.ema_kimg, t.ema_rampup)
+        update_ema(self.G_ema, G_plain, beta)
+        return stats
+
+    # ------------------------------------------------------------------ outputs
+    def _fixed_latents(self) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The same z (and one row per class) for every sample grid of the run."""
+        cols = self.cfg.train.sample_grid_cols
+        rows = min(self.num_classes, 16) if self.num_classes else cols
+        g = torch.Generator().manual_seed(self.cfg.seed)
+        z = torch.randn(rows * cols, self.G_ema.z_dim, generator=g).to(self.accelerator.device)
+        c = torch.arange(rows).repeat_interleave(cols).to(z.device) if self.num_classes else None
+        return z, c
+
+    @torch.no_grad()
+    def save_samples(self) -> None:
+        """Sample grid from G_ema with fixed latents, one row per class."""
+        z, c = self._fixed_latents()
+        images = torch.cat([self.G_ema(zz, cc) for zz, cc in zip(z.split(64), (c.split(64) if c is not None else [None] * len(z.split(64))))])
+        self.writer.samples(self.progress.step, images, nrow=self.cfg.train.sample_grid_cols)
+
+    def evaluate(self) -> dict[str, float]:
+        """Training-time metrics on G_ema (main process only)."""
+        if self.cfg.dataset.name != "digits" or self.num_classes != 10:
+            return {}
+        from transgan.eval.digits_judge import digits_class_accuracy, load_digits_judge
+
+        if self.judge is None:
+            self.judge = load_digits_judge(device=self.accelerator.device)
+        acc = digits_class_accuracy(self.G_ema, self.judge, n_per_class=self.cfg.train.eval_samples_per_class,
+                                    seed=self.cfg.seed, device=self.accelerator.device)
+        return {"digits_class_acc": acc}
+
+    def save_checkpoint(self) -> None:
+        """Every process contributes its RNG state; the main process writes the file."""
+        from accelerate.utils import gather_object
+
+        acc = self.accelerator
+        if acc.device.type == "cpu":
+            torch.set_num_threads(t.cpu_threads or max(1, _physical_cores() // acc.num_processes))
+        rng = gather_object([ckpt.capture_rng_state()])
+        if acc.is_main_process:
+            state = {
+                "format": ckpt.FORMAT,
+                "progress": vars(self.progress).copy(),
+                "G": acc.unwrap_model(self.G).state_dict(),
+                "D": acc.unwrap_model(self.D).state_dict(),
+                "G_ema": self.G_ema.state_dict(),
+                "opt_G": self.opt_G.optimizer.state_dict(),
+                "opt_D": self.opt_D.optimizer.state_dict(),
+                "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
+                "loss": self.loss.state_dict(),
+                "rng": rng,
+                "model": model_signature(self.cfg),
+                "config": OmegaConf.to_yaml(self.cfg),
+            }
+            ckpt.save_atomic(state, ckpt.checkpoint_path(self.run_dir, self.progress.step))
+            ckpt.prune_checkpoints(self.run_dir, self.cfg.train.keep_checkpoints)
+        acc.wait_for_everyone()
+
+    # ------------------------------------------------------------------ loop
+    def train(self) -> Path:
+        """Train until ``train.max_steps``; return the run directory."""
+        from tqdm import tqdm
+
+        from transgan.train.outputs import RunWriter
+
+        acc, t, p = self.accelerator, self.cfg.train, self.progress
+        if acc.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(self.cfg))
+            self.writer = RunWriter(self.run_dir)
+            log.info("run directory: %s", self.run_dir)
+        bar = tqdm(total=t.max_steps, initial=p.step, disable=not acc.is_main_process, dynamic_ncols=True,
+                   desc="train", unit="step")
+        sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=acc.device))
+        count, t0, images0 = 0, time.perf_counter(), p.images_seen
+        start = time.perf_counter() - p.elapsed_s
+        while p.step < t.max_steps:
+            self._log_now = (p.step + 1) % t.log_every == 0 or p.step + 1 == t.max_steps
+            for k, v in self.train_step().items():
+                sums[k] += v
+            count += 1
+            p.elapsed_s = time.perf_counter() - start
+            bar.update(1)
+            if self._log_now:
+                dt = time.perf_counter() - t0
+                record = {k: (v / count).item() for k, v in sums.items() if not k.startswith("grad_norm")}
+                record.update({k: v.item() for k, v in sums.items() if k.startswith("grad_norm")})
+                record.update(images_seen=p.images_seen, images_per_s=(p.images_seen - images0) / max(dt, 1e-9),
+                              time_s=p.elapsed_s, lr_g=self.opt_G.param_groups[0]["lr"],
+                              lr_d=self.opt_D.param_groups[0]["lr"])
+                if acc.is_main_process:
+                    self.writer.scalars(p.step, record)
+                    bar.set_postfix(loss_d=f"{record.get('loss_d', math.nan):.3f}",
+                                    loss_g=f"{record.get('loss_g', math.nan):.3f}",
+                                    img_s=f"{record['images_per_s']:.0f}")
+                sums.clear()
+                count, t0, images0 = 0, time.perf_counter(), p.images_seen
+            last = p.step == t.max_steps
+            if acc.is_main_process and (p.step % t.sample_every == 0 or last):
+                self.save_samples()
+            if acc.is_main_process and (p.step % t.eval_every == 0 or last):
+                metrics = self.evaluate()
+                if metrics:
+                    self.writer.scalars(p.step, {**metrics, "images_seen": p.images_seen, "time_s": p.elapsed_s},
+                                        group="eval")
+                    bar.write(f"step {p.step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+            if p.step % t.ckpt_every == 0 or last:
+                self.save_checkpoint()
+        bar.close()
+        if acc.is_main_process and self.writer is not None:
+            self.writer.close()
+        acc.wait_for_everyone()
+        acc.end_training()
+        return self.run_dir
+
+
+def _physical_cores() -> int:
+    import psutil
+
+    return psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
+
+
+def _resolve_run_dir(pattern: str) -> str:
+    """Resolve ``${now:...}`` in the run-dir pattern once, on the main process."""
+    if not OmegaConf.has_resolver("now"):
+        from datetime import datetime
+
+        OmegaConf.register_new_resolver("now", lambda fmt: datetime.now().strftime(fmt))
+    return str(OmegaConf.create({"d": pattern}).d)
