@@ -1,0 +1,131 @@
+"""DiffAugment: each op against its definition, determinism, differentiability."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from transgan.augment import DiffAugment
+from transgan.registry import ConfigError
+
+
+def distinct_images(B: int = 16, C: int = 3, H: int = 16, W: int = 16) -> torch.Tensor:
+    """Strictly positive, all-distinct pixel values: a zero can only come from padding or cutout."""
+    return (torch.arange(B * C * H * W, dtype=torch.float32) + 1).reshape(B, C, H, W)
+
+
+@pytest.mark.parametrize("C", [1, 3])
+@pytest.mark.parametrize("policy", ["color", "translation", "cutout", "color,translation,cutout"])
+def test_output_shape_and_dtype(policy, C):
+    x = torch.randn(5, C, 16, 12)
+    y = DiffAugment(policy)(x)
+    assert y.shape == x.shape and y.dtype == x.dtype and torch.isfinite(y).all()
+    assert not torch.equal(y, x)
+
+
+def test_empty_policy_is_identity():
+    x = torch.randn(4, 3, 8, 8)
+    assert torch.equal(DiffAugment("")(x), x)
+
+
+def test_unknown_op_lists_valid_ops():
+    with pytest.raises(ConfigError, match=r"'zoom'.*color.*cutout.*translation"):
+        DiffAugment("color,zoom")
+
+
+def test_translation_shifts_each_image_within_an_eighth_with_zero_fill():
+    x = distinct_images(B=64, H=16, W=16)
+    torch.manual_seed(0)
+    y = DiffAugment("translation")(x)
+    s = 2  # 16 / 8
+    shifts = set()
+    for b in range(x.shape[0]):
+        matches = []
+        for ty in range(-s, s + 1):
+            for tx in range(-s, s + 1):
+                # Reference: out[i, j] = x[i - ty, j - tx], zero where that falls outside.
+                ref = torch.zeros_like(x[b])
+                ref[:, max(ty, 0):16 + min(ty, 0), max(tx, 0):16 + min(tx, 0)] = \
+                    x[b, :, max(-ty, 0):16 - max(ty, 0), max(-tx, 0):16 - max(tx, 0)]
+                if torch.equal(y[b], ref):
+                    matches.append((ty, tx))
+        assert len(matches) == 1, f"image {b} is not a shift of its input by at most {s} pixels"
+        shifts.add(matches[0])
+    assert len(shifts) > 10  # shifts vary per image and per axis
+    assert {abs(ty) for ty, _ in shifts} == {0, 1, 2} and {abs(tx) for _, tx in shifts} == {0, 1, 2}
+
+
+def test_translation_keeps_values_from_the_input_set_plus_zeros():
+    x = distinct_images(B=8, H=32, W=24)
+    y = DiffAugment("translation")(x)
+    allowed = torch.cat([x.flatten(), torch.zeros(1)])
+    assert torch.isin(y, allowed).all()
+
+
+@pytest.mark.parametrize("H, W", [(16, 16), (15, 9)])
+def test_cutout_zeroes_exactly_one_square_of_half_the_size(H, W):
+    x = distinct_images(B=32, C=3, H=H, W=W)
+    y = DiffAugment("cutout")(x)
+    size_h, size_w = int(H / 2 + 0.5), int(W / 2 + 0.5)
+    tops = set()
+    for b in range(x.shape[0]):
+        zero = y[b] == 0
+        assert torch.equal(zero, zero[:1].expand_as(zero)), "the same square in every channel"
+        rows = zero[0].any(dim=1).nonzero().flatten()
+        cols = zero[0].any(dim=0).nonzero().flatten()
+        assert len(rows) == size_h and len(cols) == size_w
+        assert rows[-1] - rows[0] == size_h - 1 and cols[-1] - cols[0] == size_w - 1  # contiguous
+        assert int(zero[0].sum()) == size_h * size_w  # a full rectangle, nothing else
+        assert torch.equal(y[b][~zero], x[b][~zero])  # everything else untouched
+        tops.add((int(rows[0]), int(cols[0])))
+    assert len(tops) > 5
+
+
+@pytest.mark.parametrize("C", [1, 3])
+def test_color_matches_brightness_saturation_contrast_formulas(C):
+    x = torch.randn(6, C, 8, 8, dtype=torch.float64)
+    torch.manual_seed(3)
+    y = DiffAugment("color")(x)
+    # Replay the draws: brightness U(-0.5, 0.5), saturation U(0, 2) (none for one channel),
+    # contrast U(0.5, 1.5), each one per image.
+    torch.manual_seed(3)
+    expected = x + (torch.rand(6, 1, 1, 1, dtype=torch.float64) - 0.5)
+    if C > 1:
+        m = expected.mean(dim=1, keepdim=True)
+        expected = m + (expected - m) * 2 * torch.rand(6, 1, 1, 1, dtype=torch.float64)
+    m = expected.mean(dim=(1, 2, 3), keepdim=True)
+    expected = m + (expected - m) * (0.5 + torch.rand(6, 1, 1, 1, dtype=torch.float64))
+    assert torch.allclose(y, expected)
+
+
+def test_same_seed_same_output():
+    x = torch.randn(8, 3, 16, 16)
+    aug = DiffAugment()
+    torch.manual_seed(7)
+    a = aug(x)
+    torch.manual_seed(7)
+    b = aug(x)
+    c = aug(x)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_gradients_and_gradients_of_gradients_flow():
+    aug = DiffAugment("color,translation,cutout")
+
+    def seeded(x: torch.Tensor) -> torch.Tensor:
+        torch.manual_seed(11)  # the same augmentation on every call gradcheck makes
+        return aug(x)
+
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)  # small: gradgradcheck is quadratic
+    assert torch.autograd.gradcheck(seeded, (x,))
+    assert torch.autograd.gradgradcheck(seeded, (x,))
+    # A gradient penalty through the augmentation reaches the input of a nonlinear critic.
+    w = torch.randn(3, 4, 4, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad((w * seeded(x) ** 2).sum(), x, create_graph=True)
+    (g.square().sum()).backward()
+    assert x.grad is not None and w.grad is not None and w.grad.abs().sum() > 0
+
+
+def test_rejects_non_image_batches():
+    with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
+        DiffAugment()(torch.randn(3, 8, 8))
