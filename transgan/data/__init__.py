@@ -1,0 +1,5 @@
+"""Datasets and transforms. ``build_dataset(cfg.dataset, resolution)`` is the one entry point."""
+
+from transgan.data.datasets import DatasetNotFoundError, ImageDataset, build_dataset, digits_split_indices
+
+__all__ = ["DatasetNotFoundError", "ImageDataset", "build_dataset", "digits_split_indices"]
