@@ -243,24 +243,29 @@ class Trainer:
         self.writer.samples(self.progress.step, images, nrow=self.cfg.train.sample_grid_cols)
 
     def evaluate(self) -> dict[str, float]:
-        """Training-time metrics on G_ema (main process only)."""
-        if self.cfg.dataset.name != "digits" or self.num_classes != 10:
+        """Training-time metrics on G_ema (main process only): on digits, digits_class_acc and fd_digits."""
+        if self.cfg.dataset.name != "digits":
             return {}
         from transgan.eval.digits_judge import digits_class_accuracy, load_digits_judge
+        from transgan.eval.metrics import fd_digits
 
-        if self.judge is None:
-            self.judge = load_digits_judge(device=self.accelerator.device)
-        acc = digits_class_accuracy(self.G_ema, self.judge, n_per_class=self.cfg.train.eval_samples_per_class,
-                                    seed=self.cfg.seed, device=self.accelerator.device)
-        return {"digits_class_acc": acc}
+        n_per_class = self.cfg.train.eval_samples_per_class
+        metrics = {}
+        if self.num_classes == 10:
+            if self.judge is None:
+                self.judge = load_digits_judge(device=self.accelerator.device)
+            metrics["digits_class_acc"] = digits_class_accuracy(self.G_ema, self.judge, n_per_class=n_per_class,
+                                                                seed=self.cfg.seed, device=self.accelerator.device)
+        # FD-digits: 10 x eval_samples_per_class samples against the digits train split (statistics cached).
+        metrics["fd_digits"] = fd_digits(self.G_ema, self.cfg.dataset, num_samples=10 * n_per_class,
+                                         seed=self.cfg.seed)
+        return metrics
 
     def save_checkpoint(self) -> None:
         """Every process contributes its RNG state; the main process writes the file."""
         from accelerate.utils import gather_object
 
         acc = self.accelerator
-        if acc.device.type == "cpu":
-            torch.set_num_threads(t.cpu_threads or max(1, _physical_cores() // acc.num_processes))
         rng = gather_object([ckpt.capture_rng_state()])
         if acc.is_main_process:
             state = {
