@@ -82,3 +82,22 @@ def test_rng_state_round_trips_through_safe_load(tmp_path):
     assert torch.equal(torch.rand(3), expected[0])
     assert random.random() == expected[1]
     assert np.random.rand() == expected[2]
+
+
+def test_preserved_rng_state_leaves_every_generator_where_it_was():
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(3)
+    random.seed(3)
+    np.random.seed(3)
+    with ckpt.preserved_rng_state():
+        torch.nn.Linear(4, 4)  # draws from the torch RNG, like building a model lazily
+        random.random()
+        np.random.rand()
+    after = (torch.rand(2), random.random(), np.random.rand())
+    torch.manual_seed(3)
+    random.seed(3)
+    np.random.seed(3)
+    assert torch.equal(after[0], torch.rand(2)) and after[1] == random.random() and after[2] == np.random.rand()

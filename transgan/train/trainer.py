@@ -327,9 +327,11 @@ class Trainer:
                 count, t0, images0 = 0, time.perf_counter(), p.images_seen
             last = p.step == t.max_steps
             if acc.is_main_process and (p.step % t.sample_every == 0 or last):
-                self.save_samples()
+                with ckpt.preserved_rng_state():
+                    self.save_samples()
             if acc.is_main_process and (p.step % t.eval_every == 0 or last):
-                metrics = self.evaluate()
+                with ckpt.preserved_rng_state():  # metrics must not shift the training stream
+                    metrics = self.evaluate()
                 if metrics:
                     self.writer.scalars(p.step, {**metrics, "images_seen": p.images_seen, "time_s": p.elapsed_s},
                                         group="eval")
