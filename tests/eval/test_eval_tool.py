@@ -1,0 +1,216 @@
+"""tools/eval.py end to end on fixture datasets in CelebA and Flowers-102 layouts.
+
+Inception cannot be downloaded here, so the protocol presets run with a small feature
+extractor registered by this test (``eval.extractor=test-pool-tool``); everything else —
+checkpoint loading, the real dataset loaders, torch-fidelity, eval.json — is the real path.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch_fidelity
+from omegaconf import OmegaConf
+from PIL import Image
+from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+from tests.data.fixtures import make_celeba, make_flowers102
+from transgan.registry import GENERATORS, register_generator
+from transgan.train.checkpoint import FORMAT, checkpoint_path, save_atomic
+
+EXTRACTOR = "test-pool-tool"
+GENERATOR = "test-tiny-eval"
+KEYS = ["fid", "kid_mean", "kid_std", "isc_mean", "isc_std", "precision", "recall"]
+
+
+class PoolProjection(torch_fidelity.FeatureExtractorBase):
+    """uint8 [B, 3, H, W] -> 4x4 average pool -> fixed random projection to 12 features."""
+
+    def __init__(self, name, features_list, **kwargs):
+        super().__init__(name, features_list)
+        self.register_buffer("proj", torch.randn(48, 12, generator=torch.Generator().manual_seed(1)))
+
+    @staticmethod
+    def get_provided_features_list():
+        return ("pool",)
+
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric):
+        return "pool"
+
+    @staticmethod
+    def can_be_compiled():
+        return False
+
+    def forward(self, x):
+        return (F.adaptive_avg_pool2d(x.double() / 255, 4).flatten(1).float() @ self.proj,)
+
+
+if EXTRACTOR not in FEATURE_EXTRACTORS_REGISTRY:
+    torch_fidelity.register_feature_extractor(EXTRACTOR, PoolProjection)
+
+
+class TinyGenerator(nn.Module):
+    """A registered generator small enough to sample in milliseconds."""
+
+    def __init__(self, img_resolution, img_channels, num_classes, z_dim=8):
+        super().__init__()
+        self.z_dim, self.num_classes = z_dim, num_classes
+        self.img_resolution, self.img_channels = img_resolution, img_channels
+        self.embed = nn.Embedding(max(num_classes, 1), z_dim)
+        self.net = nn.Linear(z_dim, img_channels * 8 * 8)
+
+    def forward(self, z, c=None):
+        if self.num_classes:
+            z = z + self.embed(c)
+        x = torch.tanh(self.net(z)).view(-1, self.img_channels, 8, 8)
+        return F.interpolate(x, size=(self.img_resolution,) * 2, mode="nearest")
+
+
+@pytest.fixture
+def tiny_generator():
+    register_generator(GENERATOR)(TinyGenerator)
+    yield
+    GENERATORS.pop(GENERATOR, None)  # leave the registry as other tests expect it
+
+
+@pytest.fixture(scope="module")
+def eval_tool(repo_root):
+    spec = importlib.util.spec_from_file_location("transgan_tools_eval", repo_root / "tools" / "eval.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_run(run: Path, dataset: dict, resolution: int, num_classes: int, step: int = 4) -> Path:
+    """A run directory as tools/train.py leaves it: config.yaml and one checkpoint."""
+    cfg = OmegaConf.create({
+        "model": {"generator": {"name": GENERATOR}, "discriminator": {"name": "none"}, "resolution": resolution},
+        "dataset": {**dataset, "resolution": resolution}, "loss": {}, "train": {}, "seed": 0, "resume": None})
+    torch.manual_seed(0)
+    G = TinyGenerator(resolution, dataset["channels"], num_classes)
+    G_ema = TinyGenerator(resolution, dataset["channels"], num_classes)
+    state = {"format": FORMAT, "progress": {"step": step, "images_seen": 64 * step}, "G": G.state_dict(),
+             "G_ema": G_ema.state_dict(), "model": {}, "config": OmegaConf.to_yaml(cfg)}
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    save_atomic(state, checkpoint_path(run, step))
+    return run
+
+
+def dataset_config(repo_root: Path, name: str, **changes) -> dict:
+    cfg = OmegaConf.load(repo_root / "configs" / "dataset" / f"{name}.yaml")
+    cfg.resolution = None
+    return {**OmegaConf.to_container(cfg), **changes}
+
+
+def small(tmp_path: Path) -> list[str]:
+    return [f"eval.extractor={EXTRACTOR}", "eval.num_samples=16", "eval.batch_size=8", "eval.isc_splits=2",
+            f"eval.cache_dir={tmp_path / 'cache'}", "eval.device=cpu", "eval.reference_workers=false"]
+
+
+def test_celeba_layout_run_directory_end_to_end(tmp_path, repo_root, eval_tool, tiny_generator, capsys):
+    root = make_celeba(tmp_path / "data", n=12)
+    run = write_run(tmp_path / "run", dataset_config(repo_root, "celeba", root=str(root)), 64, num_classes=0)
+
+    assert eval_tool.main([str(run), "eval=celeba64", *small(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    out = json.loads((run / "eval.json").read_text())
+    for key in KEYS:
+        assert np.isfinite(out[key]), key
+        assert key in printed
+    p = out["protocol"]
+    assert p["extractor"] == EXTRACTOR and p["num_samples"] == 16 and p["seed"] == 0
+    assert (p["dataset"], p["split"], p["reference_images"]) == ("celeba", "train", 8)  # fixture: 8 of 12 train
+    assert p["resolution"] == 64 and "center crop 140x140" in p["resize"]["reference"]
+    assert p["network"] == "G_ema" and p["step"] == 4 and p["truncation_psi"] == 1.0
+    assert p["kid_subset_size"] == 8 and p["checkpoint"].endswith("step-000000004.pt")
+    assert "weights_sha256" in p and p["versions"]["torch_fidelity"] == torch_fidelity.__version__
+
+
+def test_flowers102_layout_conditional_run_end_to_end(tmp_path, repo_root, eval_tool, tiny_generator):
+    root = make_flowers102(tmp_path / "data", per_split=(6, 3, 3), num_classes=3)
+    dataset = dataset_config(repo_root, "flowers102", root=str(root))
+    run = write_run(tmp_path / "run", dataset, 64, num_classes=102)
+    out_file = tmp_path / "results" / "flowers.json"
+
+    assert eval_tool.main([str(run), "eval=flowers102_64", "eval.metrics=[fid,kid]", "eval.network=G",
+                           f"out={out_file}", *small(tmp_path)]) == 0
+    out = json.loads(out_file.read_text())
+    assert np.isfinite(out["fid"]) and np.isfinite(out["kid_mean"]) and "precision" not in out
+    p = out["protocol"]
+    assert (p["dataset"], p["split"], p["reference_images"]) == ("flowers102", "all", 12)
+    assert p["num_classes"] == 102 and p["labels"] == "class-balanced" and p["network"] == "G"
+
+    # The same checkpoint evaluated again reads the cached reference: the data can go.
+    for f in (root / "flowers-102" / "jpg").iterdir():
+        f.unlink()
+    assert eval_tool.main([str(checkpoint_path(run, 4)), "eval=flowers102_64", "eval.metrics=[fid,kid]",
+                           "eval.network=G", f"out={out_file}", *small(tmp_path)]) == 0
+    assert json.loads(out_file.read_text())["fid"] == out["fid"]
+
+
+def test_folder_of_images_against_celeba_reference(tmp_path, repo_root, eval_tool, monkeypatch):
+    root = make_celeba(tmp_path / "data", n=12)
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    rng = np.random.RandomState(0)
+    for i in range(10):
+        Image.fromarray(rng.randint(0, 256, (64, 64, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    monkeypatch.chdir(tmp_path)
+    assert eval_tool.main([str(folder), "dataset=celeba", f"dataset.root={root}", "eval=celeba64",
+                           "eval.metrics=[fid]", *small(tmp_path)]) == 0
+    out = json.loads((tmp_path / "eval.json").read_text())
+    assert out["fid"] > 0 and out["protocol"]["num_samples"] == 10 and out["protocol"]["source"] == str(folder)
+
+
+def test_missing_inception_weights_exit_2_naming_the_file(tmp_path, repo_root, eval_tool, tiny_generator, capsys):
+    root = make_celeba(tmp_path / "data", n=12)
+    run = write_run(tmp_path / "run", dataset_config(repo_root, "celeba", root=str(root)), 64, num_classes=0)
+    hub = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "empty-hub"))
+    try:
+        status = eval_tool.main([str(run), "eval=celeba64", f"eval.cache_dir={tmp_path / 'cache'}"])
+    finally:
+        torch.hub.set_dir(hub)
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "weights-inception-2015-12-05-6726825d.pth" in err and "eval.inception_weights" in err
+    assert str(tmp_path / "empty-hub" / "checkpoints") in err
+    assert not (run / "eval.json").exists() and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["eval=nope"], "unknown eval preset 'nope'"),
+    (["eval.num_sample=3"], "num_sample"),
+    (["eval.metrics=[fid,lpips]"], "unknown metric"),
+    (["bogus=1"], "unknown argument"),
+])
+def test_bad_arguments_exit_2(tmp_path, repo_root, eval_tool, tiny_generator, capsys, args, message):
+    run = write_run(tmp_path / "run", {"name": "digits", "channels": 1, "conditional": True}, 16, num_classes=10)
+    assert eval_tool.main([str(run), *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("preset, dataset, split, resolution, extractor", [
+    ("celeba64", "celeba", "train", 64, "inception-v3-compat"),
+    ("flowers102_64", "flowers102", "all", 64, "inception-v3-compat"),
+    ("flowers102_128", "flowers102", "all", 128, "inception-v3-compat"),
+    ("flowers102_256", "flowers102", "all", 256, "inception-v3-compat"),
+    ("cifar10_32", "cifar10", "train", 32, "inception-v3-compat"),
+    ("digits", "digits", "train", None, "fd-digits"),
+])
+def test_protocol_presets_are_valid(eval_tool, preset, dataset, split, resolution, extractor):
+    from transgan.eval.metrics import eval_config
+
+    cfg = eval_config(eval_tool.load_preset(preset))
+    assert (cfg.dataset["name"], cfg.split, cfg.resolution, cfg.extractor) == (dataset, split, resolution, extractor)
+    assert cfg.num_samples == (1000 if preset == "digits" else 50000) and cfg.seed == 0
+    assert sorted(cfg.metrics) == ["fid", "isc", "kid", "prc"]

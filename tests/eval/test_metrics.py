@@ -1,0 +1,303 @@
+"""transgan.eval.metrics against torch-fidelity run directly, closed forms and the protocol's promises.
+
+A small feature extractor registered here (a fixed random projection of 4x4 average
+pooled pixels) stands in for Inception, which cannot be downloaded in tests; the
+numbers are torch-fidelity's either way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch_fidelity
+from PIL import Image
+from torch.utils.data import Dataset
+from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+from transgan.eval.extractors import FD_DIGITS, MissingWeightsError
+from transgan.eval.metrics import evaluate, frechet_distance
+from transgan.eval.sampling import balanced_labels, to_uint8
+from transgan.registry import ConfigError
+
+EXTRACTOR = "test-pool-16"
+RES = 16
+
+
+class PoolProjection(torch_fidelity.FeatureExtractorBase):
+    """uint8 [B, 3, H, W] -> 4x4 average pool -> fixed random projection to 16 features."""
+
+    def __init__(self, name, features_list, **kwargs):
+        super().__init__(name, features_list)
+        self.register_buffer("proj", torch.randn(48, 16, generator=torch.Generator().manual_seed(0)))
+
+    @staticmethod
+    def get_provided_features_list():
+        return ("pool",)
+
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric):
+        return "pool"
+
+    @staticmethod
+    def can_be_compiled():
+        return False
+
+    def forward(self, x):
+        assert x.dtype == torch.uint8 and x.shape[1] == 3
+        return (F.adaptive_avg_pool2d(x.double() / 255, 4).flatten(1).float() @ self.proj,)
+
+
+if EXTRACTOR not in FEATURE_EXTRACTORS_REGISTRY:
+    torch_fidelity.register_feature_extractor(EXTRACTOR, PoolProjection)
+
+
+class TinyGenerator(nn.Module):
+    """A generator following the contract; remembers every label it was asked for."""
+
+    def __init__(self, num_classes: int = 0, z_dim: int = 8, resolution: int = RES, channels: int = 3) -> None:
+        super().__init__()
+        self.z_dim, self.num_classes, self.img_resolution, self.img_channels = z_dim, num_classes, resolution, channels
+        torch.manual_seed(1)
+        self.net = nn.Linear(z_dim + num_classes, channels * resolution * resolution)
+        self.calls = 0
+        self.labels: list[torch.Tensor] = []
+
+    def forward(self, z, c=None):
+        self.calls += 1
+        if self.num_classes:
+            assert c is not None and c.shape == (z.shape[0],)
+            self.labels.append(c.cpu())
+            z = torch.cat([z, F.one_hot(c, self.num_classes).float()], dim=1)
+        x = torch.tanh(self.net(z))
+        return x.view(-1, self.img_channels, self.img_resolution, self.img_resolution)
+
+
+def write_images(root: Path, n: int, seed: int, classes: int = 0) -> list[np.ndarray]:
+    """PNG files at RES x RES (flat, or one folder per class); returns the pixel arrays written."""
+    rng = np.random.RandomState(seed)
+    arrays = []
+    for i in range(n):
+        folder = root / f"class_{i % classes}" if classes else root
+        folder.mkdir(parents=True, exist_ok=True)
+        base = rng.randint(0, 256, size=3)  # per-image colour so the sets have structure
+        a = np.clip(base + rng.randint(-40, 40, size=(RES, RES, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(a).save(folder / f"{i:04d}.png")
+        arrays.append(a)
+    return arrays
+
+
+class Uint8Images(Dataset):
+    """A stack of uint8 [3, H, W] images, as torch-fidelity reads datasets."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i]
+
+
+def folder_dataset(root: Path) -> dict:
+    return {"name": "imagefolder", "root": str(root), "channels": 3}
+
+
+def rel(a: float, b: float) -> float:
+    return abs(a - b) / max(abs(b), 1e-12)
+
+
+@pytest.fixture
+def cache(tmp_path):
+    return str(tmp_path / "cache")
+
+
+# ---------------------------------------------------------------------------- Fréchet distance
+def test_frechet_distance_matches_closed_form_for_commuting_gaussians():
+    rng = np.random.RandomState(0)
+    d = 6
+    mu1, mu2 = rng.randn(d), rng.randn(d)
+    s1, s2 = rng.uniform(0.1, 3.0, d), rng.uniform(0.1, 3.0, d)
+    # Diagonal covariances: (S1 S2)^(1/2) is diag(sqrt(s1 s2)).
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum(s1 + s2 - 2 * np.sqrt(s1 * s2))
+    assert frechet_distance(mu1, np.diag(s1), mu2, np.diag(s2)) == pytest.approx(expected, rel=1e-9)
+    # Same eigenbasis, rotated: the closed form is unchanged.
+    q, _ = np.linalg.qr(rng.randn(d, d))
+    got = frechet_distance(mu1, q @ np.diag(s1) @ q.T, mu2, q @ np.diag(s2) @ q.T)
+    assert got == pytest.approx(expected, rel=1e-7)
+    assert frechet_distance(mu1, np.diag(s1), mu1, np.diag(s1)) == pytest.approx(0.0, abs=1e-9)
+
+
+# ---------------------------------------------------------------------------- equal to torch-fidelity
+def test_fid_and_kid_equal_torch_fidelity_run_directly(tmp_path, cache):
+    reals = write_images(tmp_path / "real", 60, seed=0)
+    G, n, seed = TinyGenerator(), 40, 3
+    ours = evaluate(G, folder_dataset(tmp_path / "real"), extractor=EXTRACTOR, metrics=["fid", "kid"],
+                    num_samples=n, batch_size=64, seed=seed, kid_subset_size=30, kid_subsets=20, cache_dir=cache,
+                    device="cpu", reference_workers=False)
+
+    # The same two image sets, made here without transgan.eval: torch-fidelity's own noise, our uint8 rule.
+    z = torch.from_numpy(np.random.RandomState(seed).randn(n, G.z_dim)).float()
+    with torch.no_grad():
+        fakes = ((G(z) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    real = torch.from_numpy(np.stack(reals)).permute(0, 3, 1, 2).contiguous()
+    direct = torch_fidelity.calculate_metrics(
+        input1=Uint8Images(fakes), input2=Uint8Images(real), feature_extractor=EXTRACTOR, fid=True, kid=True,
+        kid_subset_size=30, kid_subsets=20, rng_seed=seed, cuda=False, cache=False, verbose=False, save_cpu_ram=True)
+
+    assert rel(ours["fid"], direct[torch_fidelity.KEY_METRIC_FID]) < 1e-6
+    assert rel(ours["kid_mean"], direct[torch_fidelity.KEY_METRIC_KID_MEAN]) < 1e-6
+    assert rel(ours["kid_std"], direct[torch_fidelity.KEY_METRIC_KID_STD]) < 1e-6
+    assert ours["fid"] > 1.0  # a random generator is far from the reals: the comparison is not 0 == 0
+    p = ours["protocol"]
+    assert (p["num_samples"], p["reference_images"], p["seed"], p["split"]) == (n, 60, seed, "train")
+    assert p["extractor"] == EXTRACTOR and p["kid_subset_size"] == 30
+
+
+def test_fid_of_a_set_with_itself_is_zero(tmp_path, cache):
+    write_images(tmp_path / "real", 50, seed=1)
+    out = evaluate(tmp_path / "real", folder_dataset(tmp_path / "real"), extractor=EXTRACTOR, metrics=["fid"],
+                   resolution=RES, cache_dir=cache, device="cpu", reference_workers=False)
+    assert abs(out["fid"]) < 1e-6
+    assert out["protocol"]["num_samples"] == 50
+
+
+# ---------------------------------------------------------------------------- conditional generators
+def test_conditional_generator_evaluates_on_numpy_2_with_balanced_labels(tmp_path, cache):
+    assert int(np.__version__.split(".")[0]) >= 2, "this test is about NumPy >= 2 (no np.int)"
+    write_images(tmp_path / "real", 60, seed=2, classes=3)
+    G = TinyGenerator(num_classes=3)
+
+    # torch-fidelity's own conditional path draws labels with np.int, which NumPy 2 removed.
+    if not hasattr(np, "int"):
+        wrapped = torch_fidelity.GenerativeModelModuleWrapper(G, G.z_dim, "normal", G.num_classes)
+        with pytest.raises(AttributeError, match="int"):
+            torch_fidelity.calculate_metrics(input1=wrapped, input1_model_num_samples=30, input2=wrapped,
+                                             input2_model_num_samples=30, feature_extractor=EXTRACTOR, fid=True,
+                                             cuda=False, cache=False, verbose=False)
+        G.labels.clear()
+
+    out = evaluate(G, {**folder_dataset(tmp_path / "real"), "conditional": True}, extractor=EXTRACTOR,
+                   metrics=["fid", "kid"], num_samples=31, kid_subset_size=20, intra_fid=True,
+                   intra_fid_samples_per_class=12, cache_dir=cache, device="cpu", reference_workers=False)
+    assert np.isfinite(out["fid"]) and np.isfinite(out["kid_mean"])
+    per_class = out["intra_fid_per_class"]
+    assert len(per_class) == 3 and out["intra_fid"] == pytest.approx(np.mean(per_class))
+    labels = torch.cat(G.labels)
+    # 31 balanced samples (11, 10, 10), then 12 of each class for intra-class FID.
+    assert torch.bincount(labels[:31], minlength=3).tolist() == [11, 10, 10]
+    assert labels[31:].tolist() == [0] * 12 + [1] * 12 + [2] * 12
+    assert out["protocol"]["labels"] == "class-balanced"
+
+
+class TinyStyleGenerator(TinyGenerator):
+    """TinyGenerator with the style contract: mapping (with truncation toward w_avg = 0) and synthesis."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.psis: list[float] = []
+
+    def mapping(self, z, c, truncation_psi=1.0):
+        self.psis.append(truncation_psi)
+        return z * truncation_psi
+
+    def synthesis(self, ws):
+        return super().forward(ws)
+
+
+def test_truncation_goes_through_the_mapping_network(tmp_path, cache):
+    write_images(tmp_path / "real", 20, seed=5)
+    kwargs = dict(extractor=EXTRACTOR, metrics=["fid"], num_samples=10, cache_dir=cache, device="cpu",
+                  reference_workers=False)
+    G = TinyStyleGenerator()
+    plain = evaluate(G, folder_dataset(tmp_path / "real"), **kwargs)
+    truncated = evaluate(G, folder_dataset(tmp_path / "real"), truncation_psi=0.5, **kwargs)
+    assert G.psis == [0.5] and truncated["protocol"]["truncation_psi"] == 0.5
+    assert truncated["fid"] != plain["fid"]
+    with pytest.raises(ConfigError, match="style-based"):
+        evaluate(TinyGenerator(), folder_dataset(tmp_path / "real"), truncation_psi=0.5, **kwargs)
+
+
+def test_balanced_labels_are_balanced_and_seeded():
+    a = balanced_labels(1000, 7, seed=5)
+    assert torch.bincount(a).tolist() == [143] * 6 + [142]
+    assert torch.equal(a, balanced_labels(1000, 7, seed=5)) and not torch.equal(a, balanced_labels(1000, 7, seed=6))
+
+
+def test_uint8_conversion_inverts_the_data_scaling():
+    pixels = torch.arange(256, dtype=torch.uint8)
+    assert torch.equal(to_uint8(pixels.float() / 127.5 - 1), pixels)
+    assert to_uint8(torch.tensor([-3.0, 3.0])).tolist() == [0, 255]
+
+
+# ---------------------------------------------------------------------------- offline weights
+@pytest.mark.parametrize("metrics, expected_name, key", [
+    (["fid"], "weights-inception-2015-12-05-6726825d.pth", "eval.inception_weights"),
+    (["prc"], "vgg16-397923af.pth", "eval.vgg16_weights"),
+])
+def test_missing_weights_fail_before_any_sample(tmp_path, cache, metrics, expected_name, key):
+    write_images(tmp_path / "real", 10, seed=0)
+    hub = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "empty-hub"))  # no cached weights, whatever this machine has
+    try:
+        G = TinyGenerator()
+        with pytest.raises(MissingWeightsError) as err:
+            evaluate(G, folder_dataset(tmp_path / "real"), metrics=metrics, num_samples=10, cache_dir=cache,
+                     device="cpu")
+        message = str(err.value)
+        assert expected_name in message and key in message
+        assert str(tmp_path / "empty-hub" / "checkpoints" / expected_name) in message
+        assert G.calls == 0
+        # A path that does not exist is named in the message too.
+        bad = tmp_path / "nowhere" / expected_name
+        with pytest.raises(MissingWeightsError, match=str(bad)):
+            evaluate(G, folder_dataset(tmp_path / "real"), metrics=metrics, num_samples=10, cache_dir=cache,
+                     device="cpu", **{key.split(".")[1]: str(bad)})
+        assert G.calls == 0
+    finally:
+        torch.hub.set_dir(hub)
+    assert not Path(cache).exists() or not any(Path(cache).iterdir())  # nothing computed either
+
+
+# ---------------------------------------------------------------------------- reference cache
+def test_cached_reference_statistics_are_reused(tmp_path, cache):
+    write_images(tmp_path / "real", 40, seed=4)
+    G = TinyGenerator()
+    kwargs = dict(extractor=EXTRACTOR, metrics=["fid", "kid"], num_samples=20, kid_subset_size=20, cache_dir=cache,
+                  device="cpu", reference_workers=False)
+    first = evaluate(G, folder_dataset(tmp_path / "real"), **kwargs)
+    files = sorted(Path(cache).iterdir())
+    assert files and any(EXTRACTOR in f.name for f in files)
+    stamps = {f: f.stat().st_mtime_ns for f in files}
+
+    # Remove the images: the second run can only succeed by reading the cached statistics.
+    for f in (tmp_path / "real").iterdir():
+        f.unlink()
+    second = evaluate(G, folder_dataset(tmp_path / "real"), **kwargs)
+    assert second["fid"] == first["fid"] and second["kid_mean"] == first["kid_mean"]
+    assert second["protocol"]["reference_images"] == 40
+    assert {f: f.stat().st_mtime_ns for f in sorted(Path(cache).iterdir())} == stamps
+
+    # Another resolution is another reference: not served from this cache (and the images are gone).
+    with pytest.raises(Exception):
+        evaluate(TinyGenerator(resolution=8), folder_dataset(tmp_path / "real"), **kwargs)
+
+
+# ---------------------------------------------------------------------------- FD-digits
+def test_fd_digits_runs_offline_and_separates_real_from_noise(tmp_path, cache):
+    from transgan.data import build_dataset
+    from omegaconf import OmegaConf
+
+    digits = {"name": "digits", "channels": 1}
+    held_out = build_dataset(OmegaConf.create({**digits, "split": "test"}), resolution=RES)
+    # A seeded subset of the train split keeps this test cheap; the cached statistics serve both calls.
+    kwargs = dict(extractor=FD_DIGITS, metrics=["fid"], reference_samples=400, cache_dir=cache, device="cpu",
+                  reference_workers=False)
+    real = evaluate(held_out, digits, resolution=RES, **kwargs)["fid"]
+    noise = evaluate(TinyGenerator(channels=1), digits, num_samples=200, **kwargs)["fid"]
+    assert 0 <= real < noise / 10

@@ -1,0 +1,165 @@
+"""Feature extractors for the metrics, and where their weights come from — offline.
+
+* ``inception-v3-compat`` (FID, KID, IS) and ``vgg16`` (precision/recall) are
+  torch-fidelity's own extractors. Their weights are never downloaded behind the user's
+  back: :func:`resolve_weights` finds the file given in the config or in torch's hub
+  cache, and otherwise fails — before any image is generated — with one message naming
+  the file, its expected name and where to put it.
+* ``fd-digits`` is the digits judge shipped with the package, registered here as a
+  torch-fidelity feature extractor, so FID-style distances ("FD-digits"), KID and
+  precision/recall run on CPU with no download at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch_fidelity
+from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+FD_DIGITS = "fd-digits"
+
+
+class MissingWeightsError(FileNotFoundError):
+    """A feature extractor's weights file is not on this machine."""
+
+
+@dataclass(frozen=True)
+class WeightsFile:
+    """A pretrained extractor's weights: the file name torch expects and where it is published."""
+
+    what: str        # words for the message
+    file_name: str  # the name torch's hub cache stores it under
+    url: str
+    config_key: str  # the config key that points at a local copy
+
+
+WEIGHTS = {
+    "inception-v3-compat": WeightsFile(
+        "Inception-v3 weights (FID, KID, IS)", "weights-inception-2015-12-05-6726825d.pth",
+        "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth",
+        "eval.inception_weights"),
+    "vgg16": WeightsFile(
+        "VGG16 weights (precision/recall)", "vgg16-397923af.pth",
+        "https://download.pytorch.org/models/vgg16-397923af.pth",
+        "eval.vgg16_weights"),
+}
+
+
+def hub_checkpoint_dir() -> Path:
+    """torch's hub cache for weights files (``$TORCH_HOME/hub/checkpoints``, usually ``~/.cache/torch/...``)."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def resolve_weights(extractor: str, path: Optional[str] = None, download: bool = False) -> Optional[Path]:
+    """The local weights file of ``extractor`` (None for extractors that need none); fail clearly if absent.
+
+    Looks at ``path`` when given, else at torch's hub cache (fd-digits: the shipped judge).
+    With ``download=True`` a missing hub-cache file is fetched there first (the only way
+    anything downloads).
+    """
+    if extractor == FD_DIGITS:
+        from transgan.eval.digits_judge import JUDGE_WEIGHTS
+
+        judge = Path(os.path.expanduser(str(path))) if path else JUDGE_WEIGHTS
+        if not judge.is_file():
+            where = f"{judge} does not exist" if path else f"the shipped file {JUDGE_WEIGHTS} is missing"
+            raise MissingWeightsError(f"digits judge weights (fd-digits) not found: {where}; they ship with "
+                                      "transgan (recreate them with `python tools/train_digits_judge.py`)")
+        return judge.resolve()
+    spec = WEIGHTS.get(extractor)
+    if spec is None:
+        if path:
+            raise MissingWeightsError(f"feature extractor {extractor!r} takes no weights file, but {path} was given")
+        return None
+    cached = hub_checkpoint_dir() / spec.file_name
+    if path:
+        candidate = Path(os.path.expanduser(str(path)))
+        if candidate.is_file():
+            return candidate.resolve()
+        looked = f"{candidate} (from {spec.config_key}) does not exist"
+    else:
+        if cached.is_file():
+            return cached
+        if download:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(spec.url, str(cached), progress=True)
+            return cached
+        looked = f"{spec.config_key} is not set and torch's hub cache has no {cached}"
+    raise MissingWeightsError(
+        f"{spec.what} not found: {looked}. The file must be named {spec.file_name}: put it at {cached} "
+        f"(torch's hub cache, $TORCH_HOME/hub/checkpoints) or pass {spec.config_key}=<path to the file>. "
+        f"It is published at {spec.url}; copy it from a machine with network access (see docs/evaluation.md).")
+
+
+@lru_cache(maxsize=16)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, remembered per (path, size, mtime) so a training loop hashes it once."""
+    stat = os.stat(path)
+    return _sha256(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+class FeatureExtractorDigits(torch_fidelity.FeatureExtractorBase):
+    """The package's digits judge as a torch-fidelity extractor ("FD-digits").
+
+    Input, as torch-fidelity feeds every extractor: uint8 [B, 3, H, W] (or [B, 1, H, W])
+    in [0, 255], any size (the judge resizes to its own 16x16). Features: the judge's
+    penultimate layer (``features``, used for FD/KID/precision-recall) and its class
+    logits (``logits``, used for an IS-style score).
+    """
+
+    def __init__(self, name: str, features_list: list[str], feature_extractor_weights_path: Optional[str] = None,
+                 **kwargs) -> None:
+        from transgan.eval.digits_judge import load_digits_judge
+
+        super().__init__(name, features_list)
+        self.judge = load_digits_judge(device=torch.device("cpu"), path=feature_extractor_weights_path)
+
+    @staticmethod
+    def get_provided_features_list() -> tuple[str, ...]:
+        return "features", "logits"
+
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric: str) -> str:
+        return {"isc": "logits", "fid": "features", "kid": "features", "prc": "features"}[metric]
+
+    @staticmethod
+    def can_be_compiled() -> bool:
+        return False
+
+    @staticmethod
+    def get_dummy_input_for_compile() -> torch.Tensor:
+        return torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] not in (1, 3):
+            raise ValueError(f"fd-digits expects uint8 images [B, 1 or 3, H, W], got {x.dtype} {tuple(x.shape)}")
+        # The judge takes [-1, 1] at any size; it averages RGB (gray repeated) back to one channel.
+        features = self.judge.features(x.float() / 127.5 - 1)
+        out = {"features": features.float()}
+        if "logits" in self.features_list:
+            out["logits"] = self.judge.head(features).float()
+        return tuple(out[name] for name in self.features_list)
+
+
+def register_extractors() -> None:
+    """Make transgan's extractors known to torch-fidelity (safe to call more than once)."""
+    if FD_DIGITS not in FEATURE_EXTRACTORS_REGISTRY:
+        torch_fidelity.register_feature_extractor(FD_DIGITS, FeatureExtractorDigits)
+
+
+register_extractors()

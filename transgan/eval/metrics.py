@@ -1,0 +1,422 @@
+"""FID, KID, IS, precision/recall and intra-class FID of a generator, through torch-fidelity.
+
+:func:`evaluate` is the one entry point. It computes nothing itself: it turns a
+generator, a folder of images or a dataset into torch-fidelity inputs, resolves the
+extractor weights offline (failing before anything is generated), names the reference
+statistics so torch-fidelity caches them per (dataset, split, resolution, extractor), and
+calls :func:`torch_fidelity.calculate_metrics`. Every number comes back with the protocol
+that produced it, because FIDs computed under different protocols are not comparable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch_fidelity
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import Dataset
+
+from transgan.eval.extractors import FD_DIGITS, file_sha256, resolve_weights
+from transgan.eval.sampling import GeneratorSource, LazyDataset, RealImages, check_truncation, dataset_labels
+from transgan.registry import ConfigError
+
+METRICS = ("fid", "kid", "isc", "prc")
+# torch-fidelity's result keys -> ours (eval.json)
+_KEYS = {
+    torch_fidelity.KEY_METRIC_FID: "fid",
+    torch_fidelity.KEY_METRIC_KID_MEAN: "kid_mean",
+    torch_fidelity.KEY_METRIC_KID_STD: "kid_std",
+    torch_fidelity.KEY_METRIC_ISC_MEAN: "isc_mean",
+    torch_fidelity.KEY_METRIC_ISC_STD: "isc_std",
+    torch_fidelity.KEY_METRIC_PRECISION: "precision",
+    torch_fidelity.KEY_METRIC_RECALL: "recall",
+    torch_fidelity.KEY_METRIC_F_SCORE: "f_score",
+}
+# Dataset-config keys that do not change the reference images (left out of the cache key;
+# split and resolution are in the cache name itself).
+_NOT_IMAGES = {"num_workers", "augment", "download", "conditional", "split", "resolution", "cache", "bad_images"}
+# How torch-fidelity's extractors resize their input (recorded in the protocol).
+_EXTRACTOR_RESIZE = {
+    "inception-v3-compat": "299x299, bilinear as TensorFlow 1.x (torch-fidelity)",
+    "vgg16": "224x224, bilinear as TensorFlow 1.x (torch-fidelity)",
+    FD_DIGITS: "16x16, bilinear antialiased (the digits judge)",
+}
+
+Source = Union[nn.Module, str, Path, Dataset]
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    """The evaluation protocol; configs/eval/*.yaml are presets of it (keys ``eval.*`` on the command line)."""
+
+    metrics: list[str] = dataclasses.field(default_factory=lambda: ["fid", "kid", "isc", "prc"])
+    extractor: str = "inception-v3-compat"  # FID/KID/IS; prc uses vgg16 with Inception, else the same one
+    num_samples: int = 50000                # generated images
+    batch_size: int = 64
+    seed: int = 0                           # latents, labels and KID subsets
+    split: str = "train"                    # reference split of the dataset
+    resolution: Optional[int] = None        # None = the generator's resolution
+    reference_samples: Optional[int] = None  # None = every image of the split, else a seeded subset
+    intra_fid: bool = False                 # mean FID over classes (conditional generators)
+    intra_fid_samples_per_class: Optional[int] = None  # None = num_samples // num_classes
+    truncation_psi: float = 1.0
+    network: str = "G_ema"                  # which weights of a checkpoint: G_ema | G
+    inception_weights: Optional[str] = None
+    vgg16_weights: Optional[str] = None
+    download_weights: bool = False          # fetch missing weights into torch's hub cache
+    cache_dir: Optional[str] = None         # None = $TRANSGAN_CACHE_DIR or ~/.cache/transgan/eval
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000             # lowered to the smaller set's size when needed
+    isc_splits: int = 10
+    prc_neighborhood: int = 3
+    reference_workers: bool = True          # torch-fidelity's loader workers for the reference images
+    device: str = "auto"                    # auto | cpu | cuda
+    verbose: bool = False
+    dataset: dict[str, Any] = dataclasses.field(default_factory=dict)  # overrides of the dataset config
+
+
+def eval_config(cfg: Union[EvalConfig, Mapping[str, Any], DictConfig, None] = None, **overrides: Any) -> EvalConfig:
+    """Validate a protocol (a mapping, an OmegaConf node or an EvalConfig); unknown keys fail."""
+    if isinstance(cfg, EvalConfig):
+        cfg = dataclasses.asdict(cfg)
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(EvalConfig), cfg or {}, overrides)
+    except Exception as e:  # OmegaConf raises several types for the same kind of mistake
+        raise ConfigError(f"bad eval config: {e}".strip()) from e
+    out = EvalConfig(**OmegaConf.to_container(merged, resolve=True))
+    unknown = [m for m in out.metrics if m not in METRICS]
+    checks = [
+        (not unknown, f"eval.metrics has unknown metric(s) {unknown}; choose from {list(METRICS)}"),
+        (out.metrics or out.intra_fid, "eval.metrics is empty and eval.intra_fid is off: nothing to compute"),
+        (out.num_samples >= 2, "eval.num_samples must be >= 2"),
+        (out.batch_size >= 1, "eval.batch_size must be >= 1"),
+        (out.network in ("G_ema", "G"), "eval.network must be G_ema or G"),
+        (out.device in ("auto", "cpu", "cuda"), "eval.device must be auto, cpu or cuda"),
+        (out.reference_samples is None or out.reference_samples >= 2, "eval.reference_samples must be >= 2"),
+        (out.kid_subset_size >= 2 and out.kid_subsets >= 1, "eval.kid_subset_size >= 2 and kid_subsets >= 1"),
+        (out.truncation_psi > 0, "eval.truncation_psi must be > 0"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+    if out.extractor not in FEATURE_EXTRACTORS_REGISTRY:
+        raise ConfigError(f"unknown feature extractor {out.extractor!r}; registered: "
+                          f"{sorted(FEATURE_EXTRACTORS_REGISTRY)}")
+    return out
+
+
+def default_cache_dir() -> Path:
+    """Where reference statistics are cached: ``$TRANSGAN_CACHE_DIR`` or ``~/.cache/transgan/eval``."""
+    return Path(os.environ.get("TRANSGAN_CACHE_DIR") or Path.home() / ".cache" / "transgan" / "eval").expanduser()
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) of two Gaussians, by torch-fidelity's FID formula."""
+    from torch_fidelity.metric_fid import fid_statistics_to_metric
+
+    as64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
+    out = fid_statistics_to_metric({"mu": as64(mu1), "sigma": as64(sigma1)},
+                                   {"mu": as64(mu2), "sigma": as64(sigma2)}, verbose=False)
+    return out[torch_fidelity.KEY_METRIC_FID]
+
+
+# ---------------------------------------------------------------------------- reference
+def reference_dataset_config(dataset_cfg: Mapping[str, Any], cfg: EvalConfig) -> dict[str, Any]:
+    """The dataset config of the reference images: the run's dataset with the protocol's overrides and split."""
+    if isinstance(dataset_cfg, DictConfig):
+        base = OmegaConf.to_container(dataset_cfg, resolve=True)
+    else:
+        base = dict(dataset_cfg)
+    preset = dict(cfg.dataset)
+    if "name" in preset and base.get("name") not in (None, preset["name"]):
+        raise ConfigError(f"this protocol is for dataset {preset['name']!r}, but the dataset is {base['name']!r}")
+    return {**base, **preset, "split": cfg.split}
+
+
+def build_reference(dataset_cfg: Mapping[str, Any], resolution: int) -> Dataset:
+    """Build a transgan dataset (images in [-1, 1], label) at ``resolution`` from a plain config."""
+    from transgan.data import build_dataset
+
+    return build_dataset(OmegaConf.create(dict(dataset_cfg)), resolution=resolution)
+
+
+class _Reference:
+    """The real images of the protocol, built on first need and named for torch-fidelity's cache."""
+
+    def __init__(self, dataset_cfg: dict[str, Any], resolution: int, cfg: EvalConfig, cache_dir: Path) -> None:
+        self.cfg, self.dataset_cfg, self.resolution, self.cache_dir = cfg, dataset_cfg, resolution, cache_dir
+        image_keys = {k: v for k, v in sorted(dataset_cfg.items()) if k not in _NOT_IMAGES}
+        if image_keys.get("root"):
+            image_keys["root"] = str(Path(str(image_keys["root"])).expanduser().resolve())
+        key = json.dumps([image_keys, cfg.reference_samples, cfg.seed if cfg.reference_samples else None],
+                         sort_keys=True, default=str)
+        self.name = (f"transgan-{dataset_cfg.get('name', 'data')}-{cfg.split}-{resolution}px-"
+                     f"{hashlib.sha256(key.encode()).hexdigest()[:12]}")
+        self._base: Optional[Dataset] = None
+        self._indices: Optional[list[int]] = None
+        self._labels: Optional[np.ndarray] = None
+
+    def base(self) -> Dataset:
+        """The dataset itself (built once)."""
+        if self._base is None:
+            self._base = build_reference(self.dataset_cfg, self.resolution)
+            n = len(self._base)
+            self._indices = list(range(n))
+            if self.cfg.reference_samples is not None and self.cfg.reference_samples < n:
+                order = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.seed))
+                self._indices = sorted(order[:self.cfg.reference_samples].tolist())
+            self._write_info()
+        return self._base
+
+    def images(self) -> LazyDataset:
+        """All reference images as uint8 RGB, built only if torch-fidelity's cache misses."""
+        return LazyDataset(lambda: RealImages(self.base(), self._indices))
+
+    def class_images(self, k: int) -> LazyDataset:
+        """The reference images of class ``k``."""
+        def build() -> Dataset:
+            base = self.base()
+            if self._labels is None:
+                self._labels = dataset_labels(base)
+            chosen = [i for i in self._indices if self._labels[i] == k]
+            if len(chosen) < 2:
+                raise ConfigError(f"class {k} has {len(chosen)} reference image(s) in split {self.cfg.split!r}; "
+                                  "intra-class FID needs at least 2")
+            return RealImages(base, chosen)
+        return LazyDataset(build)
+
+    def info(self) -> dict[str, Any]:
+        """What the reference is (number of images, config), from the cache when it was not built now."""
+        path = self.cache_dir / f"{self.name}.json"
+        if self._base is None and path.is_file():
+            return json.loads(path.read_text())
+        self.base()
+        return self._info()
+
+    def size(self) -> int:
+        """Number of reference images."""
+        return int(self.info()["num_images"])
+
+    def _info(self) -> dict[str, Any]:
+        return {"name": self.name, "dataset": self.dataset_cfg, "resolution": self.resolution,
+                "num_images": len(self._indices)}
+
+    def _write_info(self) -> None:
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.cache_dir / f".{self.name}.json.{os.getpid()}"
+        tmp.write_text(json.dumps(self._info(), indent=1, default=str))
+        os.replace(tmp, self.cache_dir / f"{self.name}.json")
+
+
+# ---------------------------------------------------------------------------- evaluation
+def _device(cfg: EvalConfig, source: Any) -> torch.device:
+    if isinstance(source, nn.Module):
+        first = next(source.parameters(), None)
+        if first is not None and cfg.device == "auto":
+            return first.device
+    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ConfigError("eval.device=cuda but CUDA is not available")
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _extractors(cfg: EvalConfig) -> dict[str, list[str]]:
+    """Which extractor computes which metrics: torch-fidelity's pairing (Inception + VGG16 for prc)."""
+    plan: dict[str, list[str]] = {}
+    for m in cfg.metrics:
+        name = "vgg16" if m == "prc" and cfg.extractor == "inception-v3-compat" else cfg.extractor
+        plan.setdefault(name, []).append(m)
+    if cfg.intra_fid:
+        plan.setdefault(cfg.extractor, [])
+    return plan
+
+
+def protocol_weights(cfg: EvalConfig) -> dict[str, Optional[Path]]:
+    """The local weights file of every extractor the protocol uses; fails clearly when one is missing."""
+    configured = {"inception-v3-compat": cfg.inception_weights, "vgg16": cfg.vgg16_weights}
+    return {name: resolve_weights(name, configured.get(name), cfg.download_weights) for name in _extractors(cfg)}
+
+
+def evaluate(source: Source, dataset_cfg: Mapping[str, Any], cfg: Union[EvalConfig, Mapping[str, Any], None] = None,
+             **overrides: Any) -> dict[str, Any]:
+    """Evaluate a generator, an image folder or a dataset against a dataset's reference split.
+
+    ``source``: a generator (``G(z, c) -> [-1, 1]``), a folder of image files, or a
+    transgan dataset. ``dataset_cfg``: the dataset config of the reference (as in
+    configs/dataset/). ``cfg``/``overrides``: the protocol (:class:`EvalConfig`). Returns
+    ``fid``, ``kid_mean``, ``kid_std``, ``isc_mean``, ``isc_std``, ``precision``,
+    ``recall``, ``intra_fid`` (those computed) and ``protocol``.
+    """
+    cfg = eval_config(cfg, **overrides)
+    is_generator = isinstance(source, nn.Module)
+    if isinstance(source, (str, Path)):
+        source = Path(source).expanduser()
+        if not source.is_dir():
+            raise FileNotFoundError(f"no folder of images at {source}")
+    elif not is_generator and not isinstance(source, Dataset):
+        raise ConfigError(f"cannot evaluate a {type(source).__name__}: give a generator, a folder or a dataset")
+
+    # Resolution: the generator's; a folder or dataset needs it from the protocol or the dataset config.
+    resolution = cfg.resolution
+    if is_generator:
+        if resolution is not None and resolution != int(source.img_resolution):
+            raise ConfigError(f"the protocol is at {resolution}x{resolution} but the generator makes "
+                              f"{source.img_resolution}x{source.img_resolution} images")
+        resolution = int(source.img_resolution)
+        check_truncation(source, cfg.truncation_psi)
+    elif cfg.truncation_psi != 1.0:
+        raise ConfigError("eval.truncation_psi applies to generators only")
+    resolution = resolution or dataset_cfg.get("resolution")
+    if not resolution:
+        raise ConfigError("set eval.resolution: the images' size cannot be read from a folder or dataset")
+    num_classes = int(getattr(source, "num_classes", 0) or 0) if is_generator else 0
+    if cfg.intra_fid and not num_classes:
+        raise ConfigError("eval.intra_fid needs a class-conditional generator (num_classes > 0)")
+
+    # Weights first: a missing file must fail before any image is generated.
+    plan = _extractors(cfg)
+    weights = protocol_weights(cfg)
+    weights_info = {name: ({"file": str(path), "sha256": file_sha256(path)} if path else None)
+                    for name, path in weights.items()}
+
+    device = _device(cfg, source)
+    cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
+    reference = _Reference(reference_dataset_config(dataset_cfg, cfg), int(resolution), cfg, cache_dir)
+    if is_generator:
+        home = next(source.parameters(), torch.empty(0)).device  # put back there afterwards
+        source = source.to(device)
+        n_generated = cfg.num_samples
+    elif isinstance(source, Path):
+        n_generated = None  # counted by torch-fidelity; recorded below
+    else:
+        source = RealImages(source)
+        n_generated = len(source)
+
+    common = dict(cuda=device.type == "cuda", batch_size=cfg.batch_size, rng_seed=cfg.seed, verbose=cfg.verbose,
+                  cache_root=str(cache_dir), cache=True, save_cpu_ram=not cfg.reference_workers,
+                  samples_find_deep=True, samples_resize_and_crop=int(resolution), samples_shuffle=True,
+                  isc_splits=cfg.isc_splits, prc_neighborhood=cfg.prc_neighborhood, kid_subsets=cfg.kid_subsets)
+
+    def first_input(fixed_class: Optional[int] = None, n: Optional[int] = None) -> dict[str, Any]:
+        if is_generator:
+            gen = GeneratorSource(source, n or cfg.num_samples, seed=cfg.seed, fixed_class=fixed_class,
+                                  truncation_psi=cfg.truncation_psi)
+            return dict(input1=gen, input1_model_num_samples=gen.num_samples)
+        return dict(input1=str(source) if isinstance(source, Path) else source)
+
+    def weights_key(name: str) -> str:
+        return f"-w{weights_info[name]['sha256'][:8]}" if weights_info[name] else ""
+
+    results: dict[str, Any] = {}
+    kid_subset_size = per_class_n = None
+    was_training = source.training if is_generator else False
+    if is_generator:
+        source.eval()  # sampling, not training: batch norm and dropout in inference mode
+    try:
+        for name, metrics in plan.items():
+            if not metrics:
+                continue
+            kwargs = dict(common, feature_extractor=name, feature_extractor_weights_path=_str(weights[name]),
+                          **{m: m in metrics for m in METRICS})
+            if "kid" in metrics:  # torch-fidelity refuses subsets larger than either set
+                n1 = n_generated if n_generated is not None else _count_images(source)
+                kid_subset_size = min(cfg.kid_subset_size, n1, reference.size())
+                kwargs["kid_subset_size"] = kid_subset_size
+            out = torch_fidelity.calculate_metrics(**first_input(), input2=reference.images(),
+                                                   input2_cache_name=reference.name + weights_key(name), **kwargs)
+            results.update({_KEYS[k]: float(v) for k, v in out.items() if k in _KEYS})
+
+        if cfg.intra_fid:  # FID per class against that class's reference images, averaged
+            per_class_n = cfg.intra_fid_samples_per_class or max(2, cfg.num_samples // num_classes)
+            fids = []
+            for k in range(num_classes):
+                out = torch_fidelity.calculate_metrics(
+                    **first_input(fixed_class=k, n=per_class_n), input2=reference.class_images(k),
+                    input2_cache_name=f"{reference.name}-class{k}{weights_key(cfg.extractor)}",
+                    **dict(common, feature_extractor=cfg.extractor,
+                           feature_extractor_weights_path=_str(weights[cfg.extractor]), fid=True))
+                fids.append(float(out[torch_fidelity.KEY_METRIC_FID]))
+            results["intra_fid"] = float(np.mean(fids))
+            results["intra_fid_per_class"] = fids
+    finally:
+        if is_generator:
+            source.train(was_training).to(home)
+
+    ref = reference.info()
+    main = weights_info.get(cfg.extractor)
+    results["protocol"] = {
+        "source": "generator" if is_generator else str(source) if isinstance(source, Path) else "dataset",
+        "network": cfg.network if is_generator else None,
+        "extractor": cfg.extractor,
+        "extractors": {name: metrics + (["intra_fid"] if cfg.intra_fid and name == cfg.extractor else [])
+                       for name, metrics in plan.items()},
+        "weights": weights_info,
+        "weights_sha256": main["sha256"] if main else None,
+        "num_samples": n_generated if n_generated is not None else _count_images(source),
+        "intra_fid_samples_per_class": per_class_n if cfg.intra_fid else None,
+        "labels": "class-balanced" if num_classes else None,
+        "num_classes": num_classes,
+        "dataset": ref["dataset"].get("name"),
+        "split": cfg.split,
+        "reference_images": ref["num_images"],
+        "reference_cache": ref["name"],
+        "reference_dataset": ref["dataset"],
+        "resolution": int(resolution),
+        "resize": {"reference": _reference_resize(ref["dataset"], int(resolution)),
+                   "folder": (f"{resolution}x{resolution} by torch-fidelity (Resize + CenterCrop)"
+                              if isinstance(source, Path) else None),
+                   "extractor": {name: _EXTRACTOR_RESIZE.get(name, "the extractor's own") for name in plan}},
+        "seed": cfg.seed,
+        "truncation_psi": cfg.truncation_psi if is_generator else None,
+        "batch_size": cfg.batch_size,
+        "kid_subsets": cfg.kid_subsets if kid_subset_size else None,
+        "kid_subset_size": kid_subset_size,
+        "isc_splits": cfg.isc_splits if "isc" in cfg.metrics else None,
+        "prc_neighborhood": cfg.prc_neighborhood if "prc" in cfg.metrics else None,
+        "versions": {"torch_fidelity": torch_fidelity.__version__, "torch": torch.__version__,
+                     "numpy": np.__version__},
+    }
+    order = [*_KEYS.values(), "intra_fid", "intra_fid_per_class", "protocol"]
+    return {k: results[k] for k in order if k in results}
+
+
+def fd_digits(G: nn.Module, dataset_cfg: Mapping[str, Any], num_samples: int = 1000, seed: int = 0,
+              cache_dir: Optional[str] = None) -> float:
+    """FD-digits of ``num_samples`` generator samples against the digits train split (cheap, CPU, cached)."""
+    out = evaluate(G, dataset_cfg, EvalConfig(metrics=["fid"], extractor=FD_DIGITS, num_samples=num_samples,
+                                              batch_size=250, seed=seed, split="train", cache_dir=cache_dir,
+                                              reference_workers=False, dataset={"name": "digits"}))
+    return out["fid"]
+
+
+def _reference_resize(dataset_cfg: Mapping[str, Any], resolution: int) -> str:
+    """How transgan.data brings the reference images to ``resolution`` (for the protocol)."""
+    if dataset_cfg.get("name") == "digits":
+        return f"8x8 digits resized to {resolution}x{resolution} (bilinear, antialiased)"
+    crop = dataset_cfg.get("center_crop")
+    first = f"center crop {crop}x{crop}" if crop else "square center crop by the shorter side"
+    return f"{first}, then resize to {resolution}x{resolution} (PIL bicubic)"
+
+
+def _str(path: Optional[Path]) -> Optional[str]:
+    return str(path) if path is not None else None
+
+
+def _count_images(source: Any) -> int:
+    if isinstance(source, Path):
+        from torch_fidelity.utils import glob_samples_paths
+
+        return len(glob_samples_paths(str(source), True, "png,jpg,jpeg", None, verbose=False))
+    return len(source)
+
