@@ -5,18 +5,25 @@ sample ([B]); the loss object weights and averages them. :class:`GANLoss` has on
 per training phase (StyleGAN2-ADA's split): ``d_main``, ``d_reg``, ``g_main``, ``g_reg``.
 The trainer decides when each phase runs; this file owns only the mathematics.
 
+Style-based generators (``G.mapping`` / ``G.synthesis``, see transgan/nn/style.py) are called
+through their ``forward`` with ``style_mixing_prob`` and ``return_ws``, so style mixing and
+the path-length regularizer serve every such backbone, and a DistributedDataParallel wrapper
+around G still sees (and synchronizes) the whole computation.
+
 References: WGAN (Arjovsky et al. 2017), WGAN-GP (Gulrajani et al. 2017), drift
 (Karras et al. 2018, PGGAN), hinge (Lim & Ye 2017; Miyato et al. 2018), non-saturating
-and minimax (Goodfellow et al. 2014), R1 (Mescheder et al. 2018), lazy regularization
-(Karras et al. 2020, StyleGAN2).
+and minimax (Goodfellow et al. 2014), R1 (Mescheder et al. 2018), lazy regularization,
+style mixing and path-length regularization (Karras et al. 2020, StyleGAN2).
 """
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager, nullcontext
 from typing import Any, Callable, Iterator, Mapping, Optional
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -27,6 +34,7 @@ Discriminator = Callable[[Tensor, Optional[Tensor]], Tensor]
 __all__ = [
     "wgan_d_loss", "wgan_g_loss", "hinge_d_loss", "hinge_g_loss", "ns_d_loss", "ns_g_loss",
     "minimax_d_loss", "minimax_g_loss", "gradient_penalty", "r1_penalty", "drift_penalty",
+    "path_lengths", "path_length_penalty",
     "GANLoss", "build_loss", "lazy_regularization_hparams", "ADVERSARIAL_LOSSES",
 ]
 
@@ -136,6 +144,33 @@ def drift_penalty(real_logits: Tensor) -> Tensor:
     return real_logits.square()
 
 
+def path_lengths(images: Tensor, ws: Tensor, noise: Optional[Tensor] = None) -> Tensor:
+    """StyleGAN2 path length per sample: ||J_w^T y||, y ~ N(0, I) / sqrt(H W), averaged over the ws.
+
+    ``ws`` [B, num_ws, w_dim] must be in the graph that made ``images`` [B, C, H, W]. The result
+    stays in the graph (create_graph) so a penalty on it trains the generator.
+    L_b = sqrt(mean_i sum_j (d sum(images * y) / d ws[b, i, j])^2).
+    """
+    if noise is None:
+        noise = torch.randn_like(images) / math.sqrt(images.shape[2] * images.shape[3])
+    (grads,) = torch.autograd.grad((images * noise).sum(), ws, create_graph=True)
+    return grads.square().sum(dim=2).mean(dim=1).sqrt()
+
+
+def path_length_penalty(lengths: Tensor, pl_mean: Tensor) -> Tensor:
+    """(L - a)^2 per sample, a the running mean of path lengths: keeps |J_w^T y| constant in w."""
+    return (lengths - pl_mean).square()
+
+
+def _mean_over_processes(x: Tensor) -> Tensor:
+    """Mean of a tensor over all processes when torch.distributed runs (identity otherwise)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        x = x.detach().clone()
+        dist.all_reduce(x)
+        return x / dist.get_world_size()
+    return x.detach()
+
+
 # ----------------------------------------------------------------------------- composed loss
 
 class GANLoss:
@@ -148,31 +183,50 @@ class GANLoss:
     The gradient penalty and drift are computed every D step (in ``d_main``). R1 is lazy
     (``d_reg`` every ``r1_interval`` D steps, scaled by the interval, as in StyleGAN2);
     ``r1_interval=1`` computes it every step inside ``d_main`` instead.
+
+    Style-based generators: with ``style_mixing_prob`` > 0 every generated batch (D and G
+    phases) mixes two latents at one crossover (StyleGAN2-ADA's ``run_G``). The path-length
+    penalty (``pl_weight`` > 0) is lazy like R1: ``g_reg`` every ``pl_interval`` G steps on the
+    first 1/``pl_batch_shrink`` of the batch, scaled by the interval; ``pl_interval=1`` adds it
+    to every ``g_main``. Its running mean ``pl_mean`` (decay ``pl_decay``, averaged over
+    processes) is the loss's state: :meth:`state_dict` / :meth:`load_state_dict`.
     """
 
+    OPTIONS = ("adversarial", "gp_weight", "gp_center", "drift_weight", "r1_gamma", "r1_interval",
+               "style_mixing_prob", "pl_weight", "pl_interval", "pl_batch_shrink", "pl_decay")
+
     def __init__(self, adversarial: str = "wgan", gp_weight: float = 0.0, gp_center: float = 1.0,
-                 drift_weight: float = 0.0, r1_gamma: float = 0.0, r1_interval: int = 16, **unknown: Any) -> None:
+                 drift_weight: float = 0.0, r1_gamma: float = 0.0, r1_interval: int = 16,
+                 style_mixing_prob: float = 0.0, pl_weight: float = 0.0, pl_interval: int = 4,
+                 pl_batch_shrink: int = 2, pl_decay: float = 0.01, **unknown: Any) -> None:
         if unknown:
-            raise ConfigError(f"unknown loss option(s) {sorted(unknown)}; options are adversarial, gp_weight, "
-                              "gp_center, drift_weight, r1_gamma, r1_interval")
+            raise ConfigError(f"unknown loss option(s) {sorted(unknown)}; options are {', '.join(self.OPTIONS)}")
         if adversarial not in ADVERSARIAL_LOSSES:
             raise ConfigError(f"unknown adversarial loss {adversarial!r}; choose one of {sorted(ADVERSARIAL_LOSSES)}")
         for key, value in (("gp_weight", gp_weight), ("gp_center", gp_center), ("drift_weight", drift_weight),
-                           ("r1_gamma", r1_gamma)):
+                           ("r1_gamma", r1_gamma), ("pl_weight", pl_weight)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ConfigError(f"loss.{key} must be a number >= 0, got {value!r}")
-        if isinstance(r1_interval, bool) or not isinstance(r1_interval, int) or r1_interval < 1:
-            raise ConfigError(f"loss.r1_interval must be an integer >= 1, got {r1_interval!r}")
+        for key, value in (("r1_interval", r1_interval), ("pl_interval", pl_interval),
+                           ("pl_batch_shrink", pl_batch_shrink)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"loss.{key} must be an integer >= 1, got {value!r}")
+        for key, value in (("style_mixing_prob", style_mixing_prob), ("pl_decay", pl_decay)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise ConfigError(f"loss.{key} must be a number in [0, 1], got {value!r}")
         self.adversarial = adversarial
         self.d_adversarial, self.g_adversarial = ADVERSARIAL_LOSSES[adversarial]
         self.gp_weight, self.gp_center = float(gp_weight), float(gp_center)
         self.drift_weight = float(drift_weight)
         self.r1_gamma, self.r1_interval = float(r1_gamma), r1_interval
+        self.style_mixing_prob = float(style_mixing_prob)
+        self.pl_weight, self.pl_interval = float(pl_weight), pl_interval
+        self.pl_batch_shrink, self.pl_decay = pl_batch_shrink, float(pl_decay)
+        self.pl_mean = torch.zeros(())
         self.augment: Callable[[Tensor], Tensor] = _identity
 
     def __repr__(self) -> str:
-        return (f"GANLoss(adversarial={self.adversarial!r}, gp_weight={self.gp_weight}, gp_center={self.gp_center}, "
-                f"drift_weight={self.drift_weight}, r1_gamma={self.r1_gamma}, r1_interval={self.r1_interval})")
+        return "GANLoss(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in self.OPTIONS) + ")"
 
     @property
     def d_reg_interval(self) -> Optional[int]:
@@ -181,8 +235,8 @@ class GANLoss:
 
     @property
     def g_reg_interval(self) -> Optional[int]:
-        """G steps between ``g_reg`` phases; None: no G regularizer is implemented yet."""
-        return None
+        """G steps between lazy ``g_reg`` (path-length) phases; None when there is none."""
+        return self.pl_interval if self.pl_weight > 0 and self.pl_interval > 1 else None
 
     def _sees(self, D: Discriminator) -> Discriminator:
         """D as the loss uses it: every input goes through ``self.augment`` first."""
@@ -194,11 +248,21 @@ class GANLoss:
             raise ValueError(f"D must return logits of shape [B] = [{x.shape[0]}], got {tuple(logits.shape)}")
         return logits.float()  # loss arithmetic in float32 also under autocast
 
+    def _generate(self, G: Callable, z: Tensor, c: Optional[Tensor],
+                  return_ws: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """run_G: images from z (with style mixing for style-based generators), and their ws if asked."""
+        if not _is_style_generator(G):
+            if return_ws:
+                raise TypeError(f"path-length regularization needs a style-based generator (G.mapping, "
+                                f"G.synthesis, see transgan/nn/style.py); {type(_unwrap(G)).__name__} is not one")
+            return G(z, c)
+        return G(z, c, style_mixing_prob=self.style_mixing_prob, return_ws=return_ws)
+
     def d_main(self, G: Callable, D: Discriminator, real: Tensor, c_real: Optional[Tensor], z: Tensor,
                c_fake: Optional[Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """Dmain: the adversarial D loss plus the penalties computed every D step."""
         with torch.no_grad():
-            fake = G(z, c_fake)
+            fake = self._generate(G, z, c_fake)
         real_logits = self._logits(D, real, c_real)
         fake_logits = self._logits(D, fake, c_fake)
         loss = self.d_adversarial(real_logits, fake_logits)
@@ -231,30 +295,74 @@ class GANLoss:
 
     def g_main(self, G: Callable, D: Discriminator, z: Tensor,
                c_fake: Optional[Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        """Gmain: the adversarial G loss on freshly generated images."""
-        fake_logits = self._logits(D, G(z, c_fake), c_fake)
+        """Gmain: the adversarial G loss on freshly generated images (plus path length if not lazy)."""
+        fake_logits = self._logits(D, self._generate(G, z, c_fake), c_fake)
         loss = self.g_adversarial(fake_logits)
-        return loss, {"loss_g": loss.detach()}
+        stats = {}
+        if self.pl_weight > 0 and self.g_reg_interval is None:
+            # Path length every step (pl_interval=1): no lazy scaling.
+            pl_loss, stats = self._path_length_loss(G, z, c_fake, gain=1.0)
+            stats["loss_g_adv"] = loss.detach()
+            loss = loss + pl_loss
+        stats["loss_g"] = loss.detach()
+        return loss, stats
 
     def g_reg(self, G: Callable, z: Tensor, c: Optional[Tensor]) -> Optional[tuple[Tensor, dict[str, Tensor]]]:
-        """Greg: hook for the path-length regularizer, not implemented yet: returns None.
+        """Greg: lazy path-length penalty, pl_weight * (L - pl_mean)^2, times the interval (StyleGAN2).
 
-        ``g_reg_interval`` is None, so the trainer never schedules this phase.
+        Returns None for a loss without a lazy G regularizer (``g_reg_interval`` is None).
         """
-        return None
+        if self.g_reg_interval is None:
+            return None
+        return self._path_length_loss(G, z, c, gain=float(self.pl_interval))
+
+    def _path_length_loss(self, G: Callable, z: Tensor, c: Optional[Tensor],
+                          gain: float) -> tuple[Tensor, dict[str, Tensor]]:
+        # A shrunk batch: the penalty's double backward is the expensive part.
+        n = max(1, z.shape[0] // self.pl_batch_shrink)
+        z, c = z[:n], (c[:n] if c is not None else None)
+        with _regularization_pass(z.device.type):
+            images, ws = self._generate(G, z.float(), c, return_ws=True)
+            lengths = path_lengths(images.float(), ws)
+        # pl_mean <- lerp(pl_mean, mean L, decay), with mean L over every process's batch; the penalty
+        # treats it as a constant.
+        pl_mean = self.pl_mean.to(lengths.device).lerp(_mean_over_processes(lengths.mean()), self.pl_decay)
+        self.pl_mean = pl_mean.detach()
+        penalty = path_length_penalty(lengths, pl_mean)
+        # images[:, 0, 0, 0] * 0 puts every generator weight in the graph (DDP expects gradients for all).
+        loss = (images[:, 0, 0, 0].float() * 0 + penalty * self.pl_weight).mean() * gain
+        return loss, {"pl_penalty": penalty.mean().detach(), "pl_length": lengths.mean().detach(),
+                      "pl_mean": pl_mean.detach(), "loss_g_reg": loss.detach()}
 
     def state_dict(self) -> dict[str, Any]:
-        """Loss state to checkpoint (e.g. a path-length mean); this loss has none yet."""
-        return {}
+        """Loss state to checkpoint: the path-length running mean when path length is on."""
+        return {"pl_mean": self.pl_mean.detach().cpu().clone()} if self.pl_weight > 0 else {}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`; refuses entries this loss does not have."""
-        if state:
-            raise ValueError(f"unexpected loss state entries {sorted(state)}; {self!r} keeps no state")
+        unexpected = sorted(set(state) - set(self.state_dict()))
+        if unexpected:
+            raise ValueError(f"unexpected loss state entries {unexpected}; {self!r} keeps "
+                             f"{sorted(self.state_dict()) or 'no state'}")
+        if "pl_mean" in state:
+            pl_mean = torch.as_tensor(state["pl_mean"], dtype=torch.float32)
+            if pl_mean.shape != ():
+                raise ValueError(f"loss state pl_mean must be a scalar, got shape {tuple(pl_mean.shape)}")
+            self.pl_mean = pl_mean.clone()
 
 
 def _identity(x: Tensor) -> Tensor:
     return x
+
+
+def _unwrap(G: Callable) -> Callable:
+    """The module inside a DistributedDataParallel (or similar) wrapper."""
+    return getattr(G, "module", G)
+
+
+def _is_style_generator(G: Callable) -> bool:
+    plain = _unwrap(G)
+    return hasattr(plain, "mapping") and hasattr(plain, "synthesis")
 
 
 def build_loss(cfg: Mapping[str, Any]) -> GANLoss:

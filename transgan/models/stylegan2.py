@@ -1,0 +1,220 @@
+"""StyleGAN2 (Karras et al., CVPR 2020): skip generator and residual discriminator.
+
+Generator (config F, "skip" architecture), top to bottom::
+
+    z (+ class) --MappingNetwork (nn/style.py)--> ws [B, num_ws, w_dim]
+    x = learned constant, C(4) x 4 x 4
+    block 4:    x = StyledConv(x, ws[0]);                      img = ToRGB(x, ws[1])
+    block r:    x = StyledConv(up2(x), ws[i]); x = StyledConv(x, ws[i+1])
+                img = up2(img) + ToRGB(x, ws[i+2])              for r = 8, 16, ..., R
+
+A StyledConv is modulated conv (demodulated) -> per-pixel noise -> bias -> lrelu; the ToRGB of
+a block and the first conv of the next read the same w, so num_ws = 2 log2(R) - 2. Channels
+per resolution r are min(channel_base / r, channel_max).
+
+Discriminator ("resnet" architecture), bottom to top::
+
+    x = FromRGB(img)                                            1x1 conv, lrelu, at R x R
+    block r:    x = (conv3x3 -> conv3x3 /2  +  conv1x1 /2) * sqrt(1/2)     for r = R, ..., 8
+    epilogue:   minibatch-std (group 4, 1 channel) -> conv3x3 -> fc -> fc to 1 (or cmap_dim)
+    conditional: logit = <out, cmap(c)> / sqrt(cmap_dim)        projection (Miyato & Koyama 2018)
+
+/2 is the [1, 3, 3, 1] anti-aliasing filter followed by a stride-2 convolution. Every layer
+uses equalized learning rate; ``spectral_norm=True`` spectrally normalizes every layer of D
+except the class embedding.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from transgan.nn.layers import EqualizedConv2d, EqualizedLinear, MinibatchStd, apply_spectral_norm, upsample2d
+from transgan.nn.style import MappingNetwork, StyledConv2d, StyleGenerator, ToRGB
+from transgan.registry import ConfigError, register_discriminator, register_generator
+
+__all__ = ["stage_channels", "check_resolution", "LayerFactory", "SynthesisBlock", "SynthesisNetwork", "StyleGAN2Generator",
+           "DiscriminatorBlock", "DiscriminatorEpilogue", "StyleGAN2Discriminator"]
+
+
+def check_resolution(resolution: int, low: int = 16, high: int = 1024) -> int:
+    """The image side, a power of two in [low, high]; a ConfigError otherwise."""
+    if not isinstance(resolution, int) or resolution < low or resolution > high or resolution & (resolution - 1):
+        raise ConfigError(f"resolution must be a power of two in [{low}, {high}], got {resolution!r}")
+    return resolution
+
+
+def stage_channels(resolution: int, channel_base: int, channel_max: int) -> int:
+    """Feature channels at a resolution: min(channel_base / resolution, channel_max)."""
+    channels = min(channel_base // resolution, channel_max)
+    if channels < 1:
+        raise ConfigError(f"channel_base={channel_base} leaves no channels at resolution {resolution}")
+    return channels
+
+
+def _check_shape(x: Tensor, shape: tuple, who: str) -> None:
+    if x.dim() != len(shape) or any(s is not None and s != d for s, d in zip(shape, x.shape)):
+        want = ", ".join("B" if s is None else str(s) for s in shape)
+        raise ValueError(f"{who} wants input of shape [{want}], got {tuple(x.shape)}")
+
+
+# ----------------------------------------------------------------------------- generator
+
+# A synthesis layer: (in_channels, out_channels, w_dim, resolution, up=..., w_index=...) -> module whose
+# forward is (x, w, noise_mode) -> x. StyledConv2d here; the token-style generator plugs in its own.
+LayerFactory = Callable[..., nn.Module]
+
+
+class SynthesisBlock(nn.Module):
+    """Resolution r of the skip generator: (up +) two synthesis layers and a ToRGB added to the image."""
+
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, img_channels: int,
+                 first_w_index: int, layer: LayerFactory = StyledConv2d) -> None:
+        super().__init__()
+        self.resolution = resolution
+        first = resolution == 4
+        self.convs = nn.ModuleList(
+            [layer(out_channels, out_channels, w_dim, resolution, w_index=first_w_index)] if first else
+            [layer(in_channels, out_channels, w_dim, resolution, up=True, w_index=first_w_index),
+             layer(out_channels, out_channels, w_dim, resolution, w_index=first_w_index + 1)])
+        self.torgb = ToRGB(out_channels, img_channels, w_dim, w_index=first_w_index + len(self.convs))
+
+    def forward(self, x: Tensor, img: Optional[Tensor], ws: Tensor, noise_mode: str = "random") -> tuple[Tensor, Tensor]:
+        """Features and image so far -> those of this resolution."""
+        for conv in self.convs:
+            x = conv(x, ws[:, conv.w_index], noise_mode)
+        rgb = self.torgb(x, ws[:, self.torgb.w_index])
+        return x, rgb if img is None else upsample2d(img) + rgb
+
+
+class SynthesisNetwork(nn.Module):
+    """ws [B, num_ws, w_dim] -> images [B, img_channels, R, R], from a learned 4 x 4 constant.
+
+    ``layer`` builds the two layers of each block (default: StyleGAN2's StyledConv2d).
+    """
+
+    def __init__(self, w_dim: int, img_resolution: int, img_channels: int, channel_base: int,
+                 channel_max: int, layer: LayerFactory = StyledConv2d) -> None:
+        super().__init__()
+        self.w_dim, self.img_resolution, self.img_channels = w_dim, img_resolution, img_channels
+        resolutions = [2 ** i for i in range(2, int(math.log2(img_resolution)) + 1)]
+        channels = {r: stage_channels(r, channel_base, channel_max) for r in resolutions}
+        self.const = nn.Parameter(torch.randn(channels[4], 4, 4))
+        blocks, w_index = [], 0
+        for r in resolutions:
+            block = SynthesisBlock(channels[max(r // 2, 4)], channels[r], w_dim, r, img_channels, w_index, layer)
+            blocks.append(block)
+            w_index += len(block.convs)
+        self.blocks = nn.ModuleList(blocks)
+        self.num_ws = w_index + 1  # the last ToRGB's w
+
+    def forward(self, ws: Tensor, noise_mode: str = "random") -> Tensor:
+        """ws [B, num_ws, w_dim] -> images [B, img_channels, R, R]."""
+        _check_shape(ws, (None, self.num_ws, self.w_dim), "StyleGAN2 synthesis")
+        x = self.const.to(ws.dtype).unsqueeze(0).expand(ws.shape[0], -1, -1, -1)
+        img = None
+        for block in self.blocks:
+            x, img = block(x, img, ws, noise_mode)
+        return img
+
+
+@register_generator("stylegan2")
+class StyleGAN2Generator(StyleGenerator):
+    """StyleGAN2 generator: mapping network + skip synthesis network (see the module docstring)."""
+
+    def __init__(self, img_resolution: int, img_channels: int, num_classes: int, z_dim: int = 512, w_dim: int = 512,
+                 mapping_layers: int = 8, mapping_lr_multiplier: float = 0.01, w_avg_beta: float = 0.995,
+                 embed_dim: Optional[int] = None, channel_base: int = 32768, channel_max: int = 512) -> None:
+        check_resolution(img_resolution)
+        synthesis = SynthesisNetwork(w_dim, img_resolution, img_channels, channel_base, channel_max)
+        super().__init__(z_dim, w_dim, synthesis.num_ws, num_classes, img_resolution, img_channels,
+                         mapping_layers=mapping_layers, mapping_lr_multiplier=mapping_lr_multiplier,
+                         w_avg_beta=w_avg_beta, embed_dim=embed_dim)
+        self.synthesis = synthesis
+
+
+# ----------------------------------------------------------------------------- discriminator
+
+class DiscriminatorBlock(nn.Module):
+    """Residual block at resolution r -> r/2: (conv3x3, conv3x3 /2) + conv1x1 /2, scaled by sqrt(1/2)."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv0 = EqualizedConv2d(in_channels, in_channels, 3, activation="lrelu")
+        self.conv1 = EqualizedConv2d(in_channels, out_channels, 3, activation="lrelu", down=True)
+        self.skip = EqualizedConv2d(in_channels, out_channels, 1, bias=False, down=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """[B, in, r, r] -> [B, out, r/2, r/2]."""
+        # Sum of two unit-variance paths, rescaled to unit variance.
+        return (self.skip(x) + self.conv1(self.conv0(x))) * math.sqrt(0.5)
+
+
+class DiscriminatorEpilogue(nn.Module):
+    """4 x 4 features -> one output (or a cmap_dim vector): minibatch-std, conv, fc, fc."""
+
+    def __init__(self, channels: int, out_dim: int, mbstd_group_size: int = 4, mbstd_channels: int = 1) -> None:
+        super().__init__()
+        self.mbstd = MinibatchStd(mbstd_group_size, mbstd_channels) if mbstd_channels > 0 else None
+        self.conv = EqualizedConv2d(channels + max(mbstd_channels, 0), channels, 3, activation="lrelu")
+        self.fc = EqualizedLinear(channels * 16, channels, activation="lrelu")
+        self.out = EqualizedLinear(channels, out_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """[B, C, 4, 4] -> [B, out_dim]."""
+        if self.mbstd is not None:
+            x = self.mbstd(x)
+        return self.out(self.fc(self.conv(x).flatten(1)))
+
+
+@register_discriminator("stylegan2")
+class StyleGAN2Discriminator(nn.Module):
+    """StyleGAN2 residual discriminator with minibatch-std and projection conditioning.
+
+    ``D(x, c=None) -> logits [B]``. Conditional (num_classes > 0): the epilogue outputs a
+    ``cmap_dim`` vector and the logit is its inner product with the class embedding cmap(c)
+    (a small MappingNetwork on the class alone), divided by sqrt(cmap_dim).
+    ``spectral_norm=True`` spectrally normalizes every conv and linear layer except cmap.
+    """
+
+    def __init__(self, img_resolution: int, img_channels: int, num_classes: int, channel_base: int = 32768,
+                 channel_max: int = 512, mbstd_group_size: int = 4, mbstd_channels: int = 1,
+                 cmap_dim: Optional[int] = None, cmap_layers: int = 2, spectral_norm: bool = False) -> None:
+        super().__init__()
+        check_resolution(img_resolution)
+        if img_channels < 1 or num_classes < 0:
+            raise ConfigError(f"bad discriminator shape: img_channels={img_channels}, num_classes={num_classes}")
+        self.img_resolution, self.img_channels, self.num_classes = img_resolution, img_channels, num_classes
+        resolutions = [2 ** i for i in range(int(math.log2(img_resolution)), 2, -1)]  # R, ..., 8
+        channels = {r: stage_channels(r, channel_base, channel_max) for r in resolutions + [4]}
+        self.fromrgb = EqualizedConv2d(img_channels, channels[img_resolution], 1, activation="lrelu")
+        self.blocks = nn.ModuleList([DiscriminatorBlock(channels[r], channels[r // 2]) for r in resolutions])
+        self.cmap_dim = (cmap_dim or channels[4]) if num_classes else 0
+        self.epilogue = DiscriminatorEpilogue(channels[4], self.cmap_dim or 1, mbstd_group_size, mbstd_channels)
+        self.spectral_norm = bool(spectral_norm)
+        if spectral_norm:
+            apply_spectral_norm(self)  # before cmap exists: the class embedding stays unnormalized
+        self.cmap = (MappingNetwork(0, self.cmap_dim, None, num_classes, num_layers=cmap_layers, w_avg_beta=None)
+                     if num_classes else None)
+
+    def features(self, x: Tensor) -> Tensor:
+        """Images [B, C, R, R] -> the 4 x 4 feature map fed to the epilogue."""
+        _check_shape(x, (None, self.img_channels, self.img_resolution, self.img_resolution), "StyleGAN2Discriminator")
+        x = self.fromrgb(x)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+    def forward(self, x: Tensor, c: Optional[Tensor] = None) -> Tensor:
+        """Images [B, C, R, R] (and class labels [B]) -> logits [B]."""
+        out = self.epilogue(self.features(x))
+        if self.cmap is None:
+            if c is not None:
+                raise ValueError("this discriminator is unconditional (num_classes=0); pass c=None")
+            return out.squeeze(1)
+        cmap = self.cmap(None, c)
+        return (out * cmap).sum(dim=1) / math.sqrt(self.cmap_dim)
