@@ -19,13 +19,15 @@ style mixing and path-length regularization (Karras et al. 2020, StyleGAN2).
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping, Optional
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
+
+from transgan.nn.attention import double_backward_safe
 
 from transgan.registry import ConfigError
 
@@ -94,13 +96,6 @@ ADVERSARIAL_LOSSES: dict[str, tuple[Callable[[Tensor, Tensor], Tensor], Callable
 @contextmanager
 def _regularization_pass(device_type: str) -> Iterator[None]:
     """Settings of every gradient-of-gradient pass: twice-differentiable attention, float32."""
-    try:
-        from transgan.nn.attention import double_backward_safe
-    except ModuleNotFoundError as e:
-        # Fallback only while transgan/nn/attention.py does not exist yet; remove it once it lands.
-        if e.name != "transgan.nn.attention":
-            raise
-        double_backward_safe = nullcontext
     # fp16 gradients of gradients underflow, so the penalty passes run with autocast off
     # (the callers cast their inputs to float32).
     with double_backward_safe(), torch.autocast(device_type=device_type, enabled=False):
