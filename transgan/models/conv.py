@@ -75,8 +75,8 @@ class ConvGenerator(nn.Module):
     """z (+ class) -> 4x4 -> [bilinear x2, conv3, norm, ReLU] x log2(R/4) -> conv3 -> tanh."""
 
     def __init__(self, img_resolution: int, img_channels: int, num_classes: int, z_dim: int = 64,
-                 class_input: str = "onehot", embed_dim: int = 16, channel_base: int = 1024,
-                 channel_max: int = 128, norm: str = "batch", dcgan_init: bool = True) -> None:
+                 class_input: str = "onehot", embed_dim: int = 16, channel_base: int = 512,
+                 channel_max: int = 64, norm: str = "batch", dcgan_init: bool = True) -> None:
         super().__init__()
         check_resolution(img_resolution, 16, 256)
         if class_input not in ("onehot", "embedding"):
@@ -127,7 +127,7 @@ class ConvCritic(nn.Module):
     """[conv3 s2, norm, LeakyReLU] down to 4x4 -> linear; one-hot planes or projection for classes."""
 
     def __init__(self, img_resolution: int, img_channels: int, num_classes: int, class_input: str = "projection",
-                 channel_base: int = 1024, channel_max: int = 128, norm: str = "layer",
+                 channel_base: int = 512, channel_max: int = 64, norm: str = "layer",
                  dcgan_init: bool = True) -> None:
         super().__init__()
         check_resolution(img_resolution, 16, 256)
