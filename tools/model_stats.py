@@ -46,7 +46,7 @@ def forward_flops(module: nn.Module, *inputs: Any) -> dict[str, int]:
         module(*inputs)
     per_op = {str(op): int(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
     return {"total": int(counter.get_total_flops()),
-            "attention": sum(n for op, n in per_op.items() if op.startswith("aten.bmm") or op.startswith("aten.baddbmm"))}
+            "attention": sum(n for op, n in per_op.items() if op.startswith(("aten.bmm", "aten.baddbmm")))}
 
 
 def dataset_classes(dataset_cfg: Any, resolution: int) -> int:
@@ -109,8 +109,9 @@ def format_stats(stats: dict[str, Any]) -> str:
                 lines.append(where + "no blocks")
                 continue
             cells = f" in {s['window']}x{s['window']} cells" if s["attention"] == "grid" else ""
-            lines.append(where + f"{s['depth']} block{'s' if s['depth'] > 1 else ''}, {s['heads']} head{'s' if s['heads'] > 1 else ''}, "
-                         f"{s['attention']} attention{cells}")
+            blocks = f"{s['depth']} block{'s' if s['depth'] > 1 else ''}"
+            heads = f"{s['heads']} head{'s' if s['heads'] > 1 else ''}"
+            lines.append(where + f"{blocks}, {heads}, {s['attention']} attention{cells}")
     return "\n".join(lines)
 
 

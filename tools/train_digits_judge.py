@@ -1,6 +1,6 @@
 """Train the digits judge shipped with transgan (CPU, deterministic, about a minute).
 
-    python tools/train_digits_judge.py [--seed 0] [--epochs 40] [--out transgan/assets/digits_judge.safetensors]
+    python tools/train_digits_judge.py [--seed 0] [--epochs 30] [--out transgan/assets/digits_judge.safetensors]
 
 Writes the weights (safetensors) and, beside them, a .json with the held-out accuracy of the
 stratified split at several resolutions, the seed and the command.
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> dict:
     """Train, evaluate on the held-out split, write weights + json; returns the json record."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (fixed, for identical results)")
     parser.add_argument("--out", type=Path, default=JUDGE_WEIGHTS)
     args = parser.parse_args(argv)
@@ -54,12 +54,13 @@ def main(argv: list[str] | None = None) -> dict:
         "seed": args.seed,
         "epochs": args.epochs,
         "threads": args.threads,
-        "command": "python tools/train_digits_judge.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "command": shlex.join(["python", "tools/train_digits_judge.py", *(argv if argv is not None else sys.argv[1:])]),
         "train_seconds": round(seconds, 1),
         "torch": torch.__version__,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in judge.state_dict().items()}, str(args.out))
+    args.out.chmod(0o644)  # safetensors writes owner-only; the file ships in the package
     args.out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))
     return record

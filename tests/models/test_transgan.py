@@ -210,6 +210,13 @@ def test_sinusoidal_positions_are_fixed_and_learned_ones_train():
     assert sum("pos_embeds" in n for n, _ in small_G().named_parameters()) == 3
 
 
+def test_pixel_norm_option_normalizes_each_token_by_its_rms():
+    block = T.TransformerBlock(8, 2, resolution=None, norm="pixel")
+    x = torch.randn(2, 5, 8) * 3
+    torch.testing.assert_close(block.norm1(x), x * torch.rsqrt(x.square().mean(-1, keepdim=True) + 1e-8))
+    assert not list(block.norm1.parameters())
+
+
 def test_discriminator_pools_the_fine_stage_and_concatenates_the_coarse_patches():
     torch.manual_seed(0)
     D = small_D(num_classes=0)
@@ -353,7 +360,11 @@ def test_training_tool_refuses_a_bad_transgan_config_before_writing(repo_root, t
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     run_dir = tmp_path / "run"
-    code = tool.main(["model=transgan", "model.generator.grid_size=12", f"hydra.run.dir={run_dir}"])
+    kernel = A.get_default_kernel()
+    try:
+        code = tool.main(["model=transgan", "model.generator.grid_size=12", f"hydra.run.dir={run_dir}"])
+    finally:
+        A.set_default_kernel(kernel)  # the trainer sets the process-wide kernel from model.attention
     err = capsys.readouterr().err
     assert code == 2 and "grid_size=12" in err
     assert not run_dir.exists()

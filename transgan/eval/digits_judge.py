@@ -18,7 +18,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -36,7 +35,11 @@ SPLIT_SEED, SPLIT_TEST_SIZE = DIGITS_SPLIT_SEED, DIGITS_TEST_SIZE  # the dataset
 # ----------------------------------------------------------------------------- data split
 
 def digits_split(split: str = "train") -> tuple[Tensor, Tensor]:
-    """The 8x8 digits of one split as (images [N, 1, 8, 8] float in [-1, 1], labels [N] int64)."""
+    """The 8x8 digits of one split as (images [N, 1, 8, 8] float in [-1, 1], labels [N] int64).
+
+    The split is the digits dataset's own (``transgan.data.digits_split_indices``), so the judge never
+    saw the images of ``dataset=digits dataset.split=test``.
+    """
     from sklearn.datasets import load_digits
 
     if split not in ("train", "test"):
@@ -79,9 +82,9 @@ class DigitsJudge(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            _conv(1, 32), _conv(32, 32), nn.MaxPool2d(2),      # 16 -> 8
-            _conv(32, 64), _conv(64, 64), nn.MaxPool2d(2),     # 8 -> 4
-            _conv(64, self.feature_dim),
+            _conv(1, 16), _conv(16, 16), nn.MaxPool2d(2),      # 16 -> 8
+            _conv(16, 32), _conv(32, 32), nn.MaxPool2d(2),     # 8 -> 4
+            _conv(32, self.feature_dim),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         )
         self.dropout = nn.Dropout(0.3)
@@ -111,7 +114,7 @@ def load_digits_judge(device: torch.device | str = "cpu", path: Optional[Path | 
 
 # ----------------------------------------------------------------------------- training (tools/train_digits_judge.py)
 
-AUG_RESOLUTIONS = (8, 12, 16, 24, 32, 48, 64, 128)
+AUG_RESOLUTIONS = (8, 12, 16, 24, 32, 48, 64)
 AUG_MODES = ("nearest", "bilinear", "bicubic")
 
 
@@ -143,7 +146,7 @@ def augment_digits(x: Tensor, rng: torch.Generator) -> Tensor:
     return (ink * 2 - 1).clamp(-1, 1)
 
 
-def train_digits_judge(seed: int = 0, epochs: int = 40, batch_size: int = 64, lr: float = 2e-3,
+def train_digits_judge(seed: int = 0, epochs: int = 30, batch_size: int = 64, lr: float = 2e-3,
                        max_steps: Optional[int] = None) -> DigitsJudge:
     """Train a judge on the train split (CPU, deterministic for a given seed); returns it in eval mode."""
     torch.manual_seed(seed)  # parameter initialization

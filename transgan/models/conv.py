@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from transgan.nn.layers import ClassProjection, check_class_labels, class_planes
 from transgan.registry import ConfigError, register_discriminator, register_generator
 
 
@@ -58,16 +59,6 @@ def dcgan_init_(module: nn.Module) -> None:
         elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)) and m.weight is not None:
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)
-
-
-def _labels(c: Optional[Tensor], num_classes: int, batch: int) -> Optional[Tensor]:
-    if not num_classes:
-        return None
-    if c is None:
-        raise ValueError(f"this model is class-conditional ({num_classes} classes): pass labels c")
-    if c.shape != (batch,):
-        raise ValueError(f"labels must be class indices of shape [{batch}], got {tuple(c.shape)}")
-    return c
 
 
 @register_generator("cwgan_gp")
@@ -113,7 +104,7 @@ class ConvGenerator(nn.Module):
         """Images [B, C, H, W] in [-1, 1] for latents z [B, z_dim] and labels c [B]."""
         if z.dim() != 2 or z.shape[1] != self.z_dim:
             raise ValueError(f"z must have shape [B, {self.z_dim}], got {tuple(z.shape)}")
-        c = _labels(c, self.num_classes, z.shape[0])
+        c = check_class_labels(c, self.num_classes, z.shape[0], "generator")
         if c is not None:
             cond = self.embed(c) if self.class_input == "embedding" else F.one_hot(c, self.num_classes).to(z.dtype)
             z = torch.cat([z, cond], dim=1)
@@ -144,22 +135,21 @@ class ConvCritic(nn.Module):
             ch = out
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(ch * 16, 1)
-        if num_classes and class_input == "projection":
-            self.embed = nn.Embedding(num_classes, ch * 16)
         if dcgan_init:
             dcgan_init_(self)
+        if num_classes and class_input == "projection":
+            self.project = ClassProjection(num_classes, ch * 16)
 
     def forward(self, x: Tensor, c: Optional[Tensor] = None) -> Tensor:
         """Critic values [B] (no sigmoid)."""
         expected = (self.img_channels, self.img_resolution, self.img_resolution)
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"images must have shape [B, {', '.join(map(str, expected))}], got {tuple(x.shape)}")
-        c = _labels(c, self.num_classes, x.shape[0])
+        c = check_class_labels(c, self.num_classes, x.shape[0], "critic")
         if c is not None and self.class_input == "planes":
-            planes = F.one_hot(c, self.num_classes).to(x.dtype)[:, :, None, None]
-            x = torch.cat([x, planes.expand(-1, -1, *x.shape[2:])], dim=1)
+            x = torch.cat([x, class_planes(c, self.num_classes, *x.shape[2:], dtype=x.dtype)], dim=1)
         h = self.features(x).flatten(1)
-        out = self.head(h).squeeze(1)
+        out = self.head(h).squeeze(1)  # the final 4x4 conv to one value, written as a linear layer
         if c is not None and self.class_input == "projection":
-            out = out + (self.embed(c) * h).sum(1)
+            out = out + self.project(h, c)
         return out

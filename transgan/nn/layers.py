@@ -6,6 +6,8 @@ Sections (each appended by the engineer who needs it; keep them independent):
   optional FIR-filtered /2 downsampling), ``leaky_relu_gain``, ``fir_kernel``, ``blur2d``,
   ``Blur2d``, ``upsample2d``, ``downsample2d``, ``apply_spectral_norm``, ``MinibatchStd``,
   ``NoiseInjection``.
+- class conditioning: ``check_class_labels``, ``class_planes`` (one-hot constant planes),
+  ``ClassProjection`` (the projection discriminator's class term).
 """
 
 from __future__ import annotations
@@ -222,3 +224,41 @@ class NoiseInjection(nn.Module):
         else:
             noise = self.noise_const.to(x.dtype).reshape(1, *shape[1:])
         return x + noise * self.strength.to(x.dtype)
+
+
+# ----------------------------------------------------------------------------- class conditioning
+# Labels are int64 class indices [B]; None for unconditional models.
+
+def check_class_labels(c: Tensor | None, num_classes: int, batch_size: int, who: str = "model") -> Tensor | None:
+    """Refuse labels that do not fit: c=None for a conditional model, labels for an unconditional one,
+    or anything but integer indices [batch_size]. (Values are not range-checked: that would sync a GPU.)"""
+    if num_classes == 0:
+        if c is not None:
+            raise ValueError(f"this {who} is unconditional (num_classes=0); pass c=None")
+        return None
+    if c is None:
+        raise ValueError(f"this {who} is conditional ({num_classes} classes): pass class labels c [B]")
+    if c.dtype.is_floating_point or c.dtype.is_complex or c.dtype == torch.bool or c.shape != (batch_size,):
+        raise ValueError(f"class labels c must be integer class indices [{batch_size}], "
+                         f"got {c.dtype} {tuple(c.shape)}")
+    return c.long()
+
+
+def class_planes(c: Tensor, num_classes: int, height: int, width: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """One-hot labels as constant feature maps [B, num_classes, height, width] (plane c is 1, others 0)."""
+    return F.one_hot(c.long(), num_classes).to(dtype)[:, :, None, None].expand(-1, -1, height, width)
+
+
+class ClassProjection(nn.Module):
+    """The class term of a projection discriminator (Miyato & Koyama 2018): <embed(c), h> per sample."""
+
+    def __init__(self, num_classes: int, dim: int) -> None:
+        super().__init__()
+        if num_classes < 1 or dim < 1:
+            raise ValueError(f"ClassProjection needs num_classes >= 1 and dim >= 1, got {num_classes}, {dim}")
+        self.embed = nn.Embedding(num_classes, dim)
+        nn.init.xavier_uniform_(self.embed.weight)  # N(0, 1) rows would swamp the unconditional logit at init
+
+    def forward(self, h: Tensor, c: Tensor) -> Tensor:
+        """Features h [B, dim] and labels c [B] -> [B]."""
+        return (self.embed(c) * h).sum(dim=1)

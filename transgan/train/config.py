@@ -25,11 +25,11 @@ class TrainConfig:
     max_steps: int = 2000
     batch_size: int = 64
     grad_accum: int = 1
-    n_critic: int = 5
-    lr_g: float = 2e-4
-    lr_d: float = 2e-4
-    betas_g: tuple[float, float] = (0.0, 0.9)
-    betas_d: tuple[float, float] = (0.0, 0.9)
+    n_critic: int = 3
+    lr_g: float = 5e-4
+    lr_d: float = 5e-4
+    betas_g: tuple[float, float] = (0.5, 0.9)
+    betas_d: tuple[float, float] = (0.5, 0.9)
     grad_clip: Optional[float] = None
     mixed_precision: str = "no"
     ema_kimg: float = 10.0
