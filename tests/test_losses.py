@@ -168,6 +168,25 @@ def test_penalties_run_in_float32_under_autocast():
     assert torch.allclose(gp, plain_gp, rtol=1e-6, atol=0) and torch.allclose(r1, plain_r1, rtol=1e-6, atol=0)
 
 
+def test_penalties_keep_bf16_autocast_when_asked():
+    torch.manual_seed(0)
+    D = nn.Sequential(nn.Flatten(), nn.Linear(75, 16), nn.Tanh(), nn.Linear(16, 1), nn.Flatten(0))
+    critic = lambda x, c: D(x)  # noqa: E731
+    real, fake, eps = images(0), images(1), torch.rand(4)
+    plain_gp = gradient_penalty(critic, real, fake, eps=eps)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        gp = gradient_penalty(critic, real, fake, eps=eps, precision="bf16")
+    # bf16 matmuls: close to float32 at bf16's resolution, but not equal to it.
+    assert torch.allclose(gp, plain_gp, rtol=5e-2, atol=1e-3) and not torch.equal(gp, plain_gp)
+    gp.sum().backward()  # the double backward also runs under bf16
+    assert D[1].weight.grad is not None and torch.isfinite(D[1].weight.grad).all()
+    with torch.autocast("cpu", dtype=torch.float16):  # fp16 would underflow: stays float32
+        gp16 = gradient_penalty(critic, real, fake, eps=eps, precision="bf16")
+    assert torch.allclose(gp16, plain_gp, rtol=1e-6, atol=0)
+    with pytest.raises(ConfigError, match="reg_precision"):
+        GANLoss("wgan", reg_precision="fp8")
+
+
 # ----------------------------------------------------------------------------- GANLoss phases
 
 def test_d_main_adds_weighted_gradient_penalty_and_drift():

@@ -93,12 +93,26 @@ ADVERSARIAL_LOSSES: dict[str, tuple[Callable[[Tensor, Tensor], Tensor], Callable
 
 # ----------------------------------------------------------------------------- regularizers
 
+REG_PRECISIONS = ("float32", "bf16")
+
+
 @contextmanager
-def _regularization_pass(device_type: str) -> Iterator[None]:
-    """Settings of every gradient-of-gradient pass: twice-differentiable attention, float32."""
-    # fp16 gradients of gradients underflow, so the penalty passes run with autocast off
-    # (the callers cast their inputs to float32).
-    with double_backward_safe(), torch.autocast(device_type=device_type, enabled=False):
+def _regularization_pass(device_type: str, precision: str = "float32") -> Iterator[None]:
+    """Settings of every gradient-of-gradient pass: twice-differentiable attention, eager, float32.
+
+    ``precision="bf16"`` keeps a surrounding bfloat16 autocast on instead of float32.
+    """
+    if precision not in REG_PRECISIONS:
+        raise ConfigError(f"regularization precision must be one of {REG_PRECISIONS}, got {precision!r}")
+    # fp16 gradients of gradients underflow, so by default the penalty passes run with autocast
+    # off (the callers cast their inputs to float32). bfloat16 has float32's exponent range, so
+    # under bf16 autocast the passes may keep it (loss.reg_precision=bf16): they are most of a
+    # WGAN-GP step's work. fp16 autocast is always turned off here.
+    keep = (precision == "bf16" and torch.is_autocast_enabled(device_type)
+            and torch.get_autocast_dtype(device_type) == torch.bfloat16)
+    # Eager: graphs compiled by torch.compile (AOTAutograd) have no double backward.
+    with (double_backward_safe(), torch.compiler.set_stance("force_eager"),
+          torch.autocast(device_type=device_type, enabled=keep)):
         yield
 
 
@@ -109,15 +123,16 @@ def _input_gradient(D: Discriminator, x: Tensor, c: Optional[Tensor]) -> Tensor:
 
 
 def gradient_penalty(D: Discriminator, real: Tensor, fake: Tensor, c: Optional[Tensor] = None,
-                     center: float = 1.0, eps: Optional[Tensor] = None) -> Tensor:
+                     center: float = 1.0, eps: Optional[Tensor] = None, precision: str = "float32") -> Tensor:
     """Gulrajani et al.: (||grad D(x_hat)||_2 - center)^2 at x_hat = eps*real + (1-eps)*fake, per sample.
 
-    ``eps`` ([B], one per sample) defaults to U(0, 1) draws from the global RNG.
+    ``eps`` ([B], one per sample) defaults to U(0, 1) draws from the global RNG. ``precision``:
+    see :func:`_regularization_pass`.
     """
     if real.shape != fake.shape:
         raise ValueError(f"gradient_penalty: real {tuple(real.shape)} and fake {tuple(fake.shape)} differ in shape")
     B = real.shape[0]
-    with _regularization_pass(real.device.type):
+    with _regularization_pass(real.device.type, precision):
         real, fake = real.detach().float(), fake.detach().float()
         if eps is None:
             eps = torch.rand(B, device=real.device)
@@ -127,9 +142,9 @@ def gradient_penalty(D: Discriminator, real: Tensor, fake: Tensor, c: Optional[T
         return (grad_norm - center).square()
 
 
-def r1_penalty(D: Discriminator, real: Tensor, c: Optional[Tensor] = None) -> Tensor:
-    """Mescheder et al.: ||grad_x D(x)||^2 on real images, per sample."""
-    with _regularization_pass(real.device.type):
+def r1_penalty(D: Discriminator, real: Tensor, c: Optional[Tensor] = None, precision: str = "float32") -> Tensor:
+    """Mescheder et al.: ||grad_x D(x)||^2 on real images, per sample (``precision``: see _regularization_pass)."""
+    with _regularization_pass(real.device.type, precision):
         x = real.detach().float().requires_grad_(True)
         return _input_gradient(D, x, c).square().flatten(1).sum(dim=1)
 
@@ -185,15 +200,19 @@ class GANLoss:
     first 1/``pl_batch_shrink`` of the batch, scaled by the interval; ``pl_interval=1`` adds it
     to every ``g_main``. Its running mean ``pl_mean`` (decay ``pl_decay``, averaged over
     processes) is the loss's state: :meth:`state_dict` / :meth:`load_state_dict`.
+
+    ``reg_precision``: every gradient-of-gradient pass (GP, R1, path length) runs in float32
+    (default), or, with ``"bf16"`` under bfloat16 autocast, in bfloat16 like the rest of the step.
     """
 
     OPTIONS = ("adversarial", "gp_weight", "gp_center", "drift_weight", "r1_gamma", "r1_interval",
-               "style_mixing_prob", "pl_weight", "pl_interval", "pl_batch_shrink", "pl_decay")
+               "style_mixing_prob", "pl_weight", "pl_interval", "pl_batch_shrink", "pl_decay", "reg_precision")
 
     def __init__(self, adversarial: str = "wgan", gp_weight: float = 0.0, gp_center: float = 1.0,
                  drift_weight: float = 0.0, r1_gamma: float = 0.0, r1_interval: int = 16,
                  style_mixing_prob: float = 0.0, pl_weight: float = 0.0, pl_interval: int = 4,
-                 pl_batch_shrink: int = 2, pl_decay: float = 0.01, **unknown: Any) -> None:
+                 pl_batch_shrink: int = 2, pl_decay: float = 0.01, reg_precision: str = "float32",
+                 **unknown: Any) -> None:
         if unknown:
             raise ConfigError(f"unknown loss option(s) {sorted(unknown)}; options are {', '.join(self.OPTIONS)}")
         if adversarial not in ADVERSARIAL_LOSSES:
@@ -217,6 +236,9 @@ class GANLoss:
         self.style_mixing_prob = float(style_mixing_prob)
         self.pl_weight, self.pl_interval = float(pl_weight), pl_interval
         self.pl_batch_shrink, self.pl_decay = pl_batch_shrink, float(pl_decay)
+        if reg_precision not in REG_PRECISIONS:
+            raise ConfigError(f"loss.reg_precision must be one of {', '.join(REG_PRECISIONS)}, got {reg_precision!r}")
+        self.reg_precision = reg_precision
         self.pl_mean = torch.zeros(())
         self.augment: Callable[[Tensor], Tensor] = _identity
 
@@ -264,7 +286,8 @@ class GANLoss:
         stats = {"d_real": real_logits.mean(), "d_fake": fake_logits.mean(), "loss_d_adv": loss}
         if self.gp_weight > 0:
             # Gradient penalty on real-fake interpolates; they take the real image's class.
-            gp = gradient_penalty(self._sees(D), real, fake, c_real, center=self.gp_center)
+            gp = gradient_penalty(self._sees(D), real, fake, c_real, center=self.gp_center,
+                                  precision=self.reg_precision)
             loss = loss + self.gp_weight * gp.mean()
             stats["gp"] = gp.mean()
         if self.drift_weight > 0:
@@ -274,7 +297,7 @@ class GANLoss:
             stats["drift"] = drift.mean()
         if self.r1_gamma > 0 and self.d_reg_interval is None:
             # R1 every step (r1_interval=1): no lazy scaling.
-            r1 = r1_penalty(self._sees(D), real, c_real)
+            r1 = r1_penalty(self._sees(D), real, c_real, precision=self.reg_precision)
             loss = loss + (self.r1_gamma / 2) * r1.mean()
             stats["r1"] = r1.mean()
         stats["loss_d"] = loss
@@ -284,7 +307,7 @@ class GANLoss:
         """Dreg: lazy R1 on reals, gamma/2 * ||grad D(x)||^2, times the interval (StyleGAN2)."""
         if self.d_reg_interval is None:
             raise RuntimeError("d_reg called, but this loss has no lazy D regularization (d_reg_interval is None)")
-        r1 = r1_penalty(self._sees(D), real, c_real)
+        r1 = r1_penalty(self._sees(D), real, c_real, precision=self.reg_precision)
         loss = r1.mean() * (self.r1_gamma / 2) * self.r1_interval
         return loss, {"r1": r1.mean().detach(), "loss_d_reg": loss.detach()}
 
@@ -316,7 +339,7 @@ class GANLoss:
         # A shrunk batch: the penalty's double backward is the expensive part.
         n = max(1, z.shape[0] // self.pl_batch_shrink)
         z, c = z[:n], (c[:n] if c is not None else None)
-        with _regularization_pass(z.device.type):
+        with _regularization_pass(z.device.type, self.reg_precision):
             images, ws = self._generate(G, z.float(), c, return_ws=True)
             lengths = path_lengths(images.float(), ws)
         # pl_mean <- lerp(pl_mean, mean L, decay), with mean L over every process's batch; the penalty
