@@ -1,4 +1,4 @@
-"""Datasets: digits (embedded), imagefolder, celeba, flowers102, cifar10.
+"""Datasets: digits (embedded), imagefolder, celeba, flowers102, cifar10, synthetic (random).
 
 Every dataset returns ``(image, label)`` with ``image`` float32 ``[C, H, W]`` in [-1, 1]
 at the model resolution and ``label`` an int (0 for unconditional data). Decoding is
@@ -28,6 +28,7 @@ log = logging.getLogger("transgan.data")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 COMMON_KEYS = {"name", "root", "resolution", "channels", "conditional", "center_crop", "split", "download",
                "augment", "bad_images", "num_workers", "cache"}
+EXTRA_KEYS = {"synthetic": {"size", "num_classes"}}  # options only one dataset has
 DIGITS_SPLIT_SEED = 0       # random_state of the stratified digits train/test split
 DIGITS_TEST_SIZE = 0.2      # 360 of the 1,797 images are held out
 
@@ -100,6 +101,25 @@ class DigitsDataset(ImageDataset):
         self.items = [(None, int(c)) for c in self.labels]
         self.channels, self.resolution = channels, resolution
         self.num_classes, self.class_names = 10, [str(d) for d in range(10)]
+
+
+# ----------------------------------------------------------------------------- synthetic
+
+class SyntheticDataset(ImageDataset):
+    """Seeded uniform-noise images in memory: benchmarks and smoke runs that need no data on disk."""
+
+    name = "synthetic"
+
+    def __init__(self, resolution: int, channels: int = 3, size: int = 256, num_classes: int = 0) -> None:
+        if size < 1 or num_classes < 0:
+            raise ConfigError(f"synthetic dataset needs size >= 1 and num_classes >= 0, got {size}, {num_classes}")
+        g = torch.Generator().manual_seed(0)
+        self.images = torch.rand(size, channels, resolution, resolution, generator=g) * 2 - 1
+        self.labels = (torch.randint(0, num_classes, (size,), generator=g) if num_classes
+                       else torch.zeros(size, dtype=torch.long))
+        self.items = [(None, int(c)) for c in self.labels]
+        self.channels, self.resolution = channels, resolution
+        self.num_classes, self.class_names = num_classes, [str(i) for i in range(num_classes)]
 
 
 # ----------------------------------------------------------------------------- folders
@@ -266,9 +286,10 @@ def build_dataset(cfg: Mapping[str, Any], resolution: int) -> ImageDataset:
     """Build the dataset a ``dataset`` config node describes, at ``resolution``."""
     cfg = dict(cfg)
     name = cfg.get("name")
-    unknown = set(cfg) - COMMON_KEYS
+    allowed = COMMON_KEYS | EXTRA_KEYS.get(name, set())
+    unknown = set(cfg) - allowed
     if unknown:
-        raise ConfigError(f"unknown dataset option(s) {sorted(unknown)}; options are {sorted(COMMON_KEYS)}")
+        raise ConfigError(f"unknown dataset option(s) {sorted(unknown)}; options are {sorted(allowed)}")
     if resolution < 8 or resolution & (resolution - 1):
         raise ConfigError(f"resolution {resolution} is not a power of two >= 8")
     channels = int(cfg.get("channels", 3))
@@ -283,6 +304,8 @@ def build_dataset(cfg: Mapping[str, Any], resolution: int) -> ImageDataset:
         if split == "val":
             raise ConfigError("digits has train, test and all splits")
         return DigitsDataset(resolution, channels, split)
+    if name == "synthetic":
+        return SyntheticDataset(resolution, channels, int(cfg.get("size", 256)), int(cfg.get("num_classes", 0)))
     if cfg.get("root") in (None, ""):
         raise DatasetNotFoundError(f"dataset {name!r} needs dataset.root=<folder>")
     root = Path(str(cfg["root"])).expanduser()
@@ -293,5 +316,5 @@ def build_dataset(cfg: Mapping[str, Any], resolution: int) -> ImageDataset:
             items, names = [(p, 0) for p, _ in items], []
         return FolderDataset("imagefolder", items, names, decoder, _cache(cfg, len(items), decoder))
     if name not in BUILDERS:
-        raise ConfigError(f"unknown dataset {name!r}; known: digits, imagefolder, {', '.join(BUILDERS)}")
+        raise ConfigError(f"unknown dataset {name!r}; known: digits, synthetic, imagefolder, {', '.join(BUILDERS)}")
     return BUILDERS[name](cfg, root, decoder)
