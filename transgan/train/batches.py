@@ -92,7 +92,13 @@ class BatchSource:
             self._start()
         per = self.batch_size // self.world
         if self.in_memory:
-            idx = self._stream.next_batch()[self.rank * per:(self.rank + 1) * per].to(self.device)
+            idx = self._stream.next_batch()[self.rank * per:(self.rank + 1) * per]
+            if self.device.type == "cuda":
+                # From pinned memory the copy is asynchronous; from pageable memory it would wait
+                # for every kernel queued so far (a host-device sync per batch).
+                idx = idx.pin_memory().to(self.device, non_blocking=True)
+            else:
+                idx = idx.to(self.device)
             x, c = self.images[idx], self.labels[idx]
         else:
             x, c = next(self._iter)

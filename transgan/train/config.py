@@ -32,6 +32,8 @@ class TrainConfig:
     betas_d: tuple[float, float] = (0.5, 0.9)
     grad_clip: Optional[float] = None
     mixed_precision: str = "no"
+    compile: bool = False
+    channels_last: Optional[bool] = None
     ema_kimg: float = 10.0
     ema_rampup: Optional[float] = 0.05
     diffaugment: str = ""

@@ -108,6 +108,13 @@ class Trainer:
         acc = self.accelerator
         if acc.device.type == "cpu":
             torch.set_num_threads(t.cpu_threads or max(1, _physical_cores() // acc.num_processes))
+        else:
+            torch.backends.cudnn.benchmark = True  # shapes repeat every step: let cuDNN pick its fastest kernels
+        self.channels_last = acc.device.type == "cuda" if t.channels_last is None else bool(t.channels_last)
+        if self.channels_last:
+            # NHWC convolutions run on tensor cores without layout transposes. Converted before the
+            # optimizers exist, so their state is created in the same layout.
+            G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
         if t.batch_size % (acc.num_processes * t.grad_accum):
             raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by processes x grad_accum "
                               f"= {acc.num_processes} x {t.grad_accum}")
@@ -135,8 +142,15 @@ class Trainer:
             self.G_ema.load_state_dict(state["G_ema"])
             opt_G.load_state_dict(state["opt_G"])
             opt_D.load_state_dict(state["opt_D"])
+            _match_param_layouts(opt_G)
+            _match_param_layouts(opt_D)
             self.loss.load_state_dict(state["loss"])
             self.progress = Progress(**state["progress"])
+        if t.compile:
+            # In place, so state_dict keys and unwrap_model stay as they are. Regularization passes
+            # run eagerly (transgan/losses.py): compiled graphs have no double backward.
+            G.compile()
+            D.compile()
         self.G, self.D, self.opt_G, self.opt_D = acc.prepare(G, D, opt_G, opt_D)
         self.G_ema.to(acc.device)
         if state is not None and state["scaler"] is not None and acc.scaler is not None:
@@ -167,6 +181,8 @@ class Trainer:
         x, c = self.data.next()
         if any(self.data_augment.values()):
             x = random_augment(x, **self.data_augment)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return x, (c if self.num_classes else None)
 
     def _run_phase(self, phase: str, model: nn.Module, opt: torch.optim.Optimizer, micro_batches: list) -> dict:
@@ -188,6 +204,14 @@ class Trainer:
                 [p.grad for p in model.parameters() if p.grad is not None])
         opt.step()
         return stats
+
+    @property
+    def schedule_period(self) -> int:
+        """G steps after which the phase schedule (which steps run lazy regularization) repeats."""
+        d_interval, g_interval = self.loss.d_reg_interval, self.loss.g_reg_interval
+        # d_reg runs when d_steps % d_interval == 0, and each G step adds n_critic D steps.
+        d_period = d_interval // math.gcd(d_interval, self.cfg.train.n_critic) if d_interval else 1
+        return math.lcm(d_period, g_interval or 1)
 
     def train_step(self) -> dict[str, torch.Tensor]:
         """One G step preceded by n_critic D steps (and any lazy regularization due)."""
@@ -344,6 +368,16 @@ class Trainer:
         acc.wait_for_everyone()
         acc.end_training()
         return self.run_dir
+
+
+def _match_param_layouts(opt: torch.optim.Optimizer) -> None:
+    """Put loaded optimizer state in its parameter's memory layout (strides)."""
+    # A checkpoint may come from a run with another channels_last, and fused Adam pairs a
+    # parameter's elements with its state's by memory position: mismatched strides corrupt silently.
+    for p, state in opt.state.items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and value.shape == p.shape and value.stride() != p.stride():
+                state[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
 
 def _physical_cores() -> int:
