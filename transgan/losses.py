@@ -341,7 +341,7 @@ class GANLoss:
         z, c = z[:n], (c[:n] if c is not None else None)
         with _regularization_pass(z.device.type, self.reg_precision):
             images, ws = self._generate(G, z.float(), c, return_ws=True)
-            lengths = path_lengths(images.float(), ws)
+            lengths = path_lengths(images.float(), ws).float()  # bf16 ws give bf16 lengths
         # pl_mean <- lerp(pl_mean, mean L, decay), with mean L over every process's batch; the penalty
         # treats it as a constant.
         pl_mean = self.pl_mean.to(lengths.device).lerp(_mean_over_processes(lengths.mean()), self.pl_decay)

@@ -152,6 +152,11 @@ class Trainer:
             G.compile()
             D.compile()
         self.G, self.D, self.opt_G, self.opt_D = acc.prepare(G, D, opt_G, opt_D)
+        # Autocast is entered per phase (acc.autocast() in _run_phase), so the loss can turn it off
+        # for regularization passes; Accelerate's autocast wrapper around every forward would turn
+        # it back on inside each network (and detach G's returned ws from its images), so it goes.
+        for model in (self.G, self.D):
+            acc.unwrap_model(model, keep_fp32_wrapper=False)
         self.G_ema.to(acc.device)
         if state is not None and state["scaler"] is not None and acc.scaler is not None:
             acc.scaler.load_state_dict(state["scaler"])
