@@ -23,6 +23,7 @@ class TrainConfig:
     """Schema of the ``train`` group: unknown keys and wrong types fail at composition."""
 
     max_steps: int = 2000
+    max_seconds: Optional[float] = None
     batch_size: int = 64
     grad_accum: int = 1
     n_critic: int = 3
@@ -51,6 +52,7 @@ class TrainConfig:
 def _check_train(train: DictConfig) -> None:
     checks = [
         (train.max_steps >= 0, "train.max_steps must be >= 0"),
+        (train.max_seconds is None or train.max_seconds > 0, "train.max_seconds must be > 0 (or null)"),
         (train.batch_size >= 1, "train.batch_size must be >= 1"),
         (train.grad_accum >= 1, "train.grad_accum must be >= 1"),
         (train.n_critic >= 1, "train.n_critic must be >= 1"),

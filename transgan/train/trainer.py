@@ -42,6 +42,7 @@ class Progress:
     images_seen: int = 0     # real images shown to D
     data_position: int = 0   # global dataset indices consumed
     elapsed_s: float = 0.0   # training wall-clock time, summed over resumes
+    overhead_s: float = 0.0  # part of elapsed_s spent on sample grids, evaluation and checkpoints
 
 
 def resolve_run(argv: Sequence[str]) -> tuple[DictConfig, str, Optional[Path]]:
@@ -316,8 +317,20 @@ class Trainer:
         acc.wait_for_everyone()
 
     # ------------------------------------------------------------------ loop
+    def _out_of_time(self) -> bool:
+        """True once ``train.max_seconds`` of training time (outputs excluded) have passed on the main process."""
+        limit, p, acc = self.cfg.train.max_seconds, self.progress, self.accelerator
+        if limit is None:
+            return False
+        done = p.elapsed_s - p.overhead_s >= limit
+        if acc.num_processes == 1:
+            return done
+        from accelerate.utils import broadcast  # one clock decides, or the processes would part mid-collective
+
+        return bool(broadcast(torch.tensor(float(done), device=acc.device)).item())
+
     def train(self) -> Path:
-        """Train until ``train.max_steps``; return the run directory."""
+        """Train until ``train.max_steps`` (or ``train.max_seconds``); return the run directory."""
         from tqdm import tqdm
 
         from transgan.train.outputs import RunWriter
@@ -333,7 +346,8 @@ class Trainer:
         sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=acc.device))
         count, t0, images0 = 0, time.perf_counter(), p.images_seen
         start = time.perf_counter() - p.elapsed_s
-        while p.step < t.max_steps:
+        time_up = self._out_of_time()
+        while p.step < t.max_steps and not time_up:
             self._log_now = (p.step + 1) % t.log_every == 0 or p.step + 1 == t.max_steps
             for k, v in self.train_step().items():
                 sums[k] += v
@@ -347,6 +361,8 @@ class Trainer:
                 record.update(images_seen=p.images_seen, images_per_s=(p.images_seen - images0) / max(dt, 1e-9),
                               time_s=p.elapsed_s, lr_g=self.opt_G.param_groups[0]["lr"],
                               lr_d=self.opt_D.param_groups[0]["lr"])
+                if acc.device.type == "cuda":
+                    record["peak_mem_bytes"] = torch.cuda.max_memory_allocated(acc.device)
                 if acc.is_main_process:
                     self.writer.scalars(p.step, record)
                     bar.set_postfix(loss_d=f"{record.get('loss_d', math.nan):.3f}",
@@ -354,7 +370,9 @@ class Trainer:
                                     img_s=f"{record['images_per_s']:.0f}")
                 sums.clear()
                 count, t0, images0 = 0, time.perf_counter(), p.images_seen
-            last = p.step == t.max_steps
+            time_up = self._out_of_time()
+            last = p.step == t.max_steps or time_up
+            outputs_start = time.perf_counter()
             if acc.is_main_process and (p.step % t.sample_every == 0 or last):
                 with ckpt.preserved_rng_state():
                     self.save_samples()
@@ -362,11 +380,13 @@ class Trainer:
                 with ckpt.preserved_rng_state():  # metrics must not shift the training stream
                     metrics = self.evaluate()
                 if metrics:
-                    self.writer.scalars(p.step, {**metrics, "images_seen": p.images_seen, "time_s": p.elapsed_s},
+                    self.writer.scalars(p.step, {**metrics, "images_seen": p.images_seen, "time_s": p.elapsed_s,
+                                                  "train_s": p.elapsed_s - p.overhead_s},
                                         group="eval")
                     bar.write(f"step {p.step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
             if p.step % t.ckpt_every == 0 or last:
                 self.save_checkpoint()
+            p.overhead_s += time.perf_counter() - outputs_start
         bar.close()
         if acc.is_main_process and self.writer is not None:
             self.writer.close()
