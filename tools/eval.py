@@ -30,11 +30,12 @@ import logging
 import math
 import sys
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from transgan.cli import run_cli  # noqa: E402
+from transgan.eval.runs import find_checkpoint, load_generator  # noqa: E402  (shared with generate/serve)
 from transgan.registry import ConfigError  # noqa: E402
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -90,50 +91,6 @@ def load_dataset_config(name: str) -> Any:
         known = sorted(p.stem for p in (CONFIG_DIR / "dataset").glob("*.yaml"))
         raise ConfigError(f"unknown dataset {name!r}; available: {known}")
     return OmegaConf.load(path)
-
-
-def find_checkpoint(source: Path) -> Optional[Path]:
-    """The checkpoint a source names (a file, or a run directory's newest), or None for an image folder."""
-    from transgan.train.checkpoint import latest_checkpoint
-
-    if source.is_file():
-        return source
-    if not source.is_dir():
-        raise FileNotFoundError(f"{source} does not exist")
-    if (source / "config.yaml").is_file() or (source / "checkpoints").is_dir():
-        return latest_checkpoint(source)
-    return None
-
-
-def load_generator(state: dict[str, Any], network: str) -> Any:
-    """Build the run's generator from a loaded checkpoint and load its ``network`` weights (G_ema or G)."""
-    from omegaconf import OmegaConf
-
-    from transgan.registry import build_generator
-    from transgan.train.checkpoint import CheckpointError
-
-    cfg = OmegaConf.create(state["config"])
-    num_classes = 0
-    if cfg.dataset.get("conditional", False):
-        # The number of classes is the dataset's; read it from the checkpoint when it is recorded there.
-        recorded = state.get("model", {}).get("num_classes")
-        num_classes = int(recorded if recorded is not None else _dataset_num_classes(cfg))
-    G = build_generator(cfg.model.generator, img_resolution=int(cfg.model.resolution),
-                        img_channels=int(cfg.dataset.channels), num_classes=num_classes)
-    if network not in state:
-        raise CheckpointError(f"the checkpoint holds no {network} weights")
-    G.load_state_dict(state[network])
-    return G.eval().requires_grad_(False)
-
-
-def _dataset_num_classes(cfg: Any) -> int:
-    """The run's number of classes, from its dataset's file list (cache off: no image is decoded)."""
-    from omegaconf import OmegaConf
-
-    from transgan.data import build_dataset
-
-    listing = OmegaConf.merge(cfg.dataset, {"cache": False})
-    return int(build_dataset(listing, resolution=int(cfg.model.resolution)).num_classes)
 
 
 def run(argv: Sequence[str]) -> dict[str, Any]:

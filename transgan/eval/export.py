@@ -1,0 +1,143 @@
+"""A generator exported for serving: weights as safetensors plus a small JSON config, no trainer needed.
+
+An export is a folder with two files::
+
+    generator.safetensors   the state dict of G_ema (parameters and buffers: w_avg, constant noise,
+                            BatchNorm statistics); the JSON config is also stored in its header
+    generator.json          {"format", "generator": {name, options...}, "img_resolution",
+                             "img_channels", "num_classes", "class_names", "dataset", "source"}
+
+:func:`load_exported_generator` rebuilds the network through the backbone registry and loads the
+weights with safetensors — no pickle, no checkpoint, nothing from ``transgan.train`` is imported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn as nn
+
+from transgan.registry import ConfigError, build_generator
+
+EXPORT_FORMAT = "transgan-generator-v1"
+WEIGHTS_FILE = "generator.safetensors"
+CONFIG_FILE = "generator.json"
+
+
+@dataclass
+class GeneratorInfo:
+    """What is needed to rebuild a generator and present it: its build config, shape and class names."""
+
+    generator: dict[str, Any]          # the registry config: {"name": ..., options...}
+    img_resolution: int
+    img_channels: int
+    num_classes: int
+    class_names: list[str] = field(default_factory=list)
+    dataset: Optional[dict[str, Any]] = None   # the training dataset's config (nearest-neighbour reports)
+    source: dict[str, Any] = field(default_factory=dict)  # run directory, checkpoint, step, network
+
+    def __post_init__(self) -> None:
+        if not self.class_names:
+            self.class_names = [str(k) for k in range(self.num_classes)]
+        if len(self.class_names) != self.num_classes:
+            raise ConfigError(f"{len(self.class_names)} class names for {self.num_classes} classes")
+        if "name" not in self.generator:
+            raise ConfigError("the generator config has no 'name' (a registered generator)")
+
+    def to_json(self) -> dict[str, Any]:
+        """The config as written to generator.json."""
+        return {"format": EXPORT_FORMAT, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], where: str = "generator config") -> "GeneratorInfo":
+        """Parse generator.json; a wrong format or missing key fails with a message naming ``where``."""
+        if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
+            raise ConfigError(f"{where} is not a transgan generator export (format {EXPORT_FORMAT!r} expected)")
+        keys = {"generator", "img_resolution", "img_channels", "num_classes", "class_names", "dataset", "source"}
+        missing = {"generator", "img_resolution", "img_channels", "num_classes"} - set(data)
+        if missing:
+            raise ConfigError(f"{where} lacks {sorted(missing)}")
+        return cls(**{k: v for k, v in data.items() if k in keys})
+
+
+@dataclass
+class LoadedGenerator:
+    """A generator in eval mode with gradients off, and what it is."""
+
+    G: nn.Module
+    info: GeneratorInfo
+
+
+def build_from_info(info: GeneratorInfo) -> nn.Module:
+    """An untrained generator of the architecture ``info`` describes."""
+    return build_generator(info.generator, img_resolution=int(info.img_resolution),
+                           img_channels=int(info.img_channels), num_classes=int(info.num_classes))
+
+
+def export_generator(G: nn.Module, info: GeneratorInfo, out_dir: Path) -> Path:
+    """Write ``out_dir/generator.safetensors`` and ``generator.json`` (each atomically); return ``out_dir``."""
+    from safetensors.torch import save_model
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = json.dumps(info.to_json(), indent=2) + "\n"
+    # save_model (not save_file) drops tensors that share storage and keeps the rest contiguous.
+    _atomic(out_dir / WEIGHTS_FILE, lambda tmp: save_model(G, tmp, metadata={"transgan": config}))
+    _atomic(out_dir / CONFIG_FILE, lambda tmp: Path(tmp).write_text(config))
+    return out_dir
+
+
+def is_export(path: Path) -> bool:
+    """True for an export folder (or its safetensors file)."""
+    path = Path(path)
+    return (path.is_dir() and (path / WEIGHTS_FILE).is_file()) or (path.is_file() and path.suffix == ".safetensors")
+
+
+def load_exported_generator(path: Path | str, device: torch.device | str = "cpu") -> LoadedGenerator:
+    """Rebuild and load an exported generator from its folder or its ``.safetensors`` file."""
+    from safetensors import safe_open
+    from safetensors.torch import load_model
+
+    path = Path(path).expanduser()
+    weights = path / WEIGHTS_FILE if path.is_dir() else path
+    if not weights.is_file():
+        raise FileNotFoundError(f"no exported generator at {path} (expected {WEIGHTS_FILE} and {CONFIG_FILE}, "
+                                "written by `python tools/generate.py export`)")
+    sidecar = weights.with_name(CONFIG_FILE) if weights.name == WEIGHTS_FILE else weights.with_suffix(".json")
+    if sidecar.is_file():
+        text, where = sidecar.read_text(), str(sidecar)
+    else:  # the header copy makes a lone .safetensors file self-describing
+        with safe_open(str(weights), framework="pt") as f:
+            text, where = (f.metadata() or {}).get("transgan"), f"the header of {weights}"
+        if text is None:
+            raise ConfigError(f"{weights} has no {CONFIG_FILE} beside it and no transgan config in its header")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{where} is not valid JSON: {e}") from e
+    info = GeneratorInfo.from_json(data, where)
+    G = build_from_info(info)
+    try:
+        load_model(G, str(weights), strict=True, device="cpu")
+    except RuntimeError as e:
+        raise ConfigError(f"{weights} does not fit the generator of {where}: {e}") from e
+    return LoadedGenerator(G.to(device).eval().requires_grad_(False), info)
+
+
+def _atomic(path: Path, write: Any) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

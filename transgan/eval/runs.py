@@ -1,0 +1,122 @@
+"""Loading a generator from what tools/train.py leaves behind: a run directory or one of its checkpoints.
+
+Shared by tools/eval.py, tools/generate.py and tools/serve.py. Checkpoints are read with
+``weights_only=True`` (``transgan.train.checkpoint.load_checkpoint``); the web app itself never
+imports this module — tools/serve.py hands it an already loaded generator.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+import torch.nn as nn
+
+from transgan.eval.export import GeneratorInfo, LoadedGenerator, is_export, load_exported_generator
+from transgan.registry import ConfigError
+
+log = logging.getLogger("transgan.eval")
+
+
+def find_checkpoint(source: Path) -> Optional[Path]:
+    """The checkpoint a source names (a file, or a run directory's newest), or None for an image folder."""
+    from transgan.train.checkpoint import latest_checkpoint
+
+    if source.is_file():
+        return source
+    if not source.is_dir():
+        raise FileNotFoundError(f"{source} does not exist")
+    if (source / "config.yaml").is_file() or (source / "checkpoints").is_dir():
+        return latest_checkpoint(source)
+    return None
+
+
+def load_generator(state: dict[str, Any], network: str, num_classes: Optional[int] = None) -> nn.Module:
+    """Build the run's generator from a loaded checkpoint and load its ``network`` weights (G_ema or G)."""
+    from omegaconf import OmegaConf
+
+    from transgan.registry import build_generator
+    from transgan.train.checkpoint import CheckpointError
+
+    cfg = OmegaConf.create(state["config"])
+    if num_classes is None:
+        num_classes = 0
+        if cfg.dataset.get("conditional", False):
+            # The number of classes is the dataset's; read it from the checkpoint when it is recorded there.
+            recorded = state.get("model", {}).get("num_classes")
+            num_classes = int(recorded if recorded is not None else _dataset_num_classes(cfg))
+    G = build_generator(cfg.model.generator, img_resolution=int(cfg.model.resolution),
+                        img_channels=int(cfg.dataset.channels), num_classes=num_classes)
+    if network not in state:
+        raise CheckpointError(f"the checkpoint holds no {network} weights")
+    G.load_state_dict(state[network])
+    return G.eval().requires_grad_(False)
+
+
+def _dataset_listing(cfg: Any) -> Any:
+    """The run's dataset with caching off: file names and labels, no image decoded."""
+    from omegaconf import OmegaConf
+
+    from transgan.data import build_dataset
+
+    listing = OmegaConf.merge(cfg.dataset, {"cache": False})
+    return build_dataset(listing, resolution=int(cfg.model.resolution))
+
+
+def _dataset_num_classes(cfg: Any) -> int:
+    """The run's number of classes, from its dataset's file list (cache off: no image is decoded)."""
+    return int(_dataset_listing(cfg).num_classes)
+
+
+def run_classes(cfg: Any, recorded: Optional[int] = None) -> tuple[int, list[str]]:
+    """(number of classes, class names) of a run; names are the dataset's, or "0", "1", ... when it is absent."""
+    from transgan.data import DatasetNotFoundError
+
+    if not cfg.dataset.get("conditional", False):
+        return 0, []
+    try:
+        dataset = _dataset_listing(cfg)
+    except DatasetNotFoundError as e:
+        if recorded is None:
+            raise
+        log.warning("class names unavailable (%s); using class indices", e)
+        return int(recorded), [str(k) for k in range(int(recorded))]
+    names = list(getattr(dataset, "class_names", []) or [])
+    num_classes = int(dataset.num_classes)
+    return num_classes, (names if len(names) == num_classes else [str(k) for k in range(num_classes)])
+
+
+def load_run(source: Path, network: str = "G_ema") -> LoadedGenerator:
+    """The ``network`` of a run directory's newest checkpoint (or of one checkpoint file), with its info."""
+    from omegaconf import OmegaConf
+
+    from transgan.train.checkpoint import load_checkpoint
+
+    source = Path(source).expanduser()
+    checkpoint = find_checkpoint(source)
+    if checkpoint is None:
+        raise ConfigError(f"{source} is neither a run directory, a checkpoint nor an exported generator")
+    state = load_checkpoint(checkpoint)
+    cfg = OmegaConf.create(state["config"])
+    num_classes, names = run_classes(cfg, state.get("model", {}).get("num_classes"))
+    G = load_generator(state, network, num_classes=num_classes)
+    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    info = GeneratorInfo(
+        generator=OmegaConf.to_container(cfg.model.generator, resolve=True),
+        img_resolution=int(cfg.model.resolution), img_channels=int(cfg.dataset.channels),
+        num_classes=num_classes, class_names=names,
+        dataset=OmegaConf.to_container(cfg.dataset, resolve=True),
+        source={"run": str(run_dir), "checkpoint": str(checkpoint), "step": int(state["progress"]["step"]),
+                "network": network})
+    return LoadedGenerator(G, info)
+
+
+def load_source(source: Path | str, network: str = "G_ema") -> LoadedGenerator:
+    """A generator from an export (folder or .safetensors), a run directory or a checkpoint file."""
+    source = Path(source).expanduser()
+    if is_export(source):
+        if network != "G_ema":
+            raise ConfigError(f"an export holds only G_ema; network={network} needs the run directory")
+        return load_exported_generator(source)
+    return load_run(source, network)
