@@ -1,0 +1,207 @@
+"""The FastAPI app: a page for conditional generation and a JSON/PNG API over one loaded generator.
+
+Routes (nothing else; no route takes a path or file name, and no static folder is mounted)::
+
+    GET  /                      the page
+    GET  /static/app.js|app.css the page's script and style (constants)
+    GET  /api/info              the model: classes, truncation kind and range, request limits
+    POST /api/generate          JSON {"class", "seed", "count", "truncation", "size"} -> JSON images (PNG data URLs)
+    GET  /api/generate.png      the same fields as query parameters (+ "cols") -> one PNG grid
+
+Image i of a request is made from seed ``seed + i`` (``transgan.eval.sampling.seed_latents``), so
+any image can be made again from its seed. The model is loaded once; generation runs under a
+lock, one request at a time, because a module is not safe to run from several threads at once
+(BatchNorm, cached buffers) and torch already uses every core for one batch. Bad input gets 422
+with ``{"detail": "<message>"}``.
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations at run time.
+import base64
+import io
+import math
+import threading
+import time
+from dataclasses import dataclass
+from typing import Annotated, Any, Optional, Union
+
+import torch
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from transgan.eval.export import LoadedGenerator
+from transgan.eval.generate import describe, image_grid, png_bytes, resolve_class, sample
+from transgan.eval.sampling import truncation_kind
+from transgan.registry import ConfigError
+from transgan.serve.page import SCRIPT, STYLE, render_page
+
+MAX_SEED = 2**31 - 1  # seeds seed..seed+count-1 stay below 2^32 (torch.Generator.manual_seed takes any)
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    """Bounds on one request: images per request, pixels per image side, the truncation ranges."""
+
+    max_count: int = 64
+    min_size: int = 8
+    max_size: int = 512
+    max_cols: int = 16
+    psi_range: tuple[float, float] = (0.0, 1.0)
+    z_threshold_range: tuple[float, float] = (0.1, 3.0)
+
+
+class InvalidRequest(ValueError):
+    """A well-formed request whose values this model cannot serve (unknown class, out of bounds)."""
+
+
+def _not_bool_or_float(value: Any) -> Any:
+    # JSON true and 1.5 would otherwise pass as integers 1 (pydantic's lax mode); a seed is a whole number.
+    if isinstance(value, (bool, float)):
+        raise ValueError("must be a whole number")
+    return value
+
+
+Integer = Annotated[int, BeforeValidator(_not_bool_or_float)]
+ClassValue = Annotated[Union[int, str], BeforeValidator(_not_bool_or_float)]
+
+
+class GenerateRequest(BaseModel):
+    """One generation request; unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    class_: Optional[ClassValue] = Field(None, alias="class", description="class index or name")
+    seed: Integer = Field(0, ge=0, le=MAX_SEED, description="image i uses seed + i")
+    count: Integer = Field(1, ge=1, description="number of images")
+    truncation: Optional[float] = Field(None, allow_inf_nan=False,
+                                        description="psi for style models, |z| threshold otherwise; null = none")
+    size: Optional[Integer] = Field(None, description="pixels per image side (nearest scaling)")
+    cols: Optional[Integer] = Field(None, description="columns of the PNG grid")
+
+
+class GenerationService:
+    """The model, loaded once, and the lock that lets one request at a time run it."""
+
+    def __init__(self, loaded: LoadedGenerator, limits: ServeLimits = ServeLimits(), title: Optional[str] = None
+                 ) -> None:
+        self.G, self.info, self.limits = loaded.G.eval().requires_grad_(False), loaded.info, limits
+        self.kind = truncation_kind(self.G)
+        self.title = title or "transgan: conditional generation"
+        self.lock = threading.Lock()
+        self.served = 0
+
+    def describe(self) -> dict[str, Any]:
+        """The JSON of ``GET /api/info`` (also rendered into the page)."""
+        lo, hi = self.limits.psi_range if self.kind == "psi" else self.limits.z_threshold_range
+        return {
+            "title": self.title,
+            "description": describe(self.info, self.G),
+            "generator": self.info.generator.get("name"),
+            "resolution": int(self.info.img_resolution),
+            "channels": int(self.info.img_channels),
+            "classes": [{"index": k, "name": name} for k, name in enumerate(self.info.class_names)],
+            "truncation": {"kind": self.kind, "min": lo, "max": hi, "step": 0.05 if self.kind == "psi" else 0.1,
+                           # psi = 1 is no truncation; a z threshold is off above the range (slider's last stop)
+                           "off_above": None if self.kind == "psi" else hi,
+                           "slider_default": 1.0 if self.kind == "psi" else round(hi + 0.1, 2)},
+            "limits": {"max_count": self.limits.max_count, "min_size": self.limits.min_size,
+                       "max_size": self.limits.max_size, "max_cols": self.limits.max_cols, "max_seed": MAX_SEED},
+        }
+
+    def check(self, r: GenerateRequest) -> Optional[int]:
+        """Bounds that depend on this model and these limits; returns the class index."""
+        L = self.limits
+        if r.count > L.max_count:
+            raise InvalidRequest(f"count must be at most {L.max_count}, got {r.count}")
+        if r.size is not None and not L.min_size <= r.size <= L.max_size:
+            raise InvalidRequest(f"size must be in {L.min_size}..{L.max_size} pixels, got {r.size}")
+        if r.cols is not None and not 1 <= r.cols <= L.max_cols:
+            raise InvalidRequest(f"cols must be in 1..{L.max_cols}, got {r.cols}")
+        if r.truncation is not None:
+            lo, hi = L.psi_range if self.kind == "psi" else L.z_threshold_range
+            what = "truncation psi" if self.kind == "psi" else "truncation |z| threshold"
+            if not lo <= r.truncation <= hi:
+                raise InvalidRequest(f"{what} must be in [{lo}, {hi}] for this model, got {r.truncation}")
+        try:
+            return resolve_class(r.class_, self.info)
+        except ConfigError as e:
+            raise InvalidRequest(str(e)) from None
+
+    def generate(self, r: GenerateRequest) -> tuple[torch.Tensor, Optional[int], list[int]]:
+        """Validated images [count, C, H, W] in [-1, 1], the class index and the seeds."""
+        c = self.check(r)
+        seeds = list(range(r.seed, r.seed + r.count))
+        with self.lock:
+            images = sample(self.G, seeds, [c] * r.count, r.truncation)
+            self.served += r.count
+        return images, c, seeds
+
+
+def _message(exc: RequestValidationError) -> str:
+    """FastAPI's list of validation errors as one line: "seed: Input should be ..."."""
+    parts = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query")]
+        parts.append(f"{'.'.join(loc) or 'request'}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def create_app(loaded: LoadedGenerator, limits: ServeLimits = ServeLimits(), title: Optional[str] = None) -> FastAPI:
+    """The web app for one loaded generator (kept in memory for the app's life)."""
+    service = GenerationService(loaded, limits, title)
+    info = service.describe()
+    page = render_page(info)
+    # No /docs or /redoc: they load scripts from a CDN. The OpenAPI schema stays under /api/.
+    app = FastAPI(title=service.title, docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
+    app.state.service = service
+    security = {"X-Content-Type-Options": "nosniff",
+                "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+                                           "img-src 'self' data:; connect-src 'self'; form-action 'none'; "
+                                           "base-uri 'none'; frame-ancestors 'none'"}
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"detail": _message(exc)})
+
+    @app.exception_handler(InvalidRequest)
+    async def invalid_request(request: Request, exc: InvalidRequest) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"detail": str(exc)})
+
+    @app.get("/", response_class=HTMLResponse)
+    def index() -> HTMLResponse:
+        return HTMLResponse(page, headers=security)
+
+    @app.get("/static/app.js")
+    def script() -> Response:
+        return Response(SCRIPT, media_type="text/javascript", headers=security)
+
+    @app.get("/static/app.css")
+    def style() -> Response:
+        return Response(STYLE, media_type="text/css", headers=security)
+
+    @app.get("/api/info")
+    def model_info() -> dict[str, Any]:
+        return info
+
+    # Plain `def` endpoints run in FastAPI's thread pool; the service's lock serializes the model.
+    @app.post("/api/generate")
+    def generate_json(request: GenerateRequest) -> dict[str, Any]:
+        start = time.perf_counter()
+        images, c, seeds = service.generate(request)
+        items = [{"seed": s, "class": c, "class_name": loaded.info.class_names[c] if c is not None else None,
+                  "png": "data:image/png;base64," + base64.b64encode(png_bytes(image, request.size)).decode()}
+                 for s, image in zip(seeds, images)]
+        return {"images": items, "truncation": request.truncation, "truncation_kind": service.kind,
+                "elapsed_ms": (time.perf_counter() - start) * 1000}
+
+    @app.get("/api/generate.png")
+    def generate_png(request: Annotated[GenerateRequest, Query()]) -> Response:
+        images, _, _ = service.generate(request)
+        cols = request.cols or math.ceil(math.sqrt(len(images)))
+        grid = image_grid(images, cols=cols, size=request.size)
+        buffer = io.BytesIO()
+        grid.save(buffer, format="PNG")
+        return Response(buffer.getvalue(), media_type="image/png")
+
+    return app

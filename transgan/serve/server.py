@@ -1,0 +1,103 @@
+"""Running the app with uvicorn: in the foreground (tools/serve.py) or on a background thread (tests, load test).
+
+The default host is 127.0.0.1: the page is reachable from this machine only unless the user
+names another interface.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import threading
+import time
+from typing import Any, Optional
+from urllib.parse import urlsplit
+
+DEFAULT_HOST = "127.0.0.1"
+
+
+def is_loopback_host(host: str) -> bool:
+    """True when every address ``host`` resolves to is a loopback address (127.0.0.0/8, ::1)."""
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except socket.gaierror:
+        return False
+    addresses = {info[4][0] for info in infos}
+    return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
+
+
+def is_loopback_url(url: str) -> bool:
+    """True for an http(s) URL whose host is loopback."""
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and parts.hostname is not None and is_loopback_host(parts.hostname)
+
+
+def bind_socket(host: str = DEFAULT_HOST, port: int = 0) -> socket.socket:
+    """A listening-ready TCP socket on (host, port); port 0 picks a free one, with no race to find it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
+
+
+def _config(app: Any, log_level: str) -> Any:
+    import uvicorn
+
+    # lifespan off: the app has no startup work (the model is loaded before the app exists).
+    return uvicorn.Config(app, log_level=log_level, lifespan="off", access_log=False)
+
+
+def serve_forever(app: Any, host: str = DEFAULT_HOST, port: int = 8000, log_level: str = "info") -> None:
+    """Serve ``app`` on host:port until interrupted (Ctrl-C)."""
+    import uvicorn
+
+    sock = bind_socket(host, port)
+    server = uvicorn.Server(_config(app, log_level))
+    server.run(sockets=[sock])
+
+
+class BackgroundServer:
+    """``with BackgroundServer(app) as server: ... server.url ...``: uvicorn on a thread, on a free port."""
+
+    def __init__(self, app: Any, host: str = DEFAULT_HOST, port: int = 0, log_level: str = "warning") -> None:
+        import uvicorn
+
+        self.sock = bind_socket(host, port)
+        address = self.sock.getsockname()
+        self.host, self.port = address[0], address[1]
+        self.server = uvicorn.Server(_config(app, log_level))
+        self.thread: Optional[threading.Thread] = None
+
+    @property
+    def url(self) -> str:
+        """Base URL with a trailing slash, e.g. http://127.0.0.1:41234/."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/"
+
+    def start(self, timeout_s: float = 20.0) -> "BackgroundServer":
+        """Start serving; return once uvicorn accepts connections."""
+        # uvicorn installs signal handlers only on the main thread, so it runs fine on this one.
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True,
+                                       name=f"uvicorn:{self.port}")
+        self.thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the server on {self.url} did not start within {timeout_s} s")
+            time.sleep(0.02)
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Ask uvicorn to finish its requests and exit; wait for the thread."""
+        self.server.should_exit = True
+        if self.thread is not None:
+            self.thread.join(timeout_s)
+        self.sock.close()
+
+    def __enter__(self) -> "BackgroundServer":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
