@@ -22,7 +22,6 @@ import argparse
 import json
 import math
 import multiprocessing as mp
-import resource
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ if __package__ in (None, ""):  # run as `python tools/bench_attention.py` from a
 
 import torch  # noqa: E402
 
+from tools.bench_memory import peak_rss_bytes, reset_peak_rss, status_bytes  # noqa: E402
 from transgan.nn import attention as A  # noqa: E402
 
 PATTERNS = ("fwd", "fwd_bwd", "r1")
@@ -73,14 +73,6 @@ def _timed(fn, sync, repeats: int, min_seconds: float = 0.5, max_runs: int = 20)
     return best
 
 
-def _status_bytes(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def _cpu_case(case: dict, conn) -> None:
     """Child process: measure one CPU case and send (time_s, peak_bytes, error) back."""
     try:
@@ -90,16 +82,10 @@ def _cpu_case(case: dict, conn) -> None:
         _run_pattern(case["pattern"], case["kernel"], *small)
         del small
         q, k, v, w = _inputs(case["n"], case["batch"], case["heads"], case["head_dim"], "cpu", case["dtype"])
-        base = _status_bytes("VmRSS")
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # reset the high-water mark to the current resident set
-            reset = True
-        except OSError:
-            reset = False
+        base = status_bytes("VmRSS")
+        reset = reset_peak_rss()  # the high-water mark starts at the current resident set
         _run_pattern(case["pattern"], case["kernel"], q, k, v, w)  # also the warm-up
-        high = _status_bytes("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        peak = max(0, high - base)
+        peak = max(0, peak_rss_bytes(reset) - base)
         best = _timed(lambda: _run_pattern(case["pattern"], case["kernel"], q, k, v, w), lambda: None,
                       case["repeats"])
         conn.send((best, peak, None))

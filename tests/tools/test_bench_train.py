@@ -1,0 +1,53 @@
+"""tools/bench_train.py on CPU: every column of every case is produced, and finite."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+from tools.bench_train import KEYS, PEAK_BF16_FLOPS, case_overrides, peak_bf16_flops
+
+
+def test_tiny_cpu_run_produces_every_column(repo_root, tmp_path):
+    out = tmp_path / "bench.json"
+    # A fresh process, as a user runs it: each case forks from its own forkserver.
+    cmd = [sys.executable, "tools/bench_train.py", "--tiny", "--models", "swin_gan", "--json", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(repo_root), "CUDA_VISIBLE_DEVICES": ""}
+    run = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    records = json.loads(out.read_text())
+    assert [(r["precision"], r["compile"]) for r in records] == [("fp32", False), ("bf16", False)]
+    for r in records:
+        assert set(KEYS) <= r.keys()
+        assert r["error"] is None, r["error"]
+        assert r["model"] == "swin_gan" and r["resolution"] == 32 and r["batch"] == 4 and r["device"] == "cpu"
+        assert r["mfu"] is None  # no bf16 peak on CPU
+        for key in ("images_per_s", "peak_mem_bytes", "flops_per_step"):
+            assert isinstance(r[key], (int, float)) and math.isfinite(r[key]) and r[key] > 0, key
+        # lazy R1 every 2 D steps (--tiny): one schedule period is two steps, timed whole
+        assert r["schedule_period"] == 2 and r["timed_steps"] % 2 == 0
+    assert records[0]["flops_per_step"] == records[1]["flops_per_step"]  # counted once, same network
+    assert "swin_gan" in run.stdout and "images/s" in run.stdout  # the printed table
+
+
+def test_peak_table_prefers_specific_names():
+    assert peak_bf16_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert peak_bf16_flops("NVIDIA H100 PCIe") == 756e12
+    assert peak_bf16_flops("NVIDIA L40S") == 362e12 and peak_bf16_flops("NVIDIA L4") == 121e12
+    assert peak_bf16_flops("NVIDIA GH200 480GB") == 989e12 and peak_bf16_flops("NVIDIA H200") == 989e12
+    assert peak_bf16_flops("Some Future GPU") is None
+    assert all(peak > 0 for _, peak in PEAK_BF16_FLOPS)
+
+
+def test_sized_presets_and_recipes():
+    base = dict(precision="bf16", compile=True, batch=8, device="cuda", threads=None, reg_precision="bf16",
+                overrides=["train.channels_last=false"])
+    overrides, preset = case_overrides({**base, "model": "swin_gan", "resolution": 256})
+    assert preset == "swin_gan_256" and "model=swin_gan_256" in overrides
+    assert "experiment=styleswin_paper" in overrides and "loss.reg_precision=bf16" in overrides
+    assert overrides[-1] == "train.channels_last=false" and "train.compile=true" in overrides
+    overrides, preset = case_overrides({**base, "model": "cwgan_gp", "resolution": 128})
+    assert preset == "cwgan_gp" and "model.resolution=128" in overrides

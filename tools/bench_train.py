@@ -1,0 +1,330 @@
+"""Training throughput, peak memory and model-FLOPs utilization of each backbone's real training step.
+
+    python tools/bench_train.py --models swin_gan transgan --resolutions 64 256 \\
+        --precisions fp32 bf16 --compile off on --batch 32 --json bench_train.json
+    python tools/bench_train.py --tiny --json /tmp/tiny.json   # CPU, the small digits presets, seconds
+
+One case is (model, resolution, precision, compile). Each runs in a fresh process (its own
+Accelerate state, memory high-water mark and compile cache), which builds the real Trainer
+on the synthetic dataset (configs/dataset/synthetic.yaml: noise images held on the device, so
+data loading costs nothing) with the backbone's training recipe (RECIPES) and calls
+``Trainer.train_step()``, the step tools/train.py runs: n_critic D steps, the G step, and lazy
+regularization when due. Warm-up and timed windows are whole schedule periods
+(``Trainer.schedule_period``), so lazy regularization is amortized exactly.
+
+``--models`` names model presets (configs/model/); with ``--resolutions`` a preset ``<model>_<R>``
+is used where it exists, else ``<model>`` with ``model.resolution=R``. ``fp32`` is plain float32
+(TF32 off, PyTorch's default); ``bf16`` is Accelerate's bfloat16 autocast with the regularization
+passes in bfloat16 too (``loss.reg_precision=bf16``; ``--reg-precision float32`` keeps them float32).
+
+Columns (JSON keys):
+  images_per_s    real images shown to D per second: n_critic x batch per step, the trainer's own
+                  images_per_s (and the unit of kimg budgets)
+  peak_mem_bytes  CUDA: torch.cuda.max_memory_allocated over the timed steps (weights, optimizer
+                  state and data included); CPU: the resident-set high-water mark over the timed
+                  steps minus the resident set before the trainer was built (peak_mem_kind says which)
+  flops_per_step  FLOPs counted by torch.utils.flop_counter over one schedule period of eager steps,
+                  divided by its length: forward, backward and double backward of the whole step
+                  (G and D, regularization passes included; matmul, convolution and attention ops)
+  mfu             flops_per_step / step time / the device's dense bf16 peak (PEAK_BF16_FLOPS, or
+                  --peak-flops); null on CPU and on devices not in the table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+if __package__ in (None, ""):  # run as `python tools/bench_train.py` from anywhere
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from tools.bench_memory import peak_rss_bytes, reset_peak_rss, status_bytes  # noqa: E402
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+KEYS = ("model", "resolution", "precision", "compile", "batch", "device", "images_per_s", "peak_mem_bytes",
+        "flops_per_step", "mfu")
+
+# The training recipe each backbone family is measured with (longest matching prefix of the preset).
+RECIPES: dict[str, list[str]] = {
+    "transgan": ["experiment=transgan_paper"],     # WGAN-GP + drift every D step, n_critic 4, DiffAugment
+    "swin_gan": ["experiment=styleswin_paper"],    # non-saturating, lazy R1 every 16, n_critic 1
+    "stylegan2": ["loss=ns_r1_pl", "train.n_critic=1"],  # + style mixing, lazy path length every 4
+    "styletoken": ["loss=hinge", "loss.r1_gamma=10", "loss.r1_interval=4", "train.n_critic=1"],
+    "cwgan_gp": ["loss=wgan_gp"],                  # GP every D step, n_critic 3
+}
+
+# Dense (no sparsity) bfloat16 tensor-core peaks from the vendors' data sheets, FLOP/s. The first
+# entry whose key is in torch.cuda.get_device_name() wins, so specific names come first.
+PEAK_BF16_FLOPS: list[tuple[str, float]] = [
+    ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("GH200", 989e12), ("H200", 989e12), ("H100", 989e12),
+    ("H800", 989e12), ("B200", 2250e12), ("B100", 1750e12), ("A100", 312e12), ("A800", 312e12),
+    ("L40S", 362e12), ("L40", 181e12), ("L4", 121e12), ("A10G", 70e12), ("A10", 125e12),
+    ("RTX 4090", 165e12), ("RTX 6000 Ada", 364e12), ("A6000", 155e12),
+]
+
+TINY = dict(models=["cwgan_gp", "stylegan2", "styletoken", "swin_gan", "transgan"], batch=4, steps=1, warmup=1,
+            precisions=["fp32", "bf16"], compile=["off"], threads=1,
+            # Short lazy-regularization intervals keep one schedule period to two steps.
+            overrides=["loss.r1_interval=2", "loss.pl_interval=2"])
+
+
+def peak_bf16_flops(device_name: str) -> Optional[float]:
+    """Dense bf16 peak FLOP/s of a CUDA device, from its name; None if not in the table."""
+    return next((peak for key, peak in PEAK_BF16_FLOPS if key in device_name), None)
+
+
+def recipe(model: str) -> list[str]:
+    """Recipe overrides of the longest family name the preset starts with (none if unknown)."""
+    family = max((f for f in RECIPES if model.startswith(f)), key=len, default=None)
+    return list(RECIPES[family]) if family else []
+
+
+def model_overrides(model: str, resolution: Optional[int]) -> tuple[list[str], str]:
+    """Hydra overrides selecting the model at a resolution, and the preset's name."""
+    if resolution is None:
+        return [f"model={model}"], model
+    sized = f"{model}_{resolution}"
+    if (CONFIG_DIR / "model" / f"{sized}.yaml").is_file():
+        return [f"model={sized}"], sized
+    return [f"model={model}", f"model.resolution={resolution}"], model
+
+
+def case_overrides(case: dict[str, Any]) -> tuple[list[str], str]:
+    """Every Hydra override of one case (recipe, model, data, schedule, precision), and the preset."""
+    chosen, preset = model_overrides(case["model"], case["resolution"])
+    bf16 = case["precision"] == "bf16"
+    out = [*recipe(case["model"]), *chosen,
+           "dataset=synthetic", "dataset.channels=3", "dataset.conditional=false",
+           f"dataset.size={max(2 * case['batch'], 16)}",
+           f"train.batch_size={case['batch']}", f"train.mixed_precision={'bf16' if bf16 else 'no'}",
+           f"train.compile={str(case['compile']).lower()}"]
+    if bf16:
+        out.append(f"loss.reg_precision={case['reg_precision']}")
+    if case["device"] == "cpu":
+        out.append("train.device=cpu")
+        if case["threads"]:
+            out.append(f"train.cpu_threads={case['threads']}")
+    return out + list(case["overrides"]), preset
+
+
+class _NoModuleAttribution:
+    """Stands in for FlopCounterMode's module tracker: every FLOP is attributed to "Global" only."""
+
+    parents = {"Global"}
+
+    def __enter__(self) -> "_NoModuleAttribution":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def count_step_flops(trainer: Any, steps: int) -> int:
+    """FLOPs per step over ``steps`` eager training steps (compiled graphs run eagerly here)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    # Per-module attribution hooks the backward of every module (register_multi_grad_hook), and
+    # torch.autograd.grad -- the GP / R1 / path-length passes -- refuses such hooks on leaves.
+    # The total needs no attribution.
+    counter.mod_tracker = _NoModuleAttribution()
+    with torch.compiler.set_stance("force_eager"), counter:
+        for _ in range(steps):
+            trainer.train_step()
+    return int(counter.get_total_flops()) // steps
+
+
+def run_case(case: dict[str, Any]) -> dict[str, Any]:
+    """Build the trainer of one case, time whole schedule periods, count FLOPs; return its record."""
+    from transgan.train.config import compose_config
+    from transgan.train.trainer import Trainer
+
+    overrides, preset = case_overrides(case)
+    cfg, _ = compose_config(overrides)
+    cuda = case["device"] == "cuda"
+    rss_before = None if cuda else status_bytes("VmRSS")
+    with tempfile.TemporaryDirectory() as tmp:  # the trainer names a run directory; nothing is written
+        trainer = Trainer(cfg, str(Path(tmp) / "run"))
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    period = trainer.schedule_period
+    warmup = period * math.ceil(max(case["warmup"], 1) / period)
+    timed = period * math.ceil(max(case["steps"], 1) / period)
+    for _ in range(warmup):
+        trainer.train_step()
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        reset = reset_peak_rss()
+    images0 = trainer.progress.images_seen
+    start = time.perf_counter()
+    for _ in range(timed):
+        trainer.train_step()
+    sync()
+    elapsed = time.perf_counter() - start
+    images = trainer.progress.images_seen - images0
+    if cuda:
+        peak_mem, mem_kind = torch.cuda.max_memory_allocated(), "cuda_max_allocated"
+    else:
+        peak_mem, mem_kind = max(0, peak_rss_bytes(reset) - rss_before), "cpu_rss_delta"
+    flops = case.get("flops_per_step")
+    if flops is None:
+        flops = count_step_flops(trainer, period)
+    step_time = elapsed / timed
+    device_name = torch.cuda.get_device_name() if cuda else "cpu"
+    peak = case["peak_flops"] or (peak_bf16_flops(device_name) if cuda else None)
+    return {
+        "model": case["model"], "resolution": int(cfg.model.resolution), "precision": case["precision"],
+        "compile": bool(case["compile"]), "batch": case["batch"], "device": device_name,
+        "images_per_s": images / elapsed, "peak_mem_bytes": int(peak_mem), "flops_per_step": flops,
+        "mfu": flops / step_time / peak if peak else None,
+        # Extras: what exactly ran.
+        "preset": preset, "step_time_s": step_time, "timed_steps": timed, "warmup_steps": warmup,
+        "schedule_period": period, "n_critic": int(cfg.train.n_critic), "loss": str(cfg.loss.name),
+        "reg_precision": str(cfg.loss.reg_precision), "channels_last": trainer.channels_last,
+        "peak_mem_kind": mem_kind, "peak_bf16_flops": peak, "torch": torch.__version__, "error": None,
+    }
+
+
+def _child(case: dict[str, Any], conn: Any) -> None:
+    """Process body: run one case and send its record (or the error) back."""
+    try:
+        conn.send(run_case(case))
+    except Exception as e:  # reported in the table, not raised: one case must not stop the others
+        first = (str(e).strip().splitlines() or [""])[0]
+        conn.send({"error": "out of memory" if isinstance(e, torch.OutOfMemoryError)
+                   else f"{type(e).__name__}: {first[:160]}"})
+    finally:
+        conn.close()
+
+
+def measure(case: dict[str, Any], ctx: Any) -> dict[str, Any]:
+    """Run one case in a fresh process; a failed case gets null measurements and its error."""
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(case, child))
+    proc.start()
+    child.close()
+    try:
+        result = parent.recv()
+    except EOFError:
+        result = {"error": f"process died (exit code {proc.exitcode}; out of memory?)"}
+    proc.join()
+    if result.get("error"):
+        result = {**{k: None for k in KEYS}, "model": case["model"], "resolution": case["resolution"],
+                  "precision": case["precision"], "compile": bool(case["compile"]), "batch": case["batch"],
+                  "device": case["device"], "error": result["error"]}
+    return result
+
+
+def add_speedups(records: list[dict[str, Any]]) -> None:
+    """images_per_s relative to the fp32 eager case of the same model, resolution and batch."""
+    base = {(r["model"], r["resolution"], r["batch"]): r["images_per_s"] for r in records
+            if r["precision"] == "fp32" and not r["compile"] and r["images_per_s"]}
+    for r in records:
+        b = base.get((r["model"], r["resolution"], r["batch"]))
+        r["speedup_vs_fp32_eager"] = r["images_per_s"] / b if b and r["images_per_s"] else None
+
+
+def format_table(records: list[dict[str, Any]]) -> str:
+    """The human-readable table of the records."""
+    head = (f"{'model':<12} {'res':>4} {'prec':<5} {'compile':<7} {'batch':>5} {'images/s':>10} {'step ms':>9} "
+            f"{'x fp32':>6} {'peak MiB':>9} {'GFLOP/step':>11} {'MFU':>6}")
+    lines = [head]
+    for r in records:
+        key = (f"{r['model']:<12} {str(r['resolution']):>4} {r['precision']:<5} {'on' if r['compile'] else 'off':<7} "
+               f"{r['batch']:>5}")
+        if r.get("error"):
+            lines.append(f"{key} {r['error']}")
+            continue
+        speed, mfu = r.get("speedup_vs_fp32_eager"), r["mfu"]
+        speed_cell = f"{speed:.2f}" if speed else "-"
+        mfu_cell = f"{mfu:.1%}" if mfu is not None else "-"
+        lines.append(f"{key} {r['images_per_s']:>10.1f} {r['step_time_s'] * 1e3:>9.1f} {speed_cell:>6} "
+                     f"{r['peak_mem_bytes'] / 2**20:>9.0f} {r['flops_per_step'] / 1e9:>11.1f} {mfu_cell:>6}")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
+    """Parse arguments, run every case, print the table, write JSON; return the records."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tiny", action="store_true",
+                   help="CPU smoke run: the digits-sized presets of every backbone, batch 4, one timed step")
+    p.add_argument("--models", nargs="+", help="model presets (default: all five backbone families)")
+    p.add_argument("--resolutions", type=int, nargs="+",
+                   help="default 64 256 (--tiny: each preset's own resolution)")
+    p.add_argument("--precisions", nargs="+", choices=("fp32", "bf16"), help="default fp32 bf16")
+    p.add_argument("--compile", nargs="+", choices=("off", "on"), help="torch.compile settings (default off)")
+    p.add_argument("--batch", type=int, help="global batch size (default 32; --tiny 4)")
+    p.add_argument("--steps", type=int, help="timed steps, rounded up to whole schedule periods (default 16)")
+    p.add_argument("--warmup", type=int, help="warm-up steps, rounded up likewise (default 4)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--threads", type=int, help="CPU threads per case (default: the trainer's)")
+    p.add_argument("--reg-precision", choices=("bf16", "float32"), default="bf16",
+                   help="precision of the GP / R1 / path-length passes of bf16 cases")
+    p.add_argument("--peak-flops", type=float, help="peak FLOP/s for MFU on a device not in the table")
+    p.add_argument("--override", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="extra Hydra overrides for every case, e.g. train.channels_last=false")
+    p.add_argument("--json", type=Path, help="write the records here")
+    args = p.parse_args(argv)
+
+    tiny = TINY if args.tiny else {}
+    device = "cpu" if args.tiny else args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda but no CUDA device is available")
+    models = args.models or tiny.get("models") or list(RECIPES)
+    resolutions = args.resolutions or ([None] if args.tiny else [64, 256])
+    precisions = args.precisions or tiny.get("precisions") or ["fp32", "bf16"]
+    compiles = [c == "on" for c in (args.compile or tiny.get("compile") or ["off"])]
+    batch = args.batch or tiny.get("batch") or 32
+    steps, warmup = args.steps or tiny.get("steps") or 16, args.warmup or tiny.get("warmup") or 4
+    if min(batch, steps, warmup) < 1:
+        p.error("--batch, --steps and --warmup must be positive")
+
+    # Fresh processes forked from a server that imported torch and transgan once (not CUDA: a
+    # process that initialized CUDA cannot fork usable children).
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "transgan.train.trainer", "transgan.models", "transgan.losses"])
+    name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    print(f"training benchmark on {name}: batch {batch}, {steps} timed + {warmup} warm-up steps "
+          f"(rounded up to schedule periods), torch {torch.__version__}", flush=True)
+    records: list[dict[str, Any]] = []
+    flops: dict[tuple, int] = {}  # the same network and batch do the same FLOPs in every precision
+    start = time.perf_counter()
+    for model in models:
+        for resolution in resolutions:
+            for precision in precisions:
+                for compiled in compiles:
+                    key = (model, resolution, batch)
+                    case = dict(model=model, resolution=resolution, precision=precision, compile=compiled,
+                                batch=batch, steps=steps, warmup=warmup, device=device,
+                                threads=args.threads or tiny.get("threads"), reg_precision=args.reg_precision,
+                                peak_flops=args.peak_flops, flops_per_step=flops.get(key),
+                                overrides=[*tiny.get("overrides", []), *args.override])
+                    record = measure(case, ctx)
+                    if record["flops_per_step"] is not None:
+                        flops[key] = record["flops_per_step"]
+                    records.append(record)
+                    print(format_table([record]).splitlines()[1], flush=True)
+    add_speedups(records)
+    print("\n" + format_table(records))
+    print(f"\n({time.perf_counter() - start:.0f} s)")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(records, indent=1))
+        print(f"wrote {len(records)} records to {args.json}")
+    return records
+
+
+if __name__ == "__main__":
+    main()
