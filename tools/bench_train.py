@@ -316,14 +316,23 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
                         flops[key] = record["flops_per_step"]
                     records.append(record)
                     print(format_table([record]).splitlines()[1], flush=True)
+                    if args.json:  # after every case, so a run cut short keeps what it measured
+                        _write_json(records, args.json)
     add_speedups(records)
     print("\n" + format_table(records))
     print(f"\n({time.perf_counter() - start:.0f} s)")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(records, indent=1))
+        _write_json(records, args.json)
         print(f"wrote {len(records)} records to {args.json}")
     return records
+
+
+def _write_json(records: list[dict[str, Any]], path: Path) -> None:
+    """Write the records (a temporary file renamed, so a reader never sees half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(records, indent=1))
+    tmp.replace(path)
 
 
 if __name__ == "__main__":
