@@ -3,6 +3,8 @@
 Arguments are Hydra overrides of configs/config.yaml (``key=value``, ``group=option``);
 ``resume=<run dir>`` continues a run from its newest checkpoint. Every value is checked
 before the run directory is created; a bad one exits with status 2 and a message.
+SIGTERM or SIGINT stops at the next step boundary with a checkpoint, exit status 0; too
+many non-finite steps in a row (train.max_nonfinite_in_row) stop with status 3.
 """
 
 from __future__ import annotations
@@ -24,7 +26,10 @@ def main(argv: list[str]) -> int:
         cfg, run_dir, resume_from = resolve_run(argv)
         trainer = Trainer(cfg, run_dir, resume_from)
         out = trainer.train()
-        if trainer.accelerator.is_main_process:
+        if trainer.accelerator.is_main_process and trainer.stopped_by:
+            print(f"stopped by {trainer.stopped_by} at step {trainer.progress.step}, checkpoint saved; "
+                  f"continue with resume={out}")
+        elif trainer.accelerator.is_main_process:
             print(f"done: {out}")
 
     return run_cli(run, usage=__doc__, argv=argv)

@@ -7,17 +7,23 @@ from typing import Callable, Sequence
 
 from transgan.registry import ConfigError
 
+EXIT_NONFINITE = 3  # training stopped: too many non-finite steps in a row (docs/reliability.md)
+
 
 def run_cli(job: Callable[[], None], usage: str, argv: Sequence[str]) -> int:
-    """Run ``job``; print usage on -h/--help; turn expected user errors into exit status 2."""
+    """Run ``job``; print usage on -h/--help; expected user errors exit 2, a diverged training run 3."""
     if any(a in ("-h", "--help") for a in argv):
         print(usage.strip())
         return 0
     from transgan.train.checkpoint import CheckpointError
+    from transgan.train.faults import NonFiniteError
 
     try:
         job()
     except (ConfigError, CheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except NonFiniteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_NONFINITE
     return 0

@@ -13,6 +13,8 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from transgan.train.faults import ignore_stop_signals
+
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The dataset order of one epoch."""
@@ -81,9 +83,10 @@ class BatchSource:
         if self.in_memory:
             self._stream = stream
             return
+        # Workers ignore SIGTERM/SIGINT: the main process finishes its step, checkpoints, then ends them.
         loader = DataLoader(self.dataset, batch_sampler=_RankSlices(stream, self.rank, self.world),
                             num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
-                            persistent_workers=self.num_workers > 0)
+                            persistent_workers=self.num_workers > 0, worker_init_fn=ignore_stop_signals)
         self._iter = iter(loader)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -83,6 +83,51 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
+def load_resume_checkpoint(path: Path, signature: dict[str, Any]) -> dict[str, Any]:
+    """Load the checkpoint a run resumes from; refuse one written for other networks, saying what differs."""
+    try:
+        state = load_checkpoint(path)
+    except CheckpointError as e:
+        older = [p for p in list_checkpoints(Path(path).parent.parent) if p != Path(path)]
+        hint = (f"; to continue from the previous checkpoint, move this file away (the newest older one is "
+                f"{older[-1].name})" if older else "")
+        raise CheckpointError(f"{e}{hint}") from e
+    differences = _differences(state.get("model"), signature)
+    if differences:
+        raise CheckpointError(f"{path} was written for other networks than this run's: "
+                              + "; ".join(differences))
+    return state
+
+
+def _differences(saved: Any, wanted: Any, key: str = "") -> list[str]:
+    """Human-readable leaf differences between two nested dicts: 'key: a in the checkpoint, b here'."""
+    if isinstance(saved, dict) and isinstance(wanted, dict):
+        out = []
+        for k in sorted(set(saved) | set(wanted), key=str):
+            out += _differences(saved.get(k, "<absent>"), wanted.get(k, "<absent>"), f"{key}.{k}" if key else str(k))
+        return out
+    return [] if saved == wanted else [f"{key or 'model'}: {saved!r} in the checkpoint, {wanted!r} in this run"]
+
+
+@contextmanager
+def unfit_state_is_refused(path: Path) -> Iterator[None]:
+    """Turn a state that does not fit the networks or optimizers (shapes, keys) into a CheckpointError."""
+    try:
+        yield
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path} does not fit this run's networks: {type(e).__name__}: "
+                              f"{str(e).strip()[:2000]}") from e
+
+
+def remove_partial_writes(run_dir: Path) -> int:
+    """Delete temporary files of checkpoint writes that never finished (their writer was killed)."""
+    folder = Path(run_dir) / "checkpoints"
+    stale = list(folder.glob(".step-*.tmp")) if folder.is_dir() else []
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return len(stale)
+
+
 def prune_checkpoints(run_dir: Path, keep: int) -> None:
     """Delete all but the newest ``keep`` checkpoints."""
     for old in list_checkpoints(run_dir)[:-keep]:
@@ -108,6 +153,28 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def gather_rng_states() -> list[dict[str, Any]]:
+    """Every process's :func:`capture_rng_state`, in process order (a collective: all processes call it)."""
+    from accelerate.utils import gather_object
+
+    # Object collectives cannot carry these tensors (torch 2.14 fails to unpickle them: UntypedStorage has
+    # no dtype); numpy arrays travel fine, and an RNG state holds no arrays of its own to confuse.
+    return [_swap_tensors_and_arrays(r) for r in gather_object([_swap_tensors_and_arrays(capture_rng_state())])]
+
+
+def _swap_tensors_and_arrays(tree: Any) -> Any:
+    """Tensors become numpy arrays and numpy arrays tensors, throughout a nested structure."""
+    if isinstance(tree, torch.Tensor):
+        return tree.numpy()
+    if isinstance(tree, np.ndarray):
+        return torch.from_numpy(tree)
+    if isinstance(tree, dict):
+        return {k: _swap_tensors_and_arrays(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_swap_tensors_and_arrays(v) for v in tree)
+    return tree
 
 
 @contextmanager

@@ -47,6 +47,7 @@ class TrainConfig:
     sample_grid_cols: int = 8
     device: str = "auto"
     cpu_threads: Optional[int] = None
+    max_nonfinite_in_row: int = 20
 
 
 def _check_train(train: DictConfig) -> None:
@@ -59,6 +60,7 @@ def _check_train(train: DictConfig) -> None:
         (train.mixed_precision in ("no", "fp16", "bf16"), "train.mixed_precision must be one of no|fp16|bf16"),
         (train.device in ("auto", "cpu"), "train.device must be auto or cpu"),
         (train.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1"),
+        (train.max_nonfinite_in_row >= 1, "train.max_nonfinite_in_row must be >= 1"),
         (min(train.log_every, train.sample_every, train.eval_every, train.ckpt_every) >= 1,
          "train.log_every, sample_every, eval_every and ckpt_every must be >= 1"),
     ]

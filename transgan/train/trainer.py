@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from transgan.registry import ConfigError, build_discriminator, build_generator
 from transgan.train import checkpoint as ckpt
+from transgan.train import faults
 from transgan.train.batches import BatchSource
 from transgan.train.config import compose_config, model_signature, validate_config
 from transgan.train.ema import ema_beta, update_ema
@@ -43,6 +44,8 @@ class Progress:
     data_position: int = 0   # global dataset indices consumed
     elapsed_s: float = 0.0   # training wall-clock time, summed over resumes
     overhead_s: float = 0.0  # part of elapsed_s spent on sample grids, evaluation and checkpoints
+    skipped_steps: int = 0     # optimizer steps skipped for a non-finite loss or gradient
+    nonfinite_in_row: int = 0  # training steps in a row, up to now, with such a skip
 
 
 def resolve_run(argv: Sequence[str]) -> tuple[DictConfig, str, Optional[Path]]:
@@ -100,10 +103,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # identical initial weights on every process
         G = build_generator(cfg.model.generator, **shape)
         D = build_discriminator(cfg.model.discriminator, **shape)
-        state = ckpt.load_checkpoint(resume_from) if resume_from is not None else None
-        if state is not None and state["model"] != model_signature(cfg):
-            raise ckpt.CheckpointError(
-                f"{resume_from} was written for another model ({state['model']}), not {model_signature(cfg)}")
+        state = ckpt.load_resume_checkpoint(resume_from, model_signature(cfg)) if resume_from is not None else None
 
         self.accelerator = Accelerator(mixed_precision=t.mixed_precision, cpu=t.device == "cpu")
         acc = self.accelerator
@@ -138,15 +138,18 @@ class Trainer:
         opt_D = torch.optim.Adam(D.parameters(), lr=lr_d, betas=betas_d, fused=fused)
         self.progress = Progress()
         if state is not None:
-            G.load_state_dict(state["G"])
-            D.load_state_dict(state["D"])
-            self.G_ema.load_state_dict(state["G_ema"])
-            opt_G.load_state_dict(state["opt_G"])
-            opt_D.load_state_dict(state["opt_D"])
+            with ckpt.unfit_state_is_refused(resume_from):
+                G.load_state_dict(state["G"])
+                D.load_state_dict(state["D"])
+                self.G_ema.load_state_dict(state["G_ema"])
+                opt_G.load_state_dict(state["opt_G"])
+                opt_D.load_state_dict(state["opt_D"])
+                self.loss.load_state_dict(state["loss"])
+                self.progress = Progress(**state["progress"])
             _match_param_layouts(opt_G)
             _match_param_layouts(opt_D)
-            self.loss.load_state_dict(state["loss"])
-            self.progress = Progress(**state["progress"])
+            if acc.is_main_process:
+                log.info("resuming from %s (step %d)", resume_from, self.progress.step)
         if t.compile:
             # In place, so state_dict keys and unwrap_model stay as they are. Regularization passes
             # run eagerly (transgan/losses.py): compiled graphs have no double backward.
@@ -173,6 +176,12 @@ class Trainer:
         self.writer = None
         self.judge = None
         self._log_now = False
+        # Non-finite bookkeeping lives on the device (read only at sync points, see _check_numerics).
+        self._skipped = torch.tensor(self.progress.skipped_steps, device=acc.device)
+        self._in_row = torch.tensor(self.progress.nonfinite_in_row, device=acc.device)
+        self._step_bad = torch.zeros((), dtype=torch.bool, device=acc.device)
+        self._stop_group = _control_group(acc)
+        self.stopped_by: Optional[str] = None  # signal name when a stop request ended train()
 
     # ------------------------------------------------------------------ phases
     def _sample_z(self, n: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -196,19 +205,29 @@ class Trainer:
         acc, t = self.accelerator, self.cfg.train
         opt.zero_grad(set_to_none=True)
         stats: dict[str, torch.Tensor] = {}
+        finite = torch.ones((), dtype=torch.bool, device=acc.device)
         for i, args in enumerate(micro_batches):
             sync = i == len(micro_batches) - 1
             with (acc.no_sync(model) if not sync else nullcontext()), acc.autocast():
                 loss, s = getattr(self.loss, phase)(*args)
             acc.backward(loss / len(micro_batches))
+            finite &= torch.isfinite(loss.detach())
             for k, v in s.items():
                 stats[k] = stats.get(k, 0) + v.detach().float() / len(micro_batches)
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
         if t.grad_clip is not None:
-            stats[f"grad_norm_{phase}"] = acc.clip_grad_norm_(model.parameters(), t.grad_clip)
-        elif self._log_now:
-            stats[f"grad_norm_{phase}"] = torch.nn.utils.get_total_norm(
-                [p.grad for p in model.parameters() if p.grad is not None])
-        opt.step()
+            norm = acc.clip_grad_norm_(model.parameters(), t.grad_clip)
+        else:
+            norm = torch.nn.utils.get_total_norm(grads)
+        if t.grad_clip is not None or self._log_now:
+            stats[f"grad_norm_{phase}"] = norm
+        # A non-finite loss or gradient skips this optimizer step. The norm is the same on every
+        # process (gradients are all-reduced), the loss is not: the processes agree on the verdict.
+        finite &= torch.isfinite(norm)
+        finite = _all_processes_agree(finite, acc)
+        faults.step_if_finite(opt.optimizer, opt.step, finite, grads, acc.scaler)
+        self._skipped += ~finite
+        self._step_bad |= ~finite
         return stats
 
     @property
@@ -225,6 +244,7 @@ class Trainer:
         G_plain = self.accelerator.unwrap_model(self.G)
         D_plain = self.accelerator.unwrap_model(self.D)
         stats: dict[str, torch.Tensor] = {}
+        self._step_bad = torch.zeros((), dtype=torch.bool, device=self.accelerator.device)
         self.D.requires_grad_(True)
         for _ in range(t.n_critic):
             real, c_real = self._real_batch()
@@ -249,6 +269,7 @@ class Trainer:
             micro = [(self.G, *self._sample_z(per)) for _ in range(k)]
             stats.update(self._run_phase("g_reg", self.G, self.opt_G, micro))
         self.D.requires_grad_(True)
+        self._in_row = (self._in_row + 1) * self._step_bad  # consecutive steps with a skip
         self.progress.step += 1
         self.progress.data_position = self.data.position
         beta = ema_beta(t.batch_size, self.progress.images_seen, t.ema_kimg, t.ema_rampup)
@@ -293,10 +314,8 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         """Every process contributes its RNG state; the main process writes the file."""
-        from accelerate.utils import gather_object
-
         acc = self.accelerator
-        rng = gather_object([ckpt.capture_rng_state()])
+        rng = ckpt.gather_rng_states()
         if acc.is_main_process:
             state = {
                 "format": ckpt.FORMAT,
@@ -329,8 +348,36 @@ class Trainer:
 
         return bool(broadcast(torch.tensor(float(done), device=acc.device)).item())
 
+    def _check_numerics(self) -> None:
+        """Bring the non-finite counters to the host; warn about new skips; stop after too many in a row."""
+        p, limit = self.progress, self.cfg.train.max_nonfinite_in_row
+        skipped, in_row = torch.stack([self._skipped, self._in_row]).tolist()
+        if skipped > p.skipped_steps and self.accelerator.is_main_process:
+            log.warning("step %d: %d optimizer step(s) skipped for a non-finite loss or gradient "
+                        "(%d in this run so far; %d training step(s) in a row)",
+                        p.step, skipped - p.skipped_steps, skipped, in_row)
+        p.skipped_steps, p.nonfinite_in_row = skipped, in_row
+        if in_row >= limit:
+            kept = ckpt.list_checkpoints(self.run_dir)
+            raise faults.NonFiniteError(
+                f"stopped at step {p.step}: {in_row} training steps in a row had a non-finite loss or gradient "
+                f"(train.max_nonfinite_in_row={limit}); no checkpoint was written during them, the last good one "
+                f"is {kept[-1] if kept else 'none (the run never wrote one)'}. Lower the learning rates, set "
+                "train.grad_clip, or look for bad data")
+
+    def _stop_requested(self, signals: faults.StopSignals) -> Optional[str]:
+        """The stop signal's name once any process received one; every process gets the same answer."""
+        if self.accelerator.num_processes == 1:
+            return signals.received
+        import torch.distributed as dist
+
+        # On the host (a gloo group), so asking every step waits for no device work.
+        flag = torch.tensor([int(signals.received is not None)], dtype=torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._stop_group)
+        return (signals.received or "a stop signal (on another process)") if flag.item() else None
+
     def train(self) -> Path:
-        """Train until ``train.max_steps`` (or ``train.max_seconds``); return the run directory."""
+        """Train until ``train.max_steps`` (or ``train.max_seconds``, or SIGTERM/SIGINT); return the run directory."""
         from tqdm import tqdm
 
         from transgan.train.outputs import RunWriter
@@ -341,12 +388,30 @@ class Trainer:
             (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(self.cfg))
             self.writer = RunWriter(self.run_dir)
             log.info("run directory: %s", self.run_dir)
+            stale = ckpt.remove_partial_writes(self.run_dir)
+            if stale:
+                log.info("removed %d partial checkpoint write(s) of an interrupted run", stale)
         bar = tqdm(total=t.max_steps, initial=p.step, disable=not acc.is_main_process, dynamic_ncols=True,
                    desc="train", unit="step")
+        try:
+            with faults.StopSignals() as signals:
+                self._loop(bar, signals)
+        finally:
+            bar.close()
+            if acc.is_main_process and self.writer is not None:
+                self.writer.close()
+        acc.wait_for_everyone()
+        acc.end_training()
+        return self.run_dir
+
+    def _loop(self, bar: "tqdm", signals: faults.StopSignals) -> None:  # noqa: F821
+        """Steps, logs and outputs until done; returns early, with a checkpoint, on a stop request."""
+        acc, t, p = self.accelerator, self.cfg.train, self.progress
         sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=acc.device))
         count, t0, images0 = 0, time.perf_counter(), p.images_seen
         start = time.perf_counter() - p.elapsed_s
         time_up = self._out_of_time()
+        ckpt_due = False
         while p.step < t.max_steps and not time_up:
             self._log_now = (p.step + 1) % t.log_every == 0 or p.step + 1 == t.max_steps
             for k, v in self.train_step().items():
@@ -354,13 +419,20 @@ class Trainer:
             count += 1
             p.elapsed_s = time.perf_counter() - start
             bar.update(1)
+            time_up = self._out_of_time()
+            last = p.step == t.max_steps or time_up
+            stop = self._stop_requested(signals)
+            ckpt_due = ckpt_due or p.step % t.ckpt_every == 0
+            # Reading the counters syncs with the device: on CUDA only where a sync happens anyway.
+            if acc.device.type == "cpu" or self._log_now or ckpt_due or last or stop:
+                self._check_numerics()
             if self._log_now:
                 dt = time.perf_counter() - t0
                 record = {k: (v / count).item() for k, v in sums.items() if not k.startswith("grad_norm")}
                 record.update({k: v.item() for k, v in sums.items() if k.startswith("grad_norm")})
                 record.update(images_seen=p.images_seen, images_per_s=(p.images_seen - images0) / max(dt, 1e-9),
                               time_s=p.elapsed_s, lr_g=self.opt_G.param_groups[0]["lr"],
-                              lr_d=self.opt_D.param_groups[0]["lr"])
+                              lr_d=self.opt_D.param_groups[0]["lr"], skipped_steps=p.skipped_steps)
                 if acc.device.type == "cuda":
                     record["peak_mem_bytes"] = torch.cuda.max_memory_allocated(acc.device)
                 if acc.is_main_process:
@@ -370,9 +442,15 @@ class Trainer:
                                     img_s=f"{record['images_per_s']:.0f}")
                 sums.clear()
                 count, t0, images0 = 0, time.perf_counter(), p.images_seen
-            time_up = self._out_of_time()
-            last = p.step == t.max_steps or time_up
             outputs_start = time.perf_counter()
+            if stop:  # pre-emption leaves little time: the checkpoint only, no samples or evaluation
+                self.save_checkpoint()
+                p.overhead_s += time.perf_counter() - outputs_start
+                self.stopped_by = stop
+                if acc.is_main_process:
+                    log.warning("%s: stopped at step %d with a checkpoint; continue with resume=%s",
+                                stop, p.step, self.run_dir)
+                return
             if acc.is_main_process and (p.step % t.sample_every == 0 or last):
                 with ckpt.preserved_rng_state():
                     self.save_samples()
@@ -384,15 +462,12 @@ class Trainer:
                                                   "train_s": p.elapsed_s - p.overhead_s},
                                         group="eval")
                     bar.write(f"step {p.step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-            if p.step % t.ckpt_every == 0 or last:
+            # A checkpoint falls due every ckpt_every steps and waits for a step without a non-finite
+            # skip, so a run that goes bad never replaces its good checkpoints with ones from the streak.
+            if last or (ckpt_due and p.nonfinite_in_row == 0):
                 self.save_checkpoint()
+                ckpt_due = False
             p.overhead_s += time.perf_counter() - outputs_start
-        bar.close()
-        if acc.is_main_process and self.writer is not None:
-            self.writer.close()
-        acc.wait_for_everyone()
-        acc.end_training()
-        return self.run_dir
 
 
 def _match_param_layouts(opt: torch.optim.Optimizer) -> None:
@@ -403,6 +478,26 @@ def _match_param_layouts(opt: torch.optim.Optimizer) -> None:
         for key, value in state.items():
             if isinstance(value, torch.Tensor) and value.shape == p.shape and value.stride() != p.stride():
                 state[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
+
+
+def _all_processes_agree(ok: torch.Tensor, acc: "Accelerator") -> torch.Tensor:  # noqa: F821
+    """``ok`` (a 0-dim bool) and-ed over processes; a device-side collective, no host sync."""
+    if acc.num_processes == 1:
+        return ok
+    import torch.distributed as dist
+
+    flag = ok.to(torch.int32)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return flag.bool()
+
+
+def _control_group(acc: "Accelerator") -> Optional[object]:  # noqa: F821
+    """A host-side (gloo) process group for small agreements; None where the default group is one."""
+    if acc.num_processes == 1:
+        return None
+    import torch.distributed as dist
+
+    return None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
 
 
 def _physical_cores() -> int:

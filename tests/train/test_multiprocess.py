@@ -1,0 +1,87 @@
+"""Two processes on CPU (gloo) through ``accelerate launch``: one run, identical replicas, one writer.
+
+The spies of tests/train/multiprocess_probe.py record, per process, a digest of the parameters
+and optimizer state after every step and every call that writes to the run directory or
+evaluates.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.train.test_train_run import assert_same_tree
+from transgan.train.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint
+
+TINY = ["model=cwgan_gp", "model.resolution=16", "model.generator.channel_max=16", "model.discriminator.channel_max=16",
+        "dataset=synthetic", "dataset.size=64", "train.batch_size=8", "train.n_critic=1", "train.ckpt_every=2",
+        "train.log_every=2", "train.sample_every=3", "train.eval_every=3", "train.cpu_threads=1", "train.device=cpu"]
+
+
+def launch_two(repo_root: Path, probe_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    """Two CPU processes (gloo) through ``accelerate launch`` of the probe (the real training tool, spied on)."""
+    probe_dir.mkdir(parents=True, exist_ok=True)
+    accelerate = shutil.which("accelerate") or str(Path(sys.executable).parent / "accelerate")
+    # `--cpu --num_processes 2` starts ONE process in accelerate 1.x (its simple launcher; several CPU
+    # processes need mpirun); the torchrun launcher behind --multi_gpu starts two, and with no GPU
+    # visible and train.device=cpu they train on CPU over gloo.
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+           "no", "--dynamo_backend", "no", "tests/train/multiprocess_probe.py", str(probe_dir), *args]
+    env = {**os.environ, "PYTHONPATH": str(repo_root), "CUDA_VISIBLE_DEVICES": ""}
+    out = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    return out
+
+
+def records(probe_dir: Path, rank: int) -> list[dict]:
+    return [json.loads(line) for line in (probe_dir / f"rank{rank}.jsonl").read_text().splitlines()]
+
+
+def steps(recs: list[dict]) -> list[dict]:
+    return [r for r in recs if r["event"] == "step"]
+
+
+@pytest.mark.slow
+def test_two_processes_train_one_run_and_resume(repo_root, tmp_path):
+    runs = tmp_path / "runs"
+    # ${now:...} with microseconds: were each process to name the run itself, two folders would appear.
+    launch_two(repo_root, tmp_path / "probe", *TINY, "train.max_steps=6", f"hydra.run.dir={runs}/${{now:%H-%M-%S-%f}}")
+    (run,) = runs.iterdir()
+    rank0, rank1 = records(tmp_path / "probe", 0), records(tmp_path / "probe", 1)
+
+    # Replicas: the same parameters and optimizer state after every step, and they do change.
+    s0, s1 = steps(rank0), steps(rank1)
+    assert [r["step"] for r in s0] == [r["step"] for r in s1] == [1, 2, 3, 4, 5, 6]
+    for a, b in zip(s0, s1):
+        assert {k: a[k] for k in ("G", "D", "G_ema", "opt_G", "opt_D")} == \
+               {k: b[k] for k in ("G", "D", "G_ema", "opt_G", "opt_D")}, a["step"]
+    assert len({r["G"] for r in s0}) == len({r["D"] for r in s0}) == 6
+
+    # One writer and one evaluator: the main process.
+    writes = {(r["rank"], r["event"]) for r in rank0 + rank1 if r["event"] != "step"}
+    assert writes == {(0, "save_atomic"), (0, "__init__"), (0, "scalars"), (0, "samples"), (0, "evaluate"),
+                      (0, "save_samples")}
+    assert [p.name for p in list_checkpoints(run)] == ["step-000000002.pt", "step-000000004.pt", "step-000000006.pt"]
+    logged = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [2, 4, 6]  # one record per log step, not one per process
+    assert sorted(p.name for p in (run / "samples").iterdir()) == ["step-000000003.png", "step-000000006.png"]
+    straight = load_checkpoint(checkpoint_path(run, 6))
+    assert len(straight["rng"]) == 2  # each process's generators, restored to their owners on resume
+
+    # Resume with two processes from step 4: steps 5 and 6 again, bit for bit.
+    checkpoint_path(run, 6).unlink()
+    launch_two(repo_root, tmp_path / "probe_resumed", f"resume={run}")
+    r0, r1 = steps(records(tmp_path / "probe_resumed", 0)), steps(records(tmp_path / "probe_resumed", 1))
+    assert [r["step"] for r in r0] == [r["step"] for r in r1] == [5, 6]
+    for a, b, c in zip(r0, r1, s0[4:]):
+        keys = ("G", "D", "G_ema", "opt_G", "opt_D")
+        assert {k: a[k] for k in keys} == {k: b[k] for k in keys} == {k: c[k] for k in keys}, a["step"]
+    resumed = load_checkpoint(checkpoint_path(run, 6))
+    for key in ("G", "D", "G_ema", "opt_G", "opt_D", "loss", "rng", "model"):
+        assert_same_tree(straight[key], resumed[key], key)
