@@ -69,30 +69,68 @@ def _check_train(train: DictConfig) -> None:
             raise ConfigError(message)
 
 
+RECIPE_DIR = "recipes"  # configs/recipes/<model>.yaml: a model's measured training recipe
+
+
 def compose_config(overrides: Sequence[str], config_dir: Path = CONFIG_DIR) -> tuple[DictConfig, str]:
     """Compose ``configs/config.yaml`` with command-line overrides; return (cfg, run_dir pattern).
 
     The run directory comes from ``hydra.run.dir`` (with ``${now:...}`` unresolved until the
-    main process resolves it), so one command-line contract serves Hydra users.
+    main process resolves it), so one command-line contract serves Hydra users. With
+    ``recipe=auto`` (the default) the chosen model's recipe is added first (see ``recipe_overrides``).
     """
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-            full = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
-    except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(str(e).strip()) from e
+    overrides = list(overrides)
+    full = _compose(overrides, config_dir)
+    extra = recipe_overrides(full.recipe, full.hydra.runtime.choices, overrides, config_dir)
+    if extra:
+        full = _compose(extra + overrides, config_dir)
     run_dir = OmegaConf.to_container(full.hydra.run, resolve=False)["dir"]
     with open_dict(full):
         del full["hydra"]
     return validate_config(full), run_dir
 
 
+def _compose(overrides: list[str], config_dir: Path) -> DictConfig:
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            return compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(str(e).strip()) from e
+
+
+def recipe_overrides(recipe: str, choices: Any, overrides: Sequence[str], config_dir: Path = CONFIG_DIR) -> list[str]:
+    """The overrides of ``configs/recipes/<model>.yaml`` that the command line leaves alone.
+
+    A recipe is the loss and schedule measured to work for a model on its default data (the
+    numbers are in the model's doc). It yields to the user: a recipe line is dropped when the
+    command line sets the same key, chooses that key's group (``loss=...`` drops every
+    ``loss.*`` line), or picks ``experiment=...``; ``recipe=none`` drops all of it.
+    """
+    if recipe == "none":
+        return []
+    if recipe != "auto":
+        raise ConfigError(f"recipe must be auto or none, got {recipe!r}")
+    path = config_dir / RECIPE_DIR / f"{choices.get('model')}.yaml"
+    if not path.is_file():
+        return []
+    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o}
+    if "experiment" in given:
+        return []
+    kept = []
+    for line in OmegaConf.to_container(OmegaConf.load(path))["overrides"]:
+        key = line.split("=", 1)[0]
+        if key not in given and key.split(".", 1)[0] not in given:
+            kept.append(line)
+    return kept
+
+
 def validate_config(cfg: DictConfig) -> DictConfig:
     """Check the top-level keys and the ``train`` schema; return a resolved, read-only copy."""
-    expected = {"model", "dataset", "loss", "train", "seed", "resume"}
+    expected = {"model", "dataset", "loss", "train", "seed", "resume", "recipe"}
     keys = set(cfg.keys())
     if keys - expected:
         raise ConfigError(f"unknown top-level config key(s) {sorted(keys - expected)}; expected {sorted(expected)}")
