@@ -9,11 +9,8 @@ the data must be there; ``--classes N`` sets it without data). ``--json`` prints
 instead of the table.
 
 FLOPs are those of one forward pass on one image, counted by ``torch.utils.flop_counter``
-(a multiply-add = 2 FLOPs; MACs = FLOPs / 2, the unit of thop-style counters). Networks are
-built on the meta device, so nothing is allocated and the largest presets cost no memory;
-attention runs on the ``math`` kernel so its matrix products are counted whatever kernel
-a run would use. "attention" is the FLOPs of batched matmuls: the q k^T and a v products
-(and any other bmm, e.g. an einsum, a backbone may run).
+(a multiply-add = 2 FLOPs; MACs = FLOPs / 2); see transgan/eval/complexity.py, which does the
+counting (tools/ablate.py uses it too).
 """
 
 from __future__ import annotations
@@ -26,44 +23,12 @@ from typing import Any, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-
+from transgan.eval.complexity import count_parameters, dataset_classes, forward_flops, measure_models  # noqa: E402,F401
 from transgan.registry import ConfigError  # noqa: E402
-
-
-def count_parameters(module: nn.Module) -> int:
-    """Number of parameters (trainable or not) of a module."""
-    return sum(p.numel() for p in module.parameters())
-
-
-def forward_flops(module: nn.Module, *inputs: Any) -> dict[str, int]:
-    """FLOPs of ``module(*inputs)``: total and the attention products (batched matmuls)."""
-    from transgan.nn.attention import attention_kernel
-
-    with attention_kernel("math"), FlopCounterMode(display=False) as counter:
-        module(*inputs)
-    per_op = {str(op): int(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
-    return {"total": int(counter.get_total_flops()),
-            "attention": sum(n for op, n in per_op.items() if op.startswith(("aten.bmm", "aten.baddbmm")))}
-
-
-def dataset_classes(dataset_cfg: Any, resolution: int) -> int:
-    """Classes the trainer would condition on: 0 unless ``dataset.conditional``, else the dataset's count."""
-    if not dataset_cfg.get("conditional", False):
-        return 0
-    from transgan.data import build_dataset
-
-    try:
-        return int(build_dataset(dataset_cfg, resolution=resolution).num_classes)
-    except ConfigError as e:  # e.g. the data is not on this machine
-        raise ConfigError(f"cannot count the classes of the conditional dataset ({e}); pass --classes N") from e
 
 
 def model_stats(overrides: Sequence[str], num_classes: Optional[int] = None) -> dict[str, Any]:
     """Compose the run config from ``overrides``, build G and D (meta device) and measure them."""
-    from transgan.registry import build_discriminator, build_generator
     from transgan.train.config import compose_config
 
     cfg, _ = compose_config(list(overrides))
@@ -72,26 +37,7 @@ def model_stats(overrides: Sequence[str], num_classes: Optional[int] = None) -> 
         num_classes = dataset_classes(cfg.dataset, resolution)
     if num_classes < 0:
         raise ConfigError(f"--classes must be >= 0, got {num_classes}")
-    shape = dict(img_resolution=resolution, img_channels=channels, num_classes=num_classes)
-    with torch.device("meta"):
-        # requires_grad_(False) rather than no_grad(): the FLOP counter's module tracker hooks
-        # tensors that need gradients, and no_grad() leaves some of those without a grad_fn.
-        G = build_generator(cfg.model.generator, **shape).eval().requires_grad_(False)
-        D = build_discriminator(cfg.model.discriminator, **shape).eval().requires_grad_(False)
-        c = torch.zeros(1, dtype=torch.long) if num_classes else None
-        g_flops = forward_flops(G, torch.zeros(1, G.z_dim), c)
-        d_flops = forward_flops(D, torch.zeros(1, channels, resolution, resolution), c)
-    out: dict[str, Any] = {"resolution": resolution, "channels": channels, "num_classes": num_classes}
-    for key, net, flops, name in (("generator", G, g_flops, cfg.model.generator.name),
-                                  ("discriminator", D, d_flops, cfg.model.discriminator.name)):
-        entry = {"name": str(name), "parameters": count_parameters(net), "flops_per_image": flops["total"],
-                 "attention_flops_per_image": flops["attention"]}
-        plan = getattr(net, "stages_plan", None)
-        if plan is not None:  # backbones that describe their stages (e.g. transgan) get them listed
-            entry["stages"] = [{"resolution": s.resolution, "dim": s.dim, "depth": s.depth, "heads": s.num_heads,
-                                "attention": s.attention, "window": s.window} for s in plan]
-        out[key] = entry
-    return out
+    return measure_models(cfg.model.generator, cfg.model.discriminator, resolution, channels, num_classes)
 
 
 def format_stats(stats: dict[str, Any]) -> str:
