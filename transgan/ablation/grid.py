@@ -1,0 +1,286 @@
+"""An ablation grid: its config (Hydra, configs/ablation/), its cells, and the equal-budget guard.
+
+A grid is generator x discriminator x seed. Every cell is one ``tools/train.py`` run whose
+overrides are the grid's shared ``train_args``, the cell's own ``overrides``, its
+``model/generator=`` and ``model/discriminator=`` choices, the seed, and the keys the grid
+derives from its budget and evaluation protocol. Every cell's full training config is
+composed before anything runs, and :func:`check_equal_budget` refuses the grid unless the
+configs agree on everything outside ``model.generator`` and ``model.discriminator`` (and
+the seed): same data, resolution, batch, loss, schedule, augmentation, evaluation, budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from transgan.registry import ConfigError
+from transgan.train.config import CONFIG_DIR, compose_config, validate_config
+
+ABLATION_CONFIG_DIR = CONFIG_DIR / "ablation"
+ABLATED = ("generator", "discriminator")  # the factor: model.<key> may differ between cells
+BUDGET_KINDS = ("images", "steps", "seconds")
+TRAINER_METRICS = ("fd_digits", "digits_class_acc")  # what the trainer's own evaluation records (digits)
+# eval.json keys of tools/eval.py and the eval.metrics entry (or flag) that produces each
+TOOL_METRICS = {"fid": "fid", "kid_mean": "kid", "isc_mean": "isc", "precision": "prc", "recall": "prc",
+                "intra_fid": "intra_fid"}
+# Keys the grid sets for every cell from its budget, evaluation, seeds and output folder.
+RESERVED = ("train.max_steps", "train.max_seconds", "train.eval_every", "train.sample_every", "train.ckpt_every",
+            "train.keep_checkpoints", "seed", "resume", "hydra")
+NO_STEP_LIMIT = 10 ** 12  # max_steps of a seconds budget: the clock stops the run
+
+
+class AblationError(ConfigError):
+    """A grid that cannot give a fair comparison, or an ablation folder that belongs to another grid."""
+
+
+@dataclasses.dataclass
+class BudgetSpec:
+    """The one budget every cell gets."""
+
+    kind: str = "images"   # images (real images shown to D) | steps (G steps) | seconds (training time)
+    value: float = 0.0
+
+
+@dataclasses.dataclass
+class EvalSpec:
+    """The one evaluation protocol every cell gets."""
+
+    source: str = "trainer"            # trainer: the run's own eval records (digits) | tool: tools/eval.py
+    metric: str = "fd_digits"          # the reported metric: a trainer metric or an eval.json key
+    points: int = 5                    # evaluations per cell, evenly spaced over a steps/images budget
+    every_steps: Optional[int] = None  # evaluation interval under a seconds budget (steps unknown ahead)
+    preset: Optional[str] = None       # tool source: configs/eval/<preset>.yaml
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # tool source: eval.<key>=<value>
+
+
+@dataclasses.dataclass
+class CellSpec:
+    """One (generator, discriminator) cell; ``overrides`` may only touch the ablated factor."""
+
+    generator: Optional[str] = None      # a configs/model/generator/ option (None: the base model's)
+    discriminator: Optional[str] = None  # a configs/model/discriminator/ option
+    label: Optional[str] = None          # row name; default "<generator>+<discriminator>"
+    overrides: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class AblationConfig:
+    """Schema of configs/ablation/config.yaml: unknown keys and wrong types fail at composition."""
+
+    name: str = "ablation"
+    description: str = ""
+    out_dir: str = "ablations/${name}"
+    train_args: list[str] = dataclasses.field(default_factory=list)  # tools/train.py overrides of every cell
+    extra_args: list[str] = dataclasses.field(default_factory=list)  # appended to train_args (command line)
+    data_root: Optional[str] = None  # dataset.root of every cell (appended to train_args when set)
+    generators: list[str] = dataclasses.field(default_factory=list)  # with discriminators: the full product
+    discriminators: list[str] = dataclasses.field(default_factory=list)
+    cells: Optional[list[CellSpec]] = None  # explicit cells instead of the product
+    seeds: list[int] = dataclasses.field(default_factory=lambda: [0])
+    budget: BudgetSpec = dataclasses.field(default_factory=BudgetSpec)
+    eval: EvalSpec = dataclasses.field(default_factory=EvalSpec)
+    launcher: list[str] = dataclasses.field(default_factory=lambda: [
+        "accelerate", "launch", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
+        "--dynamo_backend", "no"])
+    plots: bool = True
+
+
+@dataclasses.dataclass
+class Cell:
+    """One planned run: a (generator, discriminator) cell at one seed, with its composed config."""
+
+    label: str
+    seed: int
+    overrides: list[str]  # tools/train.py arguments, run dir included
+    cfg: DictConfig       # the training config those arguments compose to
+    run_dir: Path
+
+    @property
+    def generator(self) -> str:
+        """Family (registered name) of the generator."""
+        return str(self.cfg.model.generator.name)
+
+    @property
+    def discriminator(self) -> str:
+        """Family (registered name) of the discriminator."""
+        return str(self.cfg.model.discriminator.name)
+
+    @property
+    def key(self) -> str:
+        """Folder name of the cell's run: ``<label>__seed<k>``."""
+        return f"{self.label}__seed{self.seed}"
+
+
+def compose_ablation(overrides: Sequence[str], config_dir: Path = ABLATION_CONFIG_DIR) -> DictConfig:
+    """Compose configs/ablation/config.yaml (``experiment=<preset>`` and ``key=value`` overrides) and validate it."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            raw = compose(config_name="config", overrides=list(overrides))
+        cfg = OmegaConf.merge(OmegaConf.structured(AblationConfig), raw)
+        cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(f"bad ablation config: {str(e).strip()}") from e
+    _check_ablation(cfg)
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def _check_ablation(cfg: DictConfig) -> None:
+    b, e = cfg.budget, cfg.eval
+    checks = [
+        (b.kind in BUDGET_KINDS, f"budget.kind must be one of {'|'.join(BUDGET_KINDS)}, not {b.kind!r}"),
+        (b.value > 0, "budget.value must be > 0"),
+        (b.kind == "seconds" or float(b.value).is_integer(), f"a {b.kind} budget must be a whole number"),
+        (len(cfg.seeds) >= 1 and len(set(cfg.seeds)) == len(cfg.seeds), "seeds must be a non-empty list without repeats"),
+        (e.source in ("trainer", "tool"), f"eval.source must be trainer or tool, not {e.source!r}"),
+        (e.points >= 1, "eval.points must be >= 1"),
+        (b.kind != "seconds" or (e.every_steps or 0) >= 1, "a seconds budget needs eval.every_steps >= 1"),
+        (e.source != "trainer" or e.metric in TRAINER_METRICS,
+         f"eval.source=trainer reports {list(TRAINER_METRICS)}, not {e.metric!r}"),
+        (e.source != "tool" or e.metric in TOOL_METRICS, f"eval.source=tool reports {list(TOOL_METRICS)}, not {e.metric!r}"),
+        (len(cfg.launcher) >= 1, "launcher must name a command (e.g. [accelerate, launch] or [python])"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise AblationError(message)
+    _refuse_reserved([*cfg.train_args, *cfg.extra_args], "train_args/extra_args")
+
+
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _refuse_reserved(overrides: Sequence[str], where: str) -> None:
+    for o in overrides:
+        key = _override_key(o)
+        if any(key == r or key.startswith(r + ".") for r in RESERVED):
+            raise AblationError(f"{where} sets {key!r}, which the grid sets for every cell from budget, eval, seeds "
+                                "and out_dir; change those instead")
+
+
+def cell_specs(cfg: DictConfig) -> list[CellSpec]:
+    """The grid's cells: ``cells`` if given, else ``generators`` x ``discriminators``."""
+    if cfg.cells is not None:
+        specs = [CellSpec(**OmegaConf.to_container(c)) for c in cfg.cells]
+    else:
+        specs = [CellSpec(generator=g, discriminator=d) for g in cfg.generators for d in cfg.discriminators]
+    if not specs:
+        raise AblationError("the grid is empty: give generators and discriminators, or cells")
+    for s in specs:
+        _refuse_reserved(s.overrides, f"cell {s.label or (s.generator, s.discriminator)}")
+        if s.label is not None and (not s.label or "/" in s.label or s.label.startswith(".")):
+            raise AblationError(f"cell label {s.label!r} cannot name a folder")
+    return specs
+
+
+def budget_overrides(cfg: DictConfig, train: DictConfig) -> dict[str, Any]:
+    """The ``train.*`` keys a cell gets from the budget and the evaluation protocol."""
+    b, e = cfg.budget, cfg.eval
+    if b.kind == "seconds":
+        keys: dict[str, Any] = {"max_steps": NO_STEP_LIMIT, "max_seconds": float(b.value)}
+        every = int(e.every_steps)
+    else:
+        per_step = int(train.batch_size) * int(train.n_critic)  # real images shown to D per G step
+        steps = int(b.value) if b.kind == "steps" else math.ceil(int(b.value) / per_step)
+        keys = {"max_steps": steps, "max_seconds": None}
+        every = max(1, math.ceil(steps / e.points))
+    keys.update(eval_every=every, sample_every=every, ckpt_every=every)
+    if e.source == "tool":  # every evaluation point is a checkpoint that tools/eval.py reads afterwards
+        keys["keep_checkpoints"] = e.points + 1
+    return keys
+
+
+def plan_grid(cfg: DictConfig) -> list[Cell]:
+    """Compose every cell's training config (nothing runs); the equal-budget guard passes or raises."""
+    out_dir = Path(cfg.out_dir).expanduser()
+    specs = cell_specs(cfg)
+    composed = []
+    for s in specs:
+        chosen = [f"model/generator={s.generator}"] * bool(s.generator) + \
+                 [f"model/discriminator={s.discriminator}"] * bool(s.discriminator)
+        shared = [*cfg.train_args, *cfg.extra_args, *([f"dataset.root={cfg.data_root}"] if cfg.data_root else [])]
+        args = [*shared, *s.overrides, *chosen]
+        try:
+            base, _ = compose_config(args)
+        except ConfigError as err:
+            raise AblationError(f"cell {s.label or (s.generator, s.discriminator)}: {err}") from err
+        label = s.label or f"{s.generator or base.model.generator.name}+{s.discriminator or base.model.discriminator.name}"
+        composed.append((label, args, base))
+    labels = [label for label, _, _ in composed]
+    if len(set(labels)) != len(labels):
+        raise AblationError(f"two cells share a label ({sorted({x for x in labels if labels.count(x) > 1})}); "
+                            "give cells distinct labels")
+    check_equal_budget([(label, base) for label, _, base in composed])
+    if cfg.eval.source == "trainer" and composed[0][2].dataset.name != "digits":
+        raise AblationError("eval.source=trainer measures digits runs only (the trainer evaluates nothing else); "
+                            "use eval.source=tool with an eval.preset")
+    train_keys = budget_overrides(cfg, composed[0][2].train)
+    cells = []
+    for label, args, base in composed:
+        for seed in cfg.seeds:
+            run_dir = out_dir / "runs" / f"{label}__seed{seed}"
+            full = OmegaConf.to_container(base)
+            full["seed"] = int(seed)
+            full["train"].update(train_keys)
+            overrides = [*args, f"seed={seed}", *(f"train.{k}={_hydra_value(v)}" for k, v in train_keys.items()),
+                         f"hydra.run.dir={run_dir}"]
+            cells.append(Cell(label=label, seed=int(seed), overrides=overrides,
+                              cfg=validate_config(OmegaConf.create(full)), run_dir=run_dir))
+    return cells
+
+
+def _hydra_value(v: Any) -> str:
+    return "null" if v is None else str(v)
+
+
+def outside_factor(cfg: DictConfig) -> dict[str, Any]:
+    """A training config as flat ``key: value`` pairs, less the ablated factor and the seed."""
+    tree = OmegaConf.to_container(cfg)
+    for key in ABLATED:
+        tree["model"].pop(key, None)
+    tree.pop("seed", None)
+    return _flatten(tree)
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out or {prefix[:-1]: {}}
+    return {prefix[:-1]: tree}
+
+
+def check_equal_budget(cells: Sequence[tuple[str, DictConfig]]) -> None:
+    """Refuse cells whose training configs differ anywhere but in model.generator/discriminator (and seed)."""
+    (ref_label, ref_cfg), *rest = cells
+    ref = outside_factor(ref_cfg)
+    for label, cfg in rest:
+        other = outside_factor(cfg)
+        diff = [f"{k}: {ref.get(k, '<absent>')!r} in {ref_label}, {other.get(k, '<absent>')!r} in {label}"
+                for k in sorted(ref.keys() | other.keys()) if ref.get(k, "<absent>") != other.get(k, "<absent>")]
+        if diff:
+            raise AblationError(
+                f"unequal grid: cell {label} differs from cell {ref_label} outside the ablated factor "
+                f"(model.generator / model.discriminator), so the comparison would not be fair:\n  "
+                + "\n  ".join(diff) + "\nput shared settings in train_args and keep cell overrides to "
+                "model.generator.* / model.discriminator.*")
+
+
+def fingerprint(cell: Cell, cfg: DictConfig) -> str:
+    """Hash of everything that decides a cell's result: its training config and the evaluation protocol."""
+    tree = OmegaConf.to_container(cell.cfg)
+    tree.pop("resume", None)
+    blob = {"train": tree, "eval": OmegaConf.to_container(cfg.eval), "budget": OmegaConf.to_container(cfg.budget)}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]

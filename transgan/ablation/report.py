@@ -1,0 +1,135 @@
+"""What an ablation writes: ablation.csv (a row per cell and seed), curves.csv, ablation.md, PNG plots."""
+
+from __future__ import annotations
+
+import csv
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+# The issue's columns first, in its order; then what else a reader needs to check a row.
+COLUMNS = ["generator", "discriminator", "seed", "budget_kind", "budget", "metric", "metric_value", "class_acc",
+           "params_g", "params_d", "flops_per_image", "images_per_s", "peak_mem_bytes", "wall_s",
+           "cell", "steps", "images_seen", "train_s", "flops_g", "flops_d", "attention_flops_per_image",
+           "peak_mem_kind", "run_dir"]
+CURVE_COLUMNS = ["cell", "seed", "step", "images_seen", "train_s", "time_s", "metric_value", "class_acc"]
+LOWER_IS_BETTER = {"fd_digits", "fid", "kid_mean", "intra_fid"}
+
+
+def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> Path:
+    """One line per row, the given columns in order; None is an empty field."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if r.get(k) is None else r[k]) for k in columns})
+    tmp.replace(path)
+    return path
+
+
+def mean_std(values: Sequence[Optional[float]]) -> tuple[float, float, int]:
+    """Mean, sample standard deviation (0 for one value) and count of the finite values."""
+    xs = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not xs:
+        return math.nan, math.nan, 0
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0), len(xs)
+
+
+def _pm(values: Sequence[Optional[float]], fmt: str, scale: float = 1.0) -> str:
+    m, s, n = mean_std(values)
+    if n == 0:
+        return "n/a"
+    if n == 1:
+        return format(m / scale, fmt)
+    return f"{format(m / scale, fmt)} ± {format(s / scale, fmt)}"
+
+
+def _grouped(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        groups[r["cell"]].append(r)
+    return groups
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], order: Sequence[str], header: str = "") -> str:
+    """A Markdown table of the cells, mean ± sample std over seeds; cells without results are listed as such."""
+    groups = _grouped(rows)
+    metric = rows[0]["metric"] if rows else "metric"
+    better = " (lower is better)" if metric in LOWER_IS_BETTER else ""
+    mem_kind = {r.get("peak_mem_kind") for r in rows} - {None}
+    lines = [header.rstrip(), ""] if header else []
+    lines += [f"| cell | G | D | seeds | {metric}{better} | class acc | params G | params D | GFLOPs/img (G+D fwd) "
+              f"| images/s | peak mem (MiB) | wall s |",
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for cell in order:
+        rs = groups.get(cell, [])
+        if not rs:
+            lines.append(f"| {cell} | | | 0 | not run | | | | | | | |")
+            continue
+        r0 = rs[0]
+        lines.append(
+            f"| {cell} | {r0['generator']} | {r0['discriminator']} | {len(rs)} "
+            f"| {_pm([r['metric_value'] for r in rs], '.3f')} | {_pm([r['class_acc'] for r in rs], '.3f')} "
+            f"| {r0['params_g']:,} | {r0['params_d']:,} | {r0['flops_per_image'] / 1e9:.3f} "
+            f"| {_pm([r['images_per_s'] for r in rs], '.1f')} | {_pm([r['peak_mem_bytes'] for r in rs], '.0f', 2 ** 20)} "
+            f"| {_pm([r['wall_s'] for r in rs], '.0f')} |")
+    if mem_kind:
+        lines += ["", "peak mem: " + ", ".join(sorted(mem_kind)) + " (see docs/ablation.md)"]
+    return "\n".join(lines) + "\n"
+
+
+def mean_curves(curves: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, float]]]:
+    """Per cell, the seed-mean of each evaluation step that every seed of the cell reached."""
+    by_cell: dict[str, dict[int, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    seeds: dict[str, set] = defaultdict(set)
+    for p in curves:
+        by_cell[p["cell"]][int(p["step"])].append(p)
+        seeds[p["cell"]].add(p["seed"])
+    out = {}
+    for cell, steps in by_cell.items():
+        points = []
+        for step in sorted(steps):
+            ps = steps[step]
+            if {p["seed"] for p in ps} != seeds[cell]:
+                continue  # a step some seed never reached (seconds budgets): no mean
+            points.append({k: mean_std([p[k] for p in ps])[0] for k in ("images_seen", "train_s", "metric_value")})
+        out[cell] = points
+    return out
+
+
+def plot_curves(curves: Sequence[dict[str, Any]], order: Sequence[str], metric: str, out_dir: Path,
+                title: str = "") -> list[Path]:
+    """quality_vs_images.png and quality_vs_time.png: one line per cell (seed mean)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    means = mean_curves(curves)
+    ys = [p["metric_value"] for pts in means.values() for p in pts if math.isfinite(p["metric_value"])]
+    log_y = metric in LOWER_IS_BETTER and bool(ys) and min(ys) > 0
+    paths = []
+    for x_key, x_label, name in (("images_seen", "real images shown to D", "quality_vs_images.png"),
+                                 ("train_s", "training wall-clock, s (evaluation excluded)", "quality_vs_time.png")):
+        fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
+        for i, cell in enumerate(order):
+            pts = means.get(cell, [])
+            if pts:
+                ax.plot([p[x_key] for p in pts], [p["metric_value"] for p in pts], marker="o", markersize=3,
+                        linestyle="-" if i < 10 else "--", label=cell)
+        ax.set_xlabel(x_label)
+        ax.set_ylabel(metric + (" (log)" if log_y else ""))
+        if log_y:
+            ax.set_yscale("log")
+        ax.set_title(title, fontsize=9)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        fig.tight_layout()
+        path = out_dir / name
+        fig.savefig(path)
+        plt.close(fig)
+        paths.append(path)
+    return paths

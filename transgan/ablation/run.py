@@ -1,0 +1,354 @@
+"""Running an ablation grid: one ``tools/train.py`` process per cell and seed, resumable, then the report.
+
+Before any cell runs: every cell's config is composed and the equal-budget guard passes,
+every generator/discriminator pairing is built on the meta device (parameters, FLOPs), the
+evaluation weights are found, and no existing cell folder belongs to another grid. A cell
+is finished when its ``ablation_cell.json`` holds the fingerprint of its config: then it is
+not rerun. An interrupted cell resumes from its newest checkpoint (``resume=<run dir>``), or
+restarts from nothing when it never wrote one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from transgan.ablation.grid import (TOOL_METRICS, AblationError, Cell, compose_ablation, fingerprint,
+                                    plan_grid)
+from transgan.ablation.report import COLUMNS, CURVE_COLUMNS, markdown_table, plot_curves, write_csv
+from transgan.train import checkpoint as ckpt
+from transgan.train.config import CONFIG_DIR
+
+ROOT = CONFIG_DIR.parent
+MARKER = "ablation_cell.json"      # in a cell's run dir: fingerprint, row and curve of a finished cell
+ATTEMPTS = "ablation_attempts.jsonl"  # in a cell's run dir: one line per training process
+EVAL_DIR = "ablation_eval"         # in a cell's run dir: tools/eval.py results per checkpoint
+
+
+def run_ablation(overrides: Sequence[str], dry_run: bool = False, echo: Callable[[str], None] = print) -> Path:
+    """Compose, check and run the grid (or only plan it with ``dry_run``); write the report; return its folder."""
+    cfg = compose_ablation(overrides)
+    cells = plan_grid(cfg)
+    check_data(cells[0])
+    stats = measure_cells(cells)
+    if cfg.eval.source == "tool":
+        check_eval_protocol(cfg)
+    prints = {c.key: fingerprint(c, cfg) for c in cells}
+    for c in cells:
+        check_cell_folder(c, prints[c.key])
+    out_dir = Path(cfg.out_dir).expanduser()
+    echo(describe(cfg, cells, stats))
+    if dry_run:
+        return out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "ablation.yaml").write_text(OmegaConf.to_yaml(cfg))
+    failed = []
+    for i, c in enumerate(cells, 1):
+        where = f"[{i}/{len(cells)}] {c.label} seed {c.seed}"
+        if finished(c, prints[c.key]):
+            echo(f"{where}: finished earlier, not rerun")
+            continue
+        t0 = time.perf_counter()
+        try:
+            run_cell(c, cfg, out_dir / "logs" / f"{c.key}.log", echo=lambda m: echo(f"{where}: {m}"))
+            row, curve = collect(c, cfg, stats[c.label])
+        except AblationError as e:
+            failed.append(c.key)
+            echo(f"{where}: FAILED: {e}")
+            continue
+        _write_json(c.run_dir / MARKER, {"fingerprint": prints[c.key], "row": row, "curve": curve})
+        echo(f"{where}: {cfg.eval.metric}={row['metric_value']} after {row['images_seen']} images, "
+             f"{row['train_s']:.0f} s training ({time.perf_counter() - t0:.0f} s for the cell)")
+        write_report(cfg, cells, out_dir)
+    paths = write_report(cfg, cells, out_dir)
+    echo("wrote " + ", ".join(str(p) for p in paths))
+    if failed:
+        raise AblationError(f"{len(failed)} cell(s) failed: {', '.join(failed)} (logs in {out_dir / 'logs'}); "
+                            "rerun the same command to retry them, finished cells are kept")
+    return out_dir
+
+
+# ---------------------------------------------------------------------------- before anything runs
+def check_data(cell: Cell) -> None:
+    """The (shared) dataset is where the config says: list it without decoding an image."""
+    from transgan.data import build_dataset
+
+    build_dataset({**OmegaConf.to_container(cell.cfg.dataset), "cache": False}, int(cell.cfg.model.resolution))
+
+
+def measure_cells(cells: Sequence[Cell]) -> dict[str, dict[str, Any]]:
+    """Parameters and forward FLOPs per image of each cell's G and D (built on the meta device)."""
+    from transgan.eval.complexity import dataset_classes, measure_models
+
+    out: dict[str, dict[str, Any]] = {}
+    for c in cells:
+        if c.label in out:
+            continue
+        m = c.cfg.model
+        try:
+            s = measure_models(m.generator, m.discriminator, int(m.resolution), int(c.cfg.dataset.channels),
+                               dataset_classes(c.cfg.dataset, int(m.resolution)))
+        except AblationError:
+            raise
+        except Exception as e:  # a pairing that cannot be built fails here, before any training
+            raise AblationError(f"cell {c.label}: cannot build its generator and discriminator: {e}") from e
+        g, d = s["generator"], s["discriminator"]
+        out[c.label] = {"params_g": g["parameters"], "params_d": d["parameters"], "flops_g": g["flops_per_image"],
+                        "flops_d": d["flops_per_image"], "flops_per_image": g["flops_per_image"] + d["flops_per_image"],
+                        "attention_flops_per_image": g["attention_flops_per_image"] + d["attention_flops_per_image"]}
+    return out
+
+
+def eval_tool_args(cfg: DictConfig) -> list[str]:
+    """The tools/eval.py arguments of the grid's protocol (tool source)."""
+    args = [f"eval={cfg.eval.preset}"] if cfg.eval.preset else []
+    for k, v in cfg.eval.overrides.items():
+        value = OmegaConf.to_container(v) if OmegaConf.is_config(v) else v
+        args.append(f"eval.{k}={json.dumps(value) if isinstance(value, (list, dict)) else _plain(value)}")
+    return args
+
+
+def _plain(v: Any) -> str:
+    return "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def check_eval_protocol(cfg: DictConfig) -> None:
+    """The tool source's protocol is valid, reports the metric, and its extractor weights are on disk."""
+    from transgan.eval.metrics import eval_config, protocol_weights
+
+    preset = None
+    if cfg.eval.preset:
+        path = CONFIG_DIR / "eval" / f"{cfg.eval.preset}.yaml"
+        if not path.is_file():
+            raise AblationError(f"unknown eval.preset {cfg.eval.preset!r}; see configs/eval/")
+        preset = OmegaConf.load(path)
+    protocol = eval_config(preset, **OmegaConf.to_container(cfg.eval.overrides))
+    needs = TOOL_METRICS[cfg.eval.metric]
+    if not (needs in protocol.metrics or (needs == "intra_fid" and protocol.intra_fid)):
+        raise AblationError(f"eval.metric={cfg.eval.metric} needs {needs!r} in the protocol's metrics "
+                            f"({protocol.metrics})")
+    protocol_weights(protocol)  # a missing Inception file fails now, not after hours of training
+
+
+def check_cell_folder(cell: Cell, print_: str) -> None:
+    """Refuse a cell folder that holds a finished or started run of another configuration."""
+    marker = cell.run_dir / MARKER
+    if marker.is_file():
+        if json.loads(marker.read_text()).get("fingerprint") != print_:
+            raise AblationError(f"{cell.run_dir} holds a finished cell of another configuration (budget, data, "
+                                "model or evaluation changed); choose another out_dir or delete that folder")
+    elif ckpt.list_checkpoints(cell.run_dir) and not _same_config(cell):
+        raise AblationError(f"{cell.run_dir} holds a started run of another configuration; choose another "
+                            "out_dir or delete that folder")
+
+
+def _same_config(cell: Cell) -> bool:
+    saved = cell.run_dir / "config.yaml"
+    if not saved.is_file():
+        return False
+    a, b = OmegaConf.to_container(OmegaConf.load(saved)), OmegaConf.to_container(cell.cfg)
+    a.pop("resume", None)
+    b.pop("resume", None)
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+def finished(cell: Cell, print_: str) -> bool:
+    """Whether the cell finished earlier under this very configuration."""
+    marker = cell.run_dir / MARKER
+    return marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == print_
+
+
+def describe(cfg: DictConfig, cells: Sequence[Cell], stats: dict[str, dict[str, Any]]) -> str:
+    """The plan, printed before anything runs."""
+    t, b = cells[0].cfg.train, cfg.budget
+    per = (f"{t.max_steps} steps = {t.max_steps * t.batch_size * t.n_critic} images" if b.kind != "seconds"
+           else f"{b.value:g} s of training")
+    lines = [f"ablation {cfg.name}: {len(stats)} cells x {len(cfg.seeds)} seeds = {len(cells)} runs into "
+             f"{cfg.out_dir}",
+             f"budget: {b.kind} {b.value:g} -> {per} per run (batch {t.batch_size}, n_critic {t.n_critic}); "
+             f"{cfg.eval.metric} every {t.eval_every} steps ({cfg.eval.source})"]
+    for label, s in stats.items():
+        lines.append(f"  {label:<28} params G {s['params_g']:>11,}  D {s['params_d']:>11,}  "
+                     f"GFLOPs/img {s['flops_per_image'] / 1e9:.3f}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- one cell
+def _launcher(cfg: DictConfig) -> list[str]:
+    cmd = [str(a) for a in cfg.launcher]
+    if cmd[0] in ("python", "python3"):
+        cmd[0] = sys.executable
+    elif shutil.which(cmd[0]) is None and (Path(sys.executable).parent / cmd[0]).is_file():
+        cmd[0] = str(Path(sys.executable).parent / cmd[0])  # e.g. accelerate of this virtual environment
+    return cmd
+
+
+def run_process(cmd: Sequence[str], log_path: Path) -> dict[str, Any]:
+    """Run ``cmd`` from the checkout root, output appended to ``log_path``; return rc, wall time and peak RSS.
+
+    The peak RSS is that of the process tree (the launcher and the training process it waits
+    for), from ``wait4``'s resource usage of this child alone.
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    t0 = time.perf_counter()
+    with open(log_path, "a") as log:
+        log.write(f"$ {' '.join(cmd)}\n")
+        log.flush()
+        proc = subprocess.Popen(list(cmd), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:
+            proc.terminate()
+            proc.wait()
+            raise
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return {"rc": proc.returncode, "wall_s": time.perf_counter() - t0, "rss_bytes": usage.ru_maxrss * scale}
+
+
+def _tail(path: Path, n: int = 15) -> str:
+    lines = path.read_text(errors="replace").splitlines() if path.is_file() else []
+    return "\n".join(lines[-n:])
+
+
+def run_cell(cell: Cell, cfg: DictConfig, log_path: Path, echo: Callable[[str], None] = print) -> None:
+    """Train the cell to its budget (resuming or restarting an interrupted run), then evaluate if the tool does."""
+    found = ckpt.list_checkpoints(cell.run_dir)
+    if found and _budget_spent(ckpt.load_checkpoint(found[-1])["progress"], cell.cfg.train):
+        echo("training finished earlier")
+    else:
+        if found:
+            echo(f"resuming from {found[-1].name}")
+            args = [f"resume={cell.run_dir}"]
+        else:
+            if cell.run_dir.exists():
+                shutil.rmtree(cell.run_dir)  # started but never checkpointed: start again from nothing
+            echo(f"training (log: {log_path})")
+            args = cell.overrides
+        attempt = run_process([*_launcher(cfg), "tools/train.py", *args], log_path)
+        if cell.run_dir.is_dir():
+            with open(cell.run_dir / ATTEMPTS, "a") as f:
+                f.write(json.dumps({**attempt, "resumed": bool(found)}) + "\n")
+        if attempt["rc"] != 0:
+            raise AblationError(f"training exited with status {attempt['rc']}; last lines of {log_path}:\n"
+                                + _tail(log_path))
+    if cfg.eval.source == "tool":
+        evaluate_checkpoints(cell, cfg, log_path, echo)
+
+
+def _budget_spent(progress: dict[str, Any], train: DictConfig) -> bool:
+    if train.max_seconds is not None and progress["elapsed_s"] - progress.get("overhead_s", 0.0) >= train.max_seconds:
+        return True
+    return progress["step"] >= train.max_steps
+
+
+def evaluate_checkpoints(cell: Cell, cfg: DictConfig, log_path: Path, echo: Callable[[str], None] = print) -> None:
+    """tools/eval.py on every kept checkpoint of the cell not yet evaluated (results in ablation_eval/)."""
+    for path in ckpt.list_checkpoints(cell.run_dir):
+        out = cell.run_dir / EVAL_DIR / f"{path.stem}.json"
+        if out.is_file():
+            continue
+        echo(f"evaluating {path.name}")
+        res = run_process([sys.executable, "tools/eval.py", str(path), *eval_tool_args(cfg), f"out={out}"], log_path)
+        if res["rc"] != 0:
+            raise AblationError(f"tools/eval.py exited with status {res['rc']} on {path}; last lines of "
+                                f"{log_path}:\n" + _tail(log_path))
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _number(v: Any) -> Optional[float]:
+    """A metric value as float (JSON writes non-finite floats as strings)."""
+    return None if v is None else float(v)
+
+
+def curve_points(cell: Cell, cfg: DictConfig) -> list[dict[str, Any]]:
+    """The cell's evaluation points: step, images seen, training seconds, metric (and class accuracy)."""
+    metric = cfg.eval.metric
+    points: dict[int, dict[str, Any]] = {}
+    if cfg.eval.source == "trainer":
+        for r in _read_jsonl(cell.run_dir / "metrics.jsonl"):
+            if metric in r:  # an eval record; a resumed run may repeat a step: the last one wins
+                points[int(r["step"])] = {"step": int(r["step"]), "images_seen": r["images_seen"],
+                                          "train_s": r.get("train_s", r["time_s"]), "time_s": r["time_s"],
+                                          "metric_value": _number(r[metric]),
+                                          "class_acc": _number(r.get("digits_class_acc"))}
+    else:
+        for path in ckpt.list_checkpoints(cell.run_dir):
+            res = json.loads((cell.run_dir / EVAL_DIR / f"{path.stem}.json").read_text())
+            p = ckpt.load_checkpoint(path)["progress"]
+            points[int(p["step"])] = {"step": int(p["step"]), "images_seen": p["images_seen"],
+                                      "train_s": p["elapsed_s"] - p.get("overhead_s", 0.0), "time_s": p["elapsed_s"],
+                                      "metric_value": _number(res.get(metric)), "class_acc": None}
+    return [{"cell": cell.label, "seed": cell.seed, **points[s]} for s in sorted(points)]
+
+
+def collect(cell: Cell, cfg: DictConfig, stats: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The cell's CSV row and curve, from its final checkpoint, metrics.jsonl and process records."""
+    progress = ckpt.load_checkpoint(ckpt.latest_checkpoint(cell.run_dir))["progress"]
+    curve = curve_points(cell, cfg)
+    if not curve or curve[-1]["step"] != progress["step"]:
+        raise AblationError(f"{cell.run_dir}: no evaluation at the final step {progress['step']}")
+    train_s = progress["elapsed_s"] - progress.get("overhead_s", 0.0)
+    cuda_peaks = [r["peak_mem_bytes"] for r in _read_jsonl(cell.run_dir / "metrics.jsonl") if "peak_mem_bytes" in r]
+    if cuda_peaks:
+        peak, kind = max(cuda_peaks), "cuda_max_allocated"
+    else:
+        peak = max((a["rss_bytes"] for a in _read_jsonl(cell.run_dir / ATTEMPTS)), default=None)
+        kind = "cpu_peak_rss" if peak is not None else None
+    row = {"cell": cell.label, "generator": cell.generator, "discriminator": cell.discriminator, "seed": cell.seed,
+           "budget_kind": cfg.budget.kind, "budget": budget_value(cfg), "metric": cfg.eval.metric,
+           "metric_value": curve[-1]["metric_value"], "class_acc": curve[-1]["class_acc"], **stats,
+           "images_per_s": progress["images_seen"] / max(train_s, 1e-9), "peak_mem_bytes": peak,
+           "peak_mem_kind": kind, "wall_s": progress["elapsed_s"], "train_s": train_s, "steps": progress["step"],
+           "images_seen": progress["images_seen"], "run_dir": str(cell.run_dir)}
+    return row, curve
+
+
+# ---------------------------------------------------------------------------- report
+def budget_value(cfg: DictConfig) -> float:
+    """The budget as written: whole images or steps as int, seconds as float."""
+    return float(cfg.budget.value) if cfg.budget.kind == "seconds" else int(cfg.budget.value)
+
+
+def write_report(cfg: DictConfig, cells: Sequence[Cell], out_dir: Path) -> list[Path]:
+    """ablation.csv, curves.csv, ablation.md and the plots from every finished cell of the plan."""
+    rows, curves = [], []
+    for c in cells:
+        marker = c.run_dir / MARKER
+        if marker.is_file():
+            done = json.loads(marker.read_text())
+            rows.append(done["row"])
+            curves += done["curve"]
+    order = list(dict.fromkeys(c.label for c in cells))
+    t, b = cells[0].cfg.train, cfg.budget
+    header = (f"Ablation `{cfg.name}`: {b.kind} budget {b.value:g} per run ({t.max_steps} steps of batch "
+              f"{t.batch_size}, n_critic {t.n_critic})" if b.kind != "seconds" else
+              f"Ablation `{cfg.name}`: {b.value:g} s of training per run (batch {t.batch_size}, n_critic {t.n_critic})")
+    header += f"; seeds {list(cfg.seeds)}; mean ± sample std over seeds; {len(rows)}/{len(cells)} runs finished."
+    paths = [write_csv(out_dir / "ablation.csv", rows, COLUMNS), write_csv(out_dir / "curves.csv", curves, CURVE_COLUMNS)]
+    md = out_dir / "ablation.md"
+    md.write_text(markdown_table(rows, order, header))
+    paths.append(md)
+    if cfg.plots and curves:
+        paths += plot_curves(curves, order, cfg.eval.metric, out_dir, title=f"{cfg.name}: {b.kind} budget {b.value:g}")
+    return paths
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
+    os.replace(tmp, path)
