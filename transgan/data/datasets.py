@@ -48,13 +48,54 @@ class ImageDataset(Dataset):
     images: Optional[Tensor] = None  # set when decoded once into memory
     labels: Optional[Tensor] = None
 
-    def __init__(self, items: Sequence[tuple[Any, int]], decoder: ImageDecoder, cache: bool = False) -> None:
+    def __init__(self, items: Sequence[tuple[Any, int]], decoder: ImageDecoder, cache: bool = False,
+                 bad_images: str = "skip") -> None:
         self.items = list(items)
         self.decoder = decoder
         self.channels, self.resolution = decoder.channels, decoder.resolution
+        self.bad_images = bad_images
+        self._unreadable: set[int] = set()  # files that failed to decode mid-run (warned about once)
+        decoded = self._screen(cache)
         if cache:
-            self.images = torch.stack([self._decode(i) for i in range(len(self.items))])
+            self.images = torch.stack(decoded)
             self.labels = torch.tensor([label for _, label in self.items], dtype=torch.long)
+
+    def _screen(self, cache: bool) -> list[Tensor]:
+        """Find unreadable files before training and skip or refuse them (``bad_images``), by name.
+
+        Caching decodes every image anyway, and ``bad_images=fail`` asks for certainty, so both
+        decode fully; otherwise only headers and structure are checked (fast), and a file that
+        still fails to decode mid-run is replaced by the next readable one (see __getitem__).
+        """
+        full = cache or self.bad_images == "fail"
+        decoded, bad, labels_before = [], [], {label for _, label in self.items}
+        for i, (source, _) in enumerate(self.items):
+            try:
+                if full:
+                    x = self._decode(i)
+                    if cache:
+                        decoded.append(x)
+                elif isinstance(source, (str, Path)):
+                    verify_image_header(source)
+            except Exception as e:  # noqa: BLE001 - whatever a decoder raises, the file is unusable
+                bad.append((i, e))
+        if bad:
+            names = ", ".join(f"{self.items[i][0]} ({type(e).__name__}: {e})" for i, e in bad[:20])
+            names += f" ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+            if self.bad_images == "fail":
+                raise ConfigError(f"{len(bad)} of {len(self.items)} image files are unreadable "
+                                  f"(dataset.bad_images=fail): {names}")
+            log.warning("skipping %d of %d image files, unreadable: %s", len(bad), len(self.items), names)
+            drop = {i for i, _ in bad}
+            self.items = [item for i, item in enumerate(self.items) if i not in drop]
+        if not self.items:
+            raise ConfigError(f"none of the dataset's {len(bad)} image files can be read: {names}" if bad
+                              else "the dataset holds no images")
+        emptied = sorted(labels_before - {label for _, label in self.items})
+        if emptied:  # conditional training would ask G for classes that D never sees real images of
+            names = [self.class_names[c] if c < len(self.class_names) else str(c) for c in emptied]
+            raise ConfigError(f"class(es) {', '.join(names)}: every image file is unreadable (see the warning above)")
+        return decoded
 
     def _decode(self, i: int) -> Tensor:
         source, _ = self.items[i]
@@ -66,7 +107,19 @@ class ImageDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
         if self.images is not None:
             return self.images[i], int(self.labels[i])
-        return self._decode(i), self.items[i][1]
+        # A file that passed the start-up check but fails to decode (e.g. a truncated JPEG) is replaced
+        # by the next readable one: the same substitute every time, so resumed runs stay identical.
+        for j in [(i + k) % len(self.items) for k in range(min(len(self.items), 100))]:
+            try:
+                return self._decode(j), self.items[j][1]
+            except Exception as e:  # noqa: BLE001
+                if self.bad_images == "fail":  # everything decoded at start: the file changed since
+                    raise RuntimeError(f"{self.items[j][0]} became unreadable during the run: {e}") from e
+                if j not in self._unreadable:
+                    self._unreadable.add(j)
+                    log.warning("skipping unreadable image %s (%s: %s); using the next one instead",
+                                self.items[j][0], type(e).__name__, e)
+        raise RuntimeError(f"100 image files in a row from {self.items[i][0]} on cannot be decoded")
 
 
 # ----------------------------------------------------------------------------- digits
@@ -124,24 +177,12 @@ class SyntheticDataset(ImageDataset):
 
 # ----------------------------------------------------------------------------- folders
 
-def _check_files(paths: Sequence[Path], policy: str) -> list[Path]:
-    """Open every file's header; skip or refuse the unreadable ones, naming them."""
+def verify_image_header(path: Path) -> None:
+    """Raise unless the file's header and structure are an image's (no full decode: fast)."""
     from PIL import Image
 
-    good, bad = [], []
-    for p in paths:
-        try:
-            with Image.open(p) as im:
-                im.verify()  # header and structure, without decoding every pixel
-            good.append(p)
-        except Exception:
-            bad.append(p)
-    if bad:
-        names = ", ".join(str(p) for p in bad[:20]) + (" ..." if len(bad) > 20 else "")
-        if policy == "fail":
-            raise ConfigError(f"{len(bad)} unreadable image file(s) (dataset.bad_images=fail): {names}")
-        log.warning("skipping %d unreadable image file(s): %s", len(bad), names)
-    return good
+    with Image.open(path) as im:
+        im.verify()  # PNG chunk CRCs, ...; JPEG and BMP pixel data are not checked
 
 
 IMAGEFOLDER_LAYOUT = """expected either class folders (conditional)
@@ -150,8 +191,8 @@ or a flat folder (unconditional)
     root/*.png|jpg|..."""
 
 
-def imagefolder_items(root: Path, bad_images: str) -> tuple[list[tuple[Path, int]], list[str]]:
-    """(path, label) pairs and class names of an image folder."""
+def imagefolder_items(root: Path) -> tuple[list[tuple[Path, int]], list[str]]:
+    """(path, label) pairs and class names of an image folder (readability is checked by the dataset)."""
     if not root.is_dir():
         raise DatasetNotFoundError(f"dataset root {root} does not exist; {IMAGEFOLDER_LAYOUT}")
     is_image = lambda p: p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS  # noqa: E731
@@ -162,13 +203,13 @@ def imagefolder_items(root: Path, bad_images: str) -> tuple[list[tuple[Path, int
             files = sorted(p for p in (root / cls).iterdir() if is_image(p))
             if not files:
                 raise ConfigError(f"class folder {root / cls} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-            items += [(p, label) for p in _check_files(files, bad_images)]
+            items += [(p, label) for p in files]
         names = classes
     else:
         files = sorted(p for p in root.iterdir() if is_image(p))
-        items, names = [(p, 0) for p in _check_files(files, bad_images)], []
+        items, names = [(p, 0) for p in files], []
     if not items:
-        raise DatasetNotFoundError(f"no readable images in {root}; {IMAGEFOLDER_LAYOUT}")
+        raise DatasetNotFoundError(f"no images in {root}; {IMAGEFOLDER_LAYOUT}")
     return items, names
 
 
@@ -176,9 +217,9 @@ class FolderDataset(ImageDataset):
     """Images from a list of files, decoded on demand (or once, when ``cache``)."""
 
     def __init__(self, name: str, items: Sequence[tuple[Any, int]], class_names: list[str], decoder: ImageDecoder,
-                 cache: bool) -> None:
+                 cache: bool, bad_images: str = "skip") -> None:
         self.name, self.class_names, self.num_classes = name, class_names, len(class_names)
-        super().__init__(items, decoder, cache)
+        super().__init__(items, decoder, cache, bad_images)
 
 
 # ----------------------------------------------------------------------------- torchvision datasets
@@ -229,14 +270,14 @@ def _celeba(cfg: Mapping[str, Any], root: Path, decoder: ImageDecoder) -> ImageD
     if not root.is_dir():
         raise DatasetNotFoundError(f"dataset root {root} does not exist; expected layout:\n{CELEBA_LAYOUT}")
     if not (root / "celeba").is_dir():  # a plain folder of aligned images
-        items, _ = imagefolder_items(root, cfg.get("bad_images", "skip"))
-        return FolderDataset("celeba", items, [], decoder, _cache(cfg, len(items), decoder))
+        items, _ = imagefolder_items(root)
+        return _folder_dataset(cfg, "celeba", items, [], decoder)
     split = {"train": "train", "test": "test", "val": "valid", "valid": "valid", "all": "all"}[cfg.get("split", "train")]
     ds = _torchvision(_present_files_only(CelebA), root, CELEBA_LAYOUT, split=split, target_type=[],
                       download=bool(cfg.get("download", False)))
     folder = Path(ds.root) / ds.base_folder / "img_align_celeba"
     items = [(folder / f, 0) for f in ds.filename]
-    return FolderDataset("celeba", items, [], decoder, _cache(cfg, len(items), decoder))
+    return _folder_dataset(cfg, "celeba", items, [], decoder)
 
 
 def _flowers(cfg: Mapping[str, Any], root: Path, decoder: ImageDecoder) -> ImageDataset:
@@ -250,7 +291,7 @@ def _flowers(cfg: Mapping[str, Any], root: Path, decoder: ImageDecoder) -> Image
         ds = _torchvision(cls, root, FLOWERS_LAYOUT, split=s, download=bool(cfg.get("download", False)))
         items += list(zip(ds._image_files, ds._labels))
     names = [f"class {i}" for i in range(102)]
-    return FolderDataset("flowers102", items, names, decoder, _cache(cfg, len(items), decoder))
+    return _folder_dataset(cfg, "flowers102", items, names, decoder)
 
 
 def _cifar10(cfg: Mapping[str, Any], root: Path, decoder: ImageDecoder) -> ImageDataset:
@@ -264,7 +305,14 @@ def _cifar10(cfg: Mapping[str, Any], root: Path, decoder: ImageDecoder) -> Image
         ds = _torchvision(cls, root, CIFAR_LAYOUT, train=train, download=bool(cfg.get("download", False)))
         items += [(Image.fromarray(a), int(t)) for a, t in zip(ds.data, ds.targets)]
         classes = ds.classes
-    return FolderDataset("cifar10", items, list(classes), decoder, _cache(cfg, len(items), decoder))
+    return _folder_dataset(cfg, "cifar10", items, list(classes), decoder)
+
+
+def _folder_dataset(cfg: Mapping[str, Any], name: str, items: Sequence[tuple[Any, int]], class_names: list[str],
+                    decoder: ImageDecoder) -> "FolderDataset":
+    """A FolderDataset with the config's caching and bad-image policy."""
+    return FolderDataset(name, items, class_names, decoder, _cache(cfg, len(items), decoder),
+                         cfg.get("bad_images", "skip"))
 
 
 def _cache(cfg: Mapping[str, Any], n: int, decoder: ImageDecoder) -> bool:
@@ -311,10 +359,10 @@ def build_dataset(cfg: Mapping[str, Any], resolution: int) -> ImageDataset:
     root = Path(str(cfg["root"])).expanduser()
     decoder = ImageDecoder(resolution, channels, cfg.get("center_crop"))
     if name == "imagefolder":
-        items, names = imagefolder_items(root, cfg.get("bad_images", "skip"))
+        items, names = imagefolder_items(root)
         if not cfg.get("conditional", True):
             items, names = [(p, 0) for p, _ in items], []
-        return FolderDataset("imagefolder", items, names, decoder, _cache(cfg, len(items), decoder))
+        return _folder_dataset(cfg, "imagefolder", items, names, decoder)
     if name not in BUILDERS:
         raise ConfigError(f"unknown dataset {name!r}; known: digits, synthetic, imagefolder, {', '.join(BUILDERS)}")
     return BUILDERS[name](cfg, root, decoder)
