@@ -12,6 +12,7 @@ import os
 import random
 import re
 import tempfile
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -74,6 +75,11 @@ def save_atomic(state: dict[str, Any], path: Path) -> None:
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load a checkpoint with the safe unpickler; refuse anything that is not ours."""
+    path = Path(path)
+    if path.is_file() and not zipfile.is_zipfile(path):
+        # torch.save writes a zip archive whose directory comes last: a cut-off file has none.
+        raise CheckpointError(f"cannot load checkpoint {path}: not a complete torch.save file (no zip directory "
+                              f"at its end, {path.stat().st_size} bytes): truncated, or not a checkpoint")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
