@@ -17,3 +17,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def repo_root() -> Path:
     """The checkout's root folder (tools/ and configs/ live there)."""
     return ROOT
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Each test builds its Accelerator from scratch: accelerate keeps one process-wide state
+    (mixed precision, device) and refuses a second Accelerator that asks for another."""
+    yield
+    if "accelerate.state" in sys.modules:
+        from accelerate.state import AcceleratorState, GradientState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()

@@ -254,7 +254,7 @@ def test_training_run_saves_pl_mean_and_resume_continues_from_it(repo_root: Path
     run = tmp_path / "run"
     common = ["model=stylegan2", "loss=ns_r1_pl", "train.n_critic=1", "train.batch_size=8", "train.ckpt_every=2",
               "train.log_every=1", "train.eval_samples_per_class=2", "dataset.num_workers=0",
-              "loss.pl_interval=2", "loss.r1_interval=2"]
+              "loss.pl_interval=2", "loss.r1_interval=2", "train.lr_g=2e-4", "train.betas_g=[0,0.9]"]
     env = {**os.environ, "PYTHONPATH": str(repo_root), "CUDA_VISIBLE_DEVICES": ""}
     for args in ([*common, "train.max_steps=2", f"hydra.run.dir={run}"], [f"resume={run}", "train.max_steps=4"]):
         out = subprocess.run([sys.executable, "tools/train.py", *args], cwd=repo_root, env=env, capture_output=True,
@@ -268,6 +268,6 @@ def test_training_run_saves_pl_mean_and_resume_continues_from_it(repo_root: Path
                   if r.get("step") == 4 and "pl_length" in r)
     assert float(final) == pytest.approx(float(saved) + 0.01 * (record["pl_length"] - float(saved)), rel=1e-5)
     state = load_checkpoint(run / "checkpoints" / "step-000000004.pt")
-    # lazy-regularization correction of the default lr/betas (2e-4, (0, 0.9)): G every 2 steps, D every 2.
+    # lazy-regularization correction of the lr/betas set above (2e-4, (0, 0.9)): G every 2 steps, D every 2.
     assert state["opt_G"]["param_groups"][0]["lr"] == pytest.approx(2e-4 * 2 / 3)
     assert state["opt_G"]["param_groups"][0]["betas"][1] == pytest.approx(0.9 ** (2 / 3))

@@ -178,8 +178,14 @@ def test_sigint_stops_at_the_step_boundary_with_a_checkpoint(tmp_path):
 
 
 def test_second_sigint_stops_at_once(tmp_path):
+    # The second signal gets the caller's handler back; make that Python's own Ctrl-C handler,
+    # whatever an earlier test (or library) of this process installed.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     trainer = _in_process_trainer(tmp_path, "train.max_steps=20")
     _signal_at(trainer, 2, [signal.SIGINT, signal.SIGINT])
-    with pytest.raises(KeyboardInterrupt):
-        trainer.train()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            trainer.train()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert list_checkpoints(trainer.run_dir) == []
