@@ -5,6 +5,7 @@ runs the real training tool; each process appends JSON lines to ``<probe dir>/ra
 a digest of G, D, G_ema parameters and both optimizers' state after every training step, and
 one line per call of anything that writes to the run directory or evaluates. The spies call
 through to the real functions (tests/train/test_multiprocess.py reads the records).
+``PROBE_SIGTERM=<rank>:<step>`` sends SIGTERM to that one process while it trains that step.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -56,8 +58,11 @@ def main() -> int:
         setattr(owner, name, wrapper)
 
     real_step = Trainer.train_step
+    term_rank, term_step = map(int, os.environ.get("PROBE_SIGTERM", "-1:-1").split(":"))
 
     def train_step(self):
+        if rank == term_rank and self.progress.step + 1 == term_step:
+            os.kill(os.getpid(), signal.SIGTERM)
         stats = real_step(self)
         plain = self.accelerator.unwrap_model
         note(event="step", step=self.progress.step,

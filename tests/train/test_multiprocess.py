@@ -20,11 +20,12 @@ from tests.train.test_train_run import assert_same_tree
 from transgan.train.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint
 
 TINY = ["model=cwgan_gp", "model.resolution=16", "model.generator.channel_max=16", "model.discriminator.channel_max=16",
-        "dataset=synthetic", "dataset.size=64", "train.batch_size=8", "train.n_critic=1", "train.ckpt_every=2",
+        "dataset=synthetic", "dataset.size=64", "train.batch_size=8", "train.n_critic=1", "train.ckpt_every=1",
+        "train.keep_checkpoints=10",
         "train.log_every=2", "train.sample_every=3", "train.eval_every=3", "train.cpu_threads=1", "train.device=cpu"]
 
 
-def launch_two(repo_root: Path, probe_dir: Path, *args: str) -> subprocess.CompletedProcess:
+def launch_two(repo_root: Path, probe_dir: Path, *args: str, sigterm: str = "") -> subprocess.CompletedProcess:
     """Two CPU processes (gloo) through ``accelerate launch`` of the probe (the real training tool, spied on)."""
     probe_dir.mkdir(parents=True, exist_ok=True)
     accelerate = shutil.which("accelerate") or str(Path(sys.executable).parent / "accelerate")
@@ -33,7 +34,7 @@ def launch_two(repo_root: Path, probe_dir: Path, *args: str) -> subprocess.Compl
     # visible and train.device=cpu they train on CPU over gloo.
     cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
            "no", "--dynamo_backend", "no", "tests/train/multiprocess_probe.py", str(probe_dir), *args]
-    env = {**os.environ, "PYTHONPATH": str(repo_root), "CUDA_VISIBLE_DEVICES": ""}
+    env = {**os.environ, "PYTHONPATH": str(repo_root), "CUDA_VISIBLE_DEVICES": "", "PROBE_SIGTERM": sigterm or "-1:-1"}
     out = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
     return out
@@ -47,8 +48,13 @@ def steps(recs: list[dict]) -> list[dict]:
     return [r for r in recs if r["event"] == "step"]
 
 
+def digests(step_record: dict) -> dict:
+    """The parameter and optimizer-state digests of one step record."""
+    return {k: step_record[k] for k in ("G", "D", "G_ema", "opt_G", "opt_D")}
+
+
 @pytest.mark.slow
-def test_two_processes_train_one_run_and_resume(repo_root, tmp_path):
+def test_two_processes_train_one_run_stop_together_and_resume(repo_root, tmp_path):
     runs = tmp_path / "runs"
     # ${now:...} with microseconds: were each process to name the run itself, two folders would appear.
     launch_two(repo_root, tmp_path / "probe", *TINY, "train.max_steps=6", f"hydra.run.dir={runs}/${{now:%H-%M-%S-%f}}")
@@ -59,29 +65,34 @@ def test_two_processes_train_one_run_and_resume(repo_root, tmp_path):
     s0, s1 = steps(rank0), steps(rank1)
     assert [r["step"] for r in s0] == [r["step"] for r in s1] == [1, 2, 3, 4, 5, 6]
     for a, b in zip(s0, s1):
-        assert {k: a[k] for k in ("G", "D", "G_ema", "opt_G", "opt_D")} == \
-               {k: b[k] for k in ("G", "D", "G_ema", "opt_G", "opt_D")}, a["step"]
+        assert digests(a) == digests(b), a["step"]
     assert len({r["G"] for r in s0}) == len({r["D"] for r in s0}) == 6
 
     # One writer and one evaluator: the main process.
     writes = {(r["rank"], r["event"]) for r in rank0 + rank1 if r["event"] != "step"}
     assert writes == {(0, "save_atomic"), (0, "__init__"), (0, "scalars"), (0, "samples"), (0, "evaluate"),
                       (0, "save_samples")}
-    assert [p.name for p in list_checkpoints(run)] == ["step-000000002.pt", "step-000000004.pt", "step-000000006.pt"]
+    assert [p.name for p in list_checkpoints(run)] == [f"step-00000000{i}.pt" for i in range(1, 7)]
     logged = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert logged == [2, 4, 6]  # one record per log step, not one per process
     assert sorted(p.name for p in (run / "samples").iterdir()) == ["step-000000003.png", "step-000000006.png"]
-    straight = load_checkpoint(checkpoint_path(run, 6))
+    straight = load_checkpoint(checkpoint_path(run, 5))
     assert len(straight["rng"]) == 2  # each process's generators, restored to their owners on resume
 
-    # Resume with two processes from step 4: steps 5 and 6 again, bit for bit.
-    checkpoint_path(run, 6).unlink()
-    launch_two(repo_root, tmp_path / "probe_resumed", f"resume={run}")
+    # Resume with two processes from step 4; SIGTERM reaches process 1 alone during step 5: both
+    # stop after step 5 with one checkpoint, equal bit for bit to the uninterrupted run's.
+    for step in (5, 6):
+        checkpoint_path(run, step).unlink()
+    out = launch_two(repo_root, tmp_path / "probe_resumed", f"resume={run}", sigterm="1:5")
+    assert "stopped by a stop signal (on another process) at step 5, checkpoint saved" in out.stdout
     r0, r1 = steps(records(tmp_path / "probe_resumed", 0)), steps(records(tmp_path / "probe_resumed", 1))
-    assert [r["step"] for r in r0] == [r["step"] for r in r1] == [5, 6]
-    for a, b, c in zip(r0, r1, s0[4:]):
-        keys = ("G", "D", "G_ema", "opt_G", "opt_D")
-        assert {k: a[k] for k in keys} == {k: b[k] for k in keys} == {k: c[k] for k in keys}, a["step"]
-    resumed = load_checkpoint(checkpoint_path(run, 6))
+    assert [r["step"] for r in r0] == [r["step"] for r in r1] == [5]
+    assert digests(r0[0]) == digests(r1[0]) == digests(s0[4])
+    assert [p.name for p in list_checkpoints(run)][-1] == "step-000000005.pt"
+    assert {r["rank"] for r in records(tmp_path / "probe_resumed", 0) + records(tmp_path / "probe_resumed", 1)
+            if r["event"] == "save_atomic"} == {0}
+    resumed = load_checkpoint(checkpoint_path(run, 5))
     for key in ("G", "D", "G_ema", "opt_G", "opt_D", "loss", "rng", "model"):
         assert_same_tree(straight[key], resumed[key], key)
+    for key in ("step", "d_steps", "images_seen", "data_position", "skipped_steps"):
+        assert straight["progress"][key] == resumed["progress"][key], key
