@@ -28,12 +28,15 @@ TINY = ["model=cwgan_gp", "model.resolution=16", "model.generator.channel_max=16
 def launch_two(repo_root: Path, probe_dir: Path, *args: str, sigterm: str = "") -> subprocess.CompletedProcess:
     """Two CPU processes (gloo) through ``accelerate launch`` of the probe (the real training tool, spied on)."""
     probe_dir.mkdir(parents=True, exist_ok=True)
-    accelerate = shutil.which("accelerate") or str(Path(sys.executable).parent / "accelerate")
+    beside = Path(sys.executable).parent / "accelerate"  # this interpreter's, not whichever is on PATH
+    accelerate = str(beside) if beside.exists() else shutil.which("accelerate")
     # `--cpu --num_processes 2` starts ONE process in accelerate 1.x (its simple launcher; several CPU
     # processes need mpirun); the torchrun launcher behind --multi_gpu starts two, and with no GPU
     # visible and train.device=cpu they train on CPU over gloo.
-    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
-           "no", "--dynamo_backend", "no", "tests/train/multiprocess_probe.py", str(probe_dir), *args]
+    # --main_process_port 0: a free port, so concurrent runs on one machine do not collide on 29500.
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--main_process_port",
+           "0", "--mixed_precision", "no", "--dynamo_backend", "no", "tests/train/multiprocess_probe.py",
+           str(probe_dir), *args]
     env = {**os.environ, "PYTHONPATH": str(repo_root), "CUDA_VISIBLE_DEVICES": "", "PROBE_SIGTERM": sigterm or "-1:-1"}
     out = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
