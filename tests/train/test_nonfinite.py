@@ -13,7 +13,7 @@ from tests.train.test_train_run import assert_same_tree
 from transgan.train.batches import BatchSource
 from transgan.train.checkpoint import list_checkpoints
 from transgan.train.config import compose_config
-from transgan.train.faults import NonFiniteError, step_if_finite
+from transgan.train.faults import step_if_finite
 from transgan.train.trainer import Trainer
 
 TINY = ["model=cwgan_gp", "model.resolution=16", "model.generator.channel_max=16", "model.discriminator.channel_max=16",
