@@ -24,6 +24,7 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from tests.data.fixtures import make_celeba, make_flowers102
 from transgan.registry import GENERATORS, register_generator
 from transgan.train.checkpoint import FORMAT, checkpoint_path, save_atomic
+from transgan.train.config import model_signature
 
 EXTRACTOR = "test-pool-tool"
 GENERATOR = "test-tiny-eval"
@@ -90,7 +91,7 @@ def eval_tool(repo_root):
 
 
 def write_run(run: Path, dataset: dict, resolution: int, num_classes: int, step: int = 4) -> Path:
-    """A run directory as tools/train.py leaves it: config.yaml and one checkpoint."""
+    """A run directory as tools/train.py leaves it: config.yaml and one checkpoint (which records the classes)."""
     cfg = OmegaConf.create({
         "model": {"generator": {"name": GENERATOR}, "discriminator": {"name": "none"}, "resolution": resolution},
         "dataset": {**dataset, "resolution": resolution}, "loss": {}, "train": {}, "seed": 0, "resume": None})
@@ -98,7 +99,8 @@ def write_run(run: Path, dataset: dict, resolution: int, num_classes: int, step:
     G = TinyGenerator(resolution, dataset["channels"], num_classes)
     G_ema = TinyGenerator(resolution, dataset["channels"], num_classes)
     state = {"format": FORMAT, "progress": {"step": step, "images_seen": 64 * step}, "G": G.state_dict(),
-             "G_ema": G_ema.state_dict(), "model": {}, "config": OmegaConf.to_yaml(cfg)}
+             "G_ema": G_ema.state_dict(), "model": model_signature(cfg, num_classes),
+             "class_names": [f"class {k}" for k in range(num_classes)], "config": OmegaConf.to_yaml(cfg)}
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     save_atomic(state, checkpoint_path(run, step))

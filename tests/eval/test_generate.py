@@ -137,6 +137,19 @@ def test_style_mixing_grid_takes_coarse_styles_from_rows_and_fine_from_columns(s
 
 # ----------------------------------------------------------------------------- export
 
+def test_a_run_loads_from_its_checkpoint_alone_when_the_data_is_gone(run_dir, monkeypatch):
+    state = load_checkpoint(latest_checkpoint(run_dir))
+    assert state["model"]["num_classes"] == 10 and state["class_names"] == [str(d) for d in range(10)]
+
+    def no_data(cfg):
+        raise ConfigError("the dataset is gone")
+
+    import transgan.eval.runs as runs
+    monkeypatch.setattr(runs, "_dataset_listing", no_data)
+    loaded = load_run(run_dir)  # neither the class count nor the names need the dataset
+    assert loaded.info.num_classes == 10 and loaded.info.class_names == [str(d) for d in range(10)]
+
+
 def test_export_load_generate_gives_the_runs_g_ema_images_in_a_process_without_the_trainer(run_dir, tmp_path,
                                                                                             repo_root):
     state = load_checkpoint(latest_checkpoint(run_dir))

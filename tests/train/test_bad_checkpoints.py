@@ -64,9 +64,19 @@ def test_checkpoint_of_another_resolution_is_refused(train_main, capsys, run):
     assert "resolution: 16 in the checkpoint, 32 in this run" in err
 
 
-def test_checkpoint_that_does_not_fit_the_networks_is_refused(train_main, capsys, run):
-    # Conditioning is not part of the model signature, but it changes G's and D's shapes.
+def test_checkpoint_with_other_classes_is_refused(train_main, capsys, run):
     err = _refused(train_main, capsys, f"resume={run}", "dataset.conditional=true", "train.max_steps=4")
+    assert "num_classes: 0 in the checkpoint, 10 in this run" in err
+
+
+def test_checkpoint_that_does_not_fit_the_networks_is_refused(train_main, capsys, run):
+    # The signature agrees, but the weights do not (written by other code, or edited).
+    path = checkpoint_path(run, 2)
+    state = torch.load(path, weights_only=True)
+    name = next(iter(state["G"]))
+    state["G"][name] = torch.zeros(3, 1, 7)
+    torch.save(state, path)
+    err = _refused(train_main, capsys, f"resume={run}", "train.max_steps=4")
     assert "step-000000002.pt does not fit this run's networks" in err and "size mismatch" in err
 
 

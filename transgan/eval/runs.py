@@ -69,21 +69,22 @@ def _dataset_num_classes(cfg: Any) -> int:
     return int(_dataset_listing(cfg).num_classes)
 
 
-def run_classes(cfg: Any, recorded: Optional[int] = None) -> tuple[int, list[str]]:
-    """(number of classes, class names) of a run; names are the dataset's, or "0", "1", ... when it is absent."""
-    from transgan.data import DatasetNotFoundError
-
+def run_classes(cfg: Any, recorded: Optional[int] = None,
+                recorded_names: Optional[list[str]] = None) -> tuple[int, list[str]]:
+    """(number of classes, class names) of a run: the checkpoint's record, else the dataset's file list."""
     if not cfg.dataset.get("conditional", False):
         return 0, []
+    if recorded is not None and recorded_names is not None and len(recorded_names) == int(recorded):
+        return int(recorded), [str(n) for n in recorded_names]
     try:
         dataset = _dataset_listing(cfg)
-    except DatasetNotFoundError as e:
+    except ConfigError as e:  # data moved, deleted or unreadable: the recorded count is enough for G
         if recorded is None:
             raise
         log.warning("class names unavailable (%s); using class indices", e)
         return int(recorded), [str(k) for k in range(int(recorded))]
-    names = list(getattr(dataset, "class_names", []) or [])
-    num_classes = int(dataset.num_classes)
+    num_classes = int(recorded) if recorded is not None else int(dataset.num_classes)
+    names = [str(n) for n in (getattr(dataset, "class_names", []) or [])]
     return num_classes, (names if len(names) == num_classes else [str(k) for k in range(num_classes)])
 
 
@@ -99,7 +100,7 @@ def load_run(source: Path, network: str = "G_ema") -> LoadedGenerator:
         raise ConfigError(f"{source} is neither a run directory, a checkpoint nor an exported generator")
     state = load_checkpoint(checkpoint)
     cfg = OmegaConf.create(state["config"])
-    num_classes, names = run_classes(cfg, state.get("model", {}).get("num_classes"))
+    num_classes, names = run_classes(cfg, state.get("model", {}).get("num_classes"), state.get("class_names"))
     G = load_generator(state, network, num_classes=num_classes)
     run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
     info = GeneratorInfo(

@@ -151,9 +151,10 @@ def validate_config(cfg: DictConfig) -> DictConfig:
     return resolved
 
 
-def model_signature(cfg: DictConfig) -> dict[str, Any]:
+def model_signature(cfg: DictConfig, num_classes: int) -> dict[str, Any]:
     """What a checkpoint must agree with to be loadable into this run's networks."""
     return {
+        "num_classes": int(num_classes),  # also lets eval/generate rebuild G without the dataset
         "generator": OmegaConf.to_container(cfg.model.generator),
         "discriminator": OmegaConf.to_container(cfg.model.discriminator),
         "resolution": int(cfg.model.resolution),

@@ -103,7 +103,9 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # identical initial weights on every process
         G = build_generator(cfg.model.generator, **shape)
         D = build_discriminator(cfg.model.discriminator, **shape)
-        state = ckpt.load_resume_checkpoint(resume_from, model_signature(cfg)) if resume_from is not None else None
+        state = None
+        if resume_from is not None:
+            state = ckpt.load_resume_checkpoint(resume_from, model_signature(cfg, self.num_classes))
 
         self.accelerator = Accelerator(mixed_precision=t.mixed_precision, cpu=t.device == "cpu")
         acc = self.accelerator
@@ -328,7 +330,8 @@ class Trainer:
                 "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
                 "loss": self.loss.state_dict(),
                 "rng": rng,
-                "model": model_signature(self.cfg),
+                "model": model_signature(self.cfg, self.num_classes),
+                "class_names": list(self.dataset.class_names) if self.num_classes else [],
                 "config": OmegaConf.to_yaml(self.cfg),
             }
             ckpt.save_atomic(state, ckpt.checkpoint_path(self.run_dir, self.progress.step))
