@@ -352,6 +352,15 @@ class GANLoss:
         return loss, {"pl_penalty": penalty.mean().detach(), "pl_length": lengths.mean().detach(),
                       "pl_mean": pl_mean.detach(), "loss_g_reg": loss.detach()}
 
+    def running_state(self) -> dict[str, Tensor]:
+        """Tensors the loss updates while training, on their device (restored on a skipped step)."""
+        return {"pl_mean": self.pl_mean} if self.pl_weight > 0 else {}
+
+    def restore_running_state(self, state: Mapping[str, Tensor]) -> None:
+        """Set tensors :meth:`running_state` returned; unlike :meth:`load_state_dict`, nothing leaves the device."""
+        if "pl_mean" in state:
+            self.pl_mean = state["pl_mean"]
+
     def state_dict(self) -> dict[str, Any]:
         """Loss state to checkpoint: the path-length running mean when path length is on."""
         return {"pl_mean": self.pl_mean.detach().cpu().clone()} if self.pl_weight > 0 else {}

@@ -162,3 +162,57 @@ def test_isolated_faults_do_not_stop_the_run(tmp_path, monkeypatch):
     assert (trainer.progress.skipped_steps, trainer.progress.nonfinite_in_row) == (3, 0)
     # Checkpoints due at skipped steps wait for the next good one: 2 -> 3, 4 -> 6 (5 was skipped too).
     assert [p.name for p in list_checkpoints(trainer.run_dir)] == ["step-000000003.pt", "step-000000006.pt"]
+
+
+def _running(trainer: Trainer) -> dict:
+    """G's and D's running statistics (BatchNorm, w_avg) and the loss's pl_mean, copied."""
+    out = {f"{net}.{k}": v.detach().clone() for net in ("G", "D")
+           for k, v in getattr(trainer, net).named_buffers() if k.rpartition(".")[2] in
+           ("running_mean", "running_var", "num_batches_tracked", "w_avg")}
+    return out | {f"loss.{k}": v.detach().clone() for k, v in trainer.loss.running_state().items()}
+
+
+def test_a_skipped_step_leaves_batchnorm_statistics_untouched(tmp_path):
+    trainer = _trainer(tmp_path)
+    assert isinstance(trainer.G.fc_norm, torch.nn.BatchNorm2d)  # the baseline G normalizes by batch
+    poisoned = [False]
+    # While poisoned, every G forward feeds NaN features to G's first BatchNorm (as an fp16 overflow would).
+    trainer.G.fc_norm.register_forward_pre_hook(lambda m, args: (args[0] * float("nan"),) if poisoned[0] else None)
+    trainer.train_step()
+    before = _running(trainer)
+    assert len(before) >= 3 and all(torch.isfinite(v.float()).all() for v in before.values())
+    poisoned[0] = True
+    trainer.train_step()  # D sees NaN fakes, G's loss is NaN: both phases are skipped
+    assert int(trainer._skipped) == 2
+    assert_same_tree(_running(trainer), before)  # the skipped forwards' statistics were rolled back
+    poisoned[0] = False
+    trainer.train_step()
+    after = _running(trainer)
+    assert not torch.equal(after["G.fc_norm.running_mean"], before["G.fc_norm.running_mean"])  # good steps move them
+    # G_ema runs on G's running statistics: it still draws finite images.
+    z, c = trainer._sample_z(4)
+    assert torch.isfinite(trainer.G_ema(z, c)).all()
+
+
+def test_a_skipped_path_length_step_keeps_pl_mean(tmp_path, monkeypatch):
+    import transgan.losses as losses
+
+    cfg, _ = compose_config(["model=stylegan2", "loss=ns_r1_pl", "train.n_critic=1", "loss.r1_interval=2",
+                             "loss.pl_interval=2", "dataset=synthetic", "dataset.channels=3", "train.batch_size=4",
+                             "train.device=cpu", "train.cpu_threads=1"])
+    trainer = Trainer(cfg, str(tmp_path / "run"))
+    for _ in range(2):  # one schedule period: pl_mean has left zero
+        trainer.train_step()
+    before = _running(trainer)
+    assert float(before["loss.pl_mean"]) != 0.0
+    real_lengths = losses.path_lengths
+    monkeypatch.setattr(losses, "path_lengths", lambda *a, **k: real_lengths(*a, **k) * float("nan"))
+    for _ in range(2):  # the second step's lazy path-length phase is NaN and skipped
+        stats = trainer.train_step()
+    assert not torch.isfinite(stats["pl_length"]) and int(trainer._skipped) == 1
+    assert torch.equal(trainer.loss.pl_mean, before["loss.pl_mean"])  # not lerped toward NaN
+    monkeypatch.setattr(losses, "path_lengths", real_lengths)
+    for _ in range(2):
+        stats = trainer.train_step()
+    assert torch.isfinite(stats["pl_length"]) and torch.isfinite(trainer.loss.pl_mean)
+    assert int(trainer._skipped) == 1

@@ -4,7 +4,8 @@
   trainer honours at the next step boundary: it writes a checkpoint and returns normally. A
   second signal of the same kind while the first is pending acts as the default (kills).
 * :func:`step_if_finite` takes an optimizer step only when the phase's loss and gradient
-  norm are finite. On optimizers that accept ``found_inf`` (fused Adam, the CUDA default)
+  norm are finite; :func:`restore_unless` puts back the running statistics that the skipped
+  phase's forward passes moved (BatchNorm statistics, w_avg), so a NaN batch leaves no trace. On optimizers that accept ``found_inf`` (fused Adam, the CUDA default)
   the decision stays on the device, as ``torch.amp.GradScaler`` does it, so no host-device
   sync is added; elsewhere it reads one boolean, which on CPU costs nothing.
 """
@@ -18,10 +19,16 @@ from types import FrameType
 from typing import Callable, Optional, Sequence
 
 import torch
+import torch.nn as nn
 
 log = logging.getLogger("transgan.train")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+# Buffers a training-mode forward pass updates from its inputs: torch's norm layers' running
+# statistics and the style mapping's w_avg. A NaN batch would otherwise poison them for good
+# (G_ema copies G's buffers and runs in eval mode on the running statistics).
+RUNNING_BUFFERS = ("running_mean", "running_var", "num_batches_tracked", "w_avg")
 
 
 class NonFiniteError(RuntimeError):
@@ -88,3 +95,14 @@ def step_if_finite(optimizer: torch.optim.Optimizer, step: Callable[[], None], f
             del optimizer.found_inf
     elif bool(finite):  # one host read; on CPU nothing runs ahead of Python, so it is free
         step()
+
+
+def running_buffers(*models: nn.Module) -> list[torch.Tensor]:
+    """The buffers of ``models`` that a training forward updates (names in RUNNING_BUFFERS)."""
+    return [b for m in models for name, b in m.named_buffers() if name.rpartition(".")[2] in RUNNING_BUFFERS]
+
+
+def restore_unless(finite: torch.Tensor, tensors: Sequence[torch.Tensor], before: Sequence[torch.Tensor]) -> None:
+    """In place: ``tensors[i] <- before[i]`` where the 0-dim bool ``finite`` is False; no host sync."""
+    for now, old in zip(tensors, before):
+        now.copy_(torch.where(finite, now, old))

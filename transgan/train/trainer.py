@@ -206,6 +206,10 @@ class Trainer:
         """Accumulate the phase's loss over micro-batches, clip, step; return its stats."""
         acc, t = self.accelerator, self.cfg.train
         opt.zero_grad(set_to_none=True)
+        # Both networks run forward in every phase (G makes D's fakes; D judges G's images).
+        running = faults.running_buffers(acc.unwrap_model(self.G), acc.unwrap_model(self.D))
+        running_before = [b.clone() for b in running]
+        loss_before = self.loss.running_state()  # replaced, never modified in place: no copy needed
         stats: dict[str, torch.Tensor] = {}
         finite = torch.ones((), dtype=torch.bool, device=acc.device)
         for i, args in enumerate(micro_batches):
@@ -228,6 +232,10 @@ class Trainer:
         finite &= torch.isfinite(norm)
         finite = _all_processes_agree(finite, acc)
         faults.step_if_finite(opt.optimizer, opt.step, finite, grads, acc.scaler)
+        # A skipped phase changes nothing: neither weights nor running statistics.
+        faults.restore_unless(finite, running, running_before)
+        self.loss.restore_running_state({k: torch.where(finite, v, loss_before[k].to(v.device))
+                                         for k, v in self.loss.running_state().items()})
         self._skipped += ~finite
         self._step_bad |= ~finite
         return stats
