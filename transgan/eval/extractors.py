@@ -61,8 +61,8 @@ def resolve_weights(extractor: str, path: Optional[str] = None, download: bool =
     """The local weights file of ``extractor`` (None for extractors that need none); fail clearly if absent.
 
     Looks at ``path`` when given, else at torch's hub cache (fd-digits: the shipped judge).
-    With ``download=True`` a missing hub-cache file is fetched there first (the only way
-    anything downloads).
+    ``download`` is False unless the user sets ``eval.download_weights=true``; only then is a
+    missing hub-cache file fetched there first (the only way anything downloads).
     """
     if extractor == FD_DIGITS:
         from transgan.eval.digits_judge import JUDGE_WEIGHTS

@@ -182,6 +182,8 @@ class Trainer:
         self._skipped = torch.tensor(self.progress.skipped_steps, device=acc.device)
         self._in_row = torch.tensor(self.progress.nonfinite_in_row, device=acc.device)
         self._step_bad = torch.zeros((), dtype=torch.bool, device=acc.device)
+        # Buffers a skipped phase puts back; listed once, after prepare() has put them on the device.
+        self._running = faults.running_buffers(acc.unwrap_model(self.G), acc.unwrap_model(self.D))
         self._stop_group = _control_group(acc)
         self.stopped_by: Optional[str] = None  # signal name when a stop request ended train()
 
@@ -207,8 +209,7 @@ class Trainer:
         acc, t = self.accelerator, self.cfg.train
         opt.zero_grad(set_to_none=True)
         # Both networks run forward in every phase (G makes D's fakes; D judges G's images).
-        running = faults.running_buffers(acc.unwrap_model(self.G), acc.unwrap_model(self.D))
-        running_before = [b.clone() for b in running]
+        running_before = [b.clone() for b in self._running]
         loss_before = self.loss.running_state()  # replaced, never modified in place: no copy needed
         stats: dict[str, torch.Tensor] = {}
         finite = torch.ones((), dtype=torch.bool, device=acc.device)
@@ -233,7 +234,7 @@ class Trainer:
         finite = _all_processes_agree(finite, acc)
         faults.step_if_finite(opt.optimizer, opt.step, finite, grads, acc.scaler)
         # A skipped phase changes nothing: neither weights nor running statistics.
-        faults.restore_unless(finite, running, running_before)
+        faults.restore_unless(finite, self._running, running_before)
         self.loss.restore_running_state({k: torch.where(finite, v, loss_before[k].to(v.device))
                                          for k, v in self.loss.running_state().items()})
         self._skipped += ~finite
