@@ -79,13 +79,57 @@ def fir_kernel(taps: Sequence[float] = (1, 3, 3, 1)) -> Tensor:
     return f / f.sum()
 
 
+class _DepthwiseFilter(torch.autograd.Function):
+    """Depthwise convolution by a fixed filter, whose gradient is the adjoint filter (:class:`_DepthwiseFilterT`).
+
+    ATen's double backward of a grouped convolution loops over the groups (one convolution per
+    channel, e.g. 512 launches per blur in every R1 / path-length pass) to form a gradient for the
+    filter, which is a constant here. With the adjoint as an autograd function of its own, every
+    order of gradient is one grouped convolution and no filter gradient is formed.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, stride: int) -> Tensor:  # noqa: D102
+        ctx.save_for_backward(weight)
+        ctx.stride, ctx.in_size = stride, x.shape[-2:]
+        return F.conv2d(x, weight.to(x.dtype), stride=stride, groups=weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # noqa: D102
+        (weight,) = ctx.saved_tensors
+        return _DepthwiseFilterT.apply(grad, weight, ctx.stride, ctx.in_size), None, None
+
+
+class _DepthwiseFilterT(torch.autograd.Function):
+    """The adjoint (transposed convolution) of :class:`_DepthwiseFilter` back to ``size``; its gradient is the filter."""
+
+    @staticmethod
+    def forward(ctx, y: Tensor, weight: Tensor, stride: int, size: tuple[int, int]) -> Tensor:  # noqa: D102
+        ctx.save_for_backward(weight)
+        ctx.stride = stride
+        k = weight.shape[-2:]
+        # The rows/columns the strided forward never reached get zero gradient.
+        extra = [n - (m - 1) * stride - kk for n, m, kk in zip(size, y.shape[-2:], k)]
+        return F.conv_transpose2d(y, weight.to(y.dtype), stride=stride, output_padding=tuple(extra),
+                                  groups=weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:  # noqa: D102
+        (weight,) = ctx.saved_tensors
+        return _DepthwiseFilter.apply(grad, weight, ctx.stride), None, None, None
+
+
 def blur2d(x: Tensor, kernel: Tensor, padding: tuple[int, int] | int = 0, stride: int = 1) -> Tensor:
-    """Depthwise 2-D filter of [B, C, H, W] by ``kernel`` [k, k]; ``padding`` (before, after) on both axes."""
+    """Depthwise 2-D filter of [B, C, H, W] by ``kernel`` [k, k]; ``padding`` (before, after) on both axes.
+
+    Differentiable to any order at the cost of one grouped convolution per order (see
+    :class:`_DepthwiseFilter`); the filter itself gets no gradient.
+    """
     p0, p1 = (padding, padding) if isinstance(padding, int) else padding
     C = x.shape[1]
     x = F.pad(x, (p0, p1, p0, p1))
-    weight = kernel.flip((0, 1)).to(x)[None, None].expand(C, 1, *kernel.shape)
-    return F.conv2d(x, weight, stride=stride, groups=C)
+    weight = kernel.flip((0, 1)).to(device=x.device)[None, None].expand(C, 1, *kernel.shape)
+    return _DepthwiseFilter.apply(x, weight, stride)
 
 
 def upsample2d(x: Tensor) -> Tensor:
