@@ -28,6 +28,13 @@ Columns (JSON keys):
                   (G and D, regularization passes included; matmul, convolution and attention ops)
   mfu             flops_per_step / step time / the device's dense bf16 peak (PEAK_BF16_FLOPS, or
                   --peak-flops); null on CPU and on devices not in the table
+  ops_per_step    ATen operators other than views that one eager step dispatches (counted in the
+                  same pass as the FLOPs): on a GPU each is a kernel launch, unless compiled
+  us_per_op       step time / ops_per_step (eager cases). Eager PyTorch spends some 10-30 us of host
+                  time per operator, so a value in that range means the step is launch-bound:
+                  fewer operators (torch.compile, fusion), not fewer FLOPs, make it faster
+  host_syncs_per_step  .item() / bool() reads and nonzero calls per step: each stalls the host
+                  until the device catches up; the training step should have none
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ if __package__ in (None, ""):  # run as `python tools/bench_train.py` from anywh
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from tools.bench_memory import peak_rss_bytes, reset_peak_rss, status_bytes  # noqa: E402
 
@@ -128,19 +136,44 @@ class _NoModuleAttribution:
         return None
 
 
-def count_step_flops(trainer: Any, steps: int) -> int:
-    """FLOPs per step over ``steps`` eager training steps (compiled graphs run eagerly here)."""
+class OpCounter(TorchDispatchMode):
+    """Counts the ATen operators dispatched inside the block: kernels (views excluded) and host syncs."""
+
+    # Calls that make the host wait for the device: .item() / bool() reads, and nonzero (its
+    # output size depends on the data).
+    SYNCS = ("_local_scalar_dense", "nonzero")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kernels, self.syncs = 0, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: D105
+        name = func._overloadpacket.__name__
+        if name in self.SYNCS:
+            self.syncs += 1
+        elif not func.is_view and name != "_unsafe_view":  # views launch no kernel
+            self.kernels += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_step_work(trainer: Any, steps: int) -> dict[str, int]:
+    """FLOPs, ATen kernel calls and host syncs per step over ``steps`` eager training steps.
+
+    Compiled graphs run eagerly here, so the operator counts are those of the eager step.
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
-    counter = FlopCounterMode(display=False)
+    flops = FlopCounterMode(display=False)
     # Per-module attribution hooks the backward of every module (register_multi_grad_hook), and
     # torch.autograd.grad -- the GP / R1 / path-length passes -- refuses such hooks on leaves.
     # The total needs no attribution.
-    counter.mod_tracker = _NoModuleAttribution()
-    with torch.compiler.set_stance("force_eager"), counter:
+    flops.mod_tracker = _NoModuleAttribution()
+    ops = OpCounter()
+    with torch.compiler.set_stance("force_eager"), flops, ops:
         for _ in range(steps):
             trainer.train_step()
-    return int(counter.get_total_flops()) // steps
+    return {"flops_per_step": int(flops.get_total_flops()) // steps, "ops_per_step": ops.kernels // steps,
+            "host_syncs_per_step": ops.syncs / steps}
 
 
 def run_case(case: dict[str, Any]) -> dict[str, Any]:
@@ -176,10 +209,8 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
         peak_mem, mem_kind = torch.cuda.max_memory_allocated(), "cuda_max_allocated"
     else:
         peak_mem, mem_kind = max(0, peak_rss_bytes(reset) - rss_before), "cpu_rss_delta"
-    flops = case.get("flops_per_step")
-    if flops is None:
-        flops = count_step_flops(trainer, period)
-    step_time = elapsed / timed
+    work = count_step_work(trainer, period)
+    flops, step_time = work["flops_per_step"], elapsed / timed
     device_name = torch.cuda.get_device_name() if cuda else "cpu"
     peak = case["peak_flops"] or (peak_bf16_flops(device_name) if cuda else None)
     return {
@@ -187,7 +218,9 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
         "compile": bool(case["compile"]), "batch": case["batch"], "device": device_name,
         "images_per_s": images / elapsed, "peak_mem_bytes": int(peak_mem), "flops_per_step": flops,
         "mfu": flops / step_time / peak if peak else None,
-        # Extras: what exactly ran.
+        # Extras: what exactly ran, and where the time goes.
+        "ops_per_step": work["ops_per_step"], "host_syncs_per_step": work["host_syncs_per_step"],
+        "us_per_op": None if case["compile"] else step_time / work["ops_per_step"] * 1e6,
         "preset": preset, "step_time_s": step_time, "timed_steps": timed, "warmup_steps": warmup,
         "schedule_period": period, "n_critic": int(cfg.train.n_critic), "loss": str(cfg.loss.name),
         "reg_precision": str(cfg.loss.reg_precision), "channels_last": trainer.channels_last,
@@ -237,7 +270,7 @@ def add_speedups(records: list[dict[str, Any]]) -> None:
 def format_table(records: list[dict[str, Any]]) -> str:
     """The human-readable table of the records."""
     head = (f"{'model':<12} {'res':>4} {'prec':<5} {'compile':<7} {'batch':>5} {'images/s':>10} {'step ms':>9} "
-            f"{'x fp32':>6} {'peak MiB':>9} {'GFLOP/step':>11} {'MFU':>6}")
+            f"{'x fp32':>6} {'peak MiB':>9} {'GFLOP/step':>11} {'MFU':>6} {'kops/step':>9} {'us/op':>6}")
     lines = [head]
     for r in records:
         key = (f"{r['model']:<12} {str(r['resolution']):>4} {r['precision']:<5} {'on' if r['compile'] else 'off':<7} "
@@ -248,8 +281,10 @@ def format_table(records: list[dict[str, Any]]) -> str:
         speed, mfu = r.get("speedup_vs_fp32_eager"), r["mfu"]
         speed_cell = f"{speed:.2f}" if speed else "-"
         mfu_cell = f"{mfu:.1%}" if mfu is not None else "-"
+        us_cell = f"{r['us_per_op']:.1f}" if r.get("us_per_op") is not None else "-"
         lines.append(f"{key} {r['images_per_s']:>10.1f} {r['step_time_s'] * 1e3:>9.1f} {speed_cell:>6} "
-                     f"{r['peak_mem_bytes'] / 2**20:>9.0f} {r['flops_per_step'] / 1e9:>11.1f} {mfu_cell:>6}")
+                     f"{r['peak_mem_bytes'] / 2**20:>9.0f} {r['flops_per_step'] / 1e9:>11.1f} {mfu_cell:>6} "
+                     f"{r['ops_per_step'] / 1e3:>9.1f} {us_cell:>6}")
     return "\n".join(lines)
 
 
@@ -299,21 +334,17 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
     print(f"training benchmark on {name}: batch {batch}, {steps} timed + {warmup} warm-up steps "
           f"(rounded up to schedule periods), torch {torch.__version__}", flush=True)
     records: list[dict[str, Any]] = []
-    flops: dict[tuple, int] = {}  # the same network and batch do the same FLOPs in every precision
     start = time.perf_counter()
     for model in models:
         for resolution in resolutions:
             for precision in precisions:
                 for compiled in compiles:
-                    key = (model, resolution, batch)
                     case = dict(model=model, resolution=resolution, precision=precision, compile=compiled,
                                 batch=batch, steps=steps, warmup=warmup, device=device,
                                 threads=args.threads or tiny.get("threads"), reg_precision=args.reg_precision,
-                                peak_flops=args.peak_flops, flops_per_step=flops.get(key),
+                                peak_flops=args.peak_flops,
                                 overrides=[*tiny.get("overrides", []), *args.override])
                     record = measure(case, ctx)
-                    if record["flops_per_step"] is not None:
-                        flops[key] = record["flops_per_step"]
                     records.append(record)
                     print(format_table([record]).splitlines()[1], flush=True)
                     if args.json:  # after every case, so a run cut short keeps what it measured

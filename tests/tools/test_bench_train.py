@@ -25,12 +25,16 @@ def test_tiny_cpu_run_produces_every_column(repo_root, tmp_path):
         assert r["error"] is None, r["error"]
         assert r["model"] == "swin_gan" and r["resolution"] == 32 and r["batch"] == 4 and r["device"] == "cpu"
         assert r["mfu"] is None  # no bf16 peak on CPU
-        for key in ("images_per_s", "peak_mem_bytes", "flops_per_step"):
+        for key in ("images_per_s", "peak_mem_bytes", "flops_per_step", "ops_per_step", "us_per_op"):
             assert isinstance(r[key], (int, float)) and math.isfinite(r[key]) and r[key] > 0, key
+        # The step never makes the host wait for the device (.item(), bool(), nonzero): losses
+        # and the skip-on-non-finite verdict stay on the device (fused Adam's found_inf).
+        assert r["host_syncs_per_step"] == 0
         # lazy R1 every 2 D steps (--tiny): one schedule period is two steps, timed whole
         assert r["schedule_period"] == 2 and r["timed_steps"] % 2 == 0
-    assert records[0]["flops_per_step"] == records[1]["flops_per_step"]  # counted once, same network
-    assert "swin_gan" in run.stdout and "images/s" in run.stdout  # the printed table
+    assert records[0]["flops_per_step"] == records[1]["flops_per_step"]  # FLOPs do not depend on precision
+    assert records[1]["ops_per_step"] > records[0]["ops_per_step"]  # autocast adds its casts
+    assert "swin_gan" in run.stdout and "images/s" in run.stdout and "us/op" in run.stdout  # the printed table
 
 
 def test_peak_table_prefers_specific_names():

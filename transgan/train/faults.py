@@ -4,9 +4,9 @@
   trainer honours at the next step boundary: it writes a checkpoint and returns normally. A
   second signal of the same kind while the first is pending acts as the default (kills).
 * :func:`step_if_finite` takes an optimizer step only when the phase's loss and gradient
-  norm are finite. On optimizers that accept ``found_inf`` (fused Adam, the CUDA default)
+  norm are finite. On optimizers that accept ``found_inf`` (fused Adam, the default on CUDA and CPU)
   the decision stays on the device, as ``torch.amp.GradScaler`` does it, so no host-device
-  sync is added; elsewhere it reads one boolean, which on CPU costs nothing.
+  sync is added; elsewhere it reads one boolean.
 * :func:`restore_unless` puts back the running statistics that a skipped phase's forward
   passes moved (BatchNorm statistics, w_avg), so a NaN batch leaves no trace.
 """

@@ -135,7 +135,8 @@ class Trainer:
         self.G_ema = copy.deepcopy(G).eval().requires_grad_(False)
         lr_d, betas_d = lazy_regularization_hparams(t.lr_d, tuple(t.betas_d), self.loss.d_reg_interval)
         lr_g, betas_g = lazy_regularization_hparams(t.lr_g, tuple(t.betas_g), self.loss.g_reg_interval)
-        fused = acc.device.type == "cuda"
+        # Fused Adam where torch has it: a few kernels per step instead of ~7 per parameter tensor.
+        fused = acc.device.type in ("cuda", "cpu")
         opt_G = torch.optim.Adam(G.parameters(), lr=lr_g, betas=betas_g, fused=fused)
         opt_D = torch.optim.Adam(D.parameters(), lr=lr_d, betas=betas_d, fused=fused)
         self.progress = Progress()
