@@ -3,6 +3,7 @@
     python tools/bench_train.py --models swin_gan transgan --resolutions 64 256 \\
         --precisions fp32 bf16 --compile off on --batch 32 --json bench_train.json
     python tools/bench_train.py --tiny --json /tmp/tiny.json   # CPU, the small digits presets, seconds
+    python tools/bench_train.py --count-only --device cpu --batch 2 --models swin_gan --resolutions 256
 
 One case is (model, resolution, precision, compile). Each runs in a fresh process (its own
 Accelerate state, memory high-water mark and compile cache), which builds the real Trainer
@@ -43,6 +44,7 @@ import argparse
 import json
 import math
 import multiprocessing as mp
+import signal
 import sys
 import tempfile
 import time
@@ -187,10 +189,34 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     rss_before = None if cuda else status_bytes("VmRSS")
     with tempfile.TemporaryDirectory() as tmp:  # the trainer names a run directory; nothing is written
         trainer = Trainer(cfg, str(Path(tmp) / "run"))
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
     period = trainer.schedule_period
-    warmup = period * math.ceil(max(case["warmup"], 1) / period)
-    timed = period * math.ceil(max(case["steps"], 1) / period)
+    warmup = 0 if case.get("count_only") else period * math.ceil(max(case["warmup"], 1) / period)
+    timed = 0 if case.get("count_only") else period * math.ceil(max(case["steps"], 1) / period)
+    elapsed, images, peak_mem, mem_kind = time_steps(trainer, warmup, timed, rss_before) if timed else (None,) * 4
+    work = count_step_work(trainer, period)
+    flops = work["flops_per_step"]
+    step_time = elapsed / timed if timed else None
+    device_name = torch.cuda.get_device_name() if cuda else "cpu"
+    peak = case["peak_flops"] or (peak_bf16_flops(device_name) if cuda else None)
+    return {
+        "model": case["model"], "resolution": int(cfg.model.resolution), "precision": case["precision"],
+        "compile": bool(case["compile"]), "batch": case["batch"], "device": device_name,
+        "images_per_s": images / elapsed if timed else None, "peak_mem_bytes": peak_mem, "flops_per_step": flops,
+        "mfu": flops / step_time / peak if peak and timed else None,
+        # Extras: what exactly ran, and where the time goes.
+        "ops_per_step": work["ops_per_step"], "host_syncs_per_step": work["host_syncs_per_step"],
+        "us_per_op": step_time / work["ops_per_step"] * 1e6 if timed and not case["compile"] else None,
+        "preset": preset, "step_time_s": step_time, "timed_steps": timed, "warmup_steps": warmup,
+        "schedule_period": period, "n_critic": int(cfg.train.n_critic), "loss": str(cfg.loss.name),
+        "reg_precision": str(cfg.loss.reg_precision), "channels_last": trainer.channels_last,
+        "peak_mem_kind": mem_kind, "peak_bf16_flops": peak, "torch": torch.__version__, "error": None,
+    }
+
+
+def time_steps(trainer: Any, warmup: int, timed: int, rss_before: Optional[int]) -> tuple[float, int, int, str]:
+    """Run ``warmup`` steps, then time ``timed``: (seconds, images shown to D, peak memory bytes, its kind)."""
+    cuda = trainer.accelerator.device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     for _ in range(warmup):
         trainer.train_step()
     sync()
@@ -204,28 +230,10 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
         trainer.train_step()
     sync()
     elapsed = time.perf_counter() - start
-    images = trainer.progress.images_seen - images0
     if cuda:
-        peak_mem, mem_kind = torch.cuda.max_memory_allocated(), "cuda_max_allocated"
-    else:
-        peak_mem, mem_kind = max(0, peak_rss_bytes(reset) - rss_before), "cpu_rss_delta"
-    work = count_step_work(trainer, period)
-    flops, step_time = work["flops_per_step"], elapsed / timed
-    device_name = torch.cuda.get_device_name() if cuda else "cpu"
-    peak = case["peak_flops"] or (peak_bf16_flops(device_name) if cuda else None)
-    return {
-        "model": case["model"], "resolution": int(cfg.model.resolution), "precision": case["precision"],
-        "compile": bool(case["compile"]), "batch": case["batch"], "device": device_name,
-        "images_per_s": images / elapsed, "peak_mem_bytes": int(peak_mem), "flops_per_step": flops,
-        "mfu": flops / step_time / peak if peak else None,
-        # Extras: what exactly ran, and where the time goes.
-        "ops_per_step": work["ops_per_step"], "host_syncs_per_step": work["host_syncs_per_step"],
-        "us_per_op": None if case["compile"] else step_time / work["ops_per_step"] * 1e6,
-        "preset": preset, "step_time_s": step_time, "timed_steps": timed, "warmup_steps": warmup,
-        "schedule_period": period, "n_critic": int(cfg.train.n_critic), "loss": str(cfg.loss.name),
-        "reg_precision": str(cfg.loss.reg_precision), "channels_last": trainer.channels_last,
-        "peak_mem_kind": mem_kind, "peak_bf16_flops": peak, "torch": torch.__version__, "error": None,
-    }
+        return elapsed, trainer.progress.images_seen - images0, torch.cuda.max_memory_allocated(), "cuda_max_allocated"
+    peak = max(0, peak_rss_bytes(reset) - rss_before)
+    return elapsed, trainer.progress.images_seen - images0, peak, "cpu_rss_delta"
 
 
 def _child(case: dict[str, Any], conn: Any) -> None:
@@ -246,10 +254,14 @@ def measure(case: dict[str, Any], ctx: Any) -> dict[str, Any]:
     proc = ctx.Process(target=_child, args=(case, child))
     proc.start()
     child.close()
+    result = None
     try:
         result = parent.recv()
     except EOFError:
         result = {"error": f"process died (exit code {proc.exitcode}; out of memory?)"}
+    finally:  # the benchmark itself was interrupted: no case outlives it
+        if result is None:
+            proc.terminate()
     proc.join()
     if result.get("error"):
         result = {**{k: None for k in KEYS}, "model": case["model"], "resolution": case["resolution"],
@@ -278,6 +290,10 @@ def format_table(records: list[dict[str, Any]]) -> str:
         if r.get("error"):
             lines.append(f"{key} {r['error']}")
             continue
+        if r["images_per_s"] is None:  # --count-only
+            lines.append(f"{key} {'-':>10} {'-':>9} {'-':>6} {'-':>9} {r['flops_per_step'] / 1e9:>11.1f} {'-':>6} "
+                         f"{r['ops_per_step'] / 1e3:>9.1f} {'-':>6}")
+            continue
         speed, mfu = r.get("speedup_vs_fp32_eager"), r["mfu"]
         speed_cell = f"{speed:.2f}" if speed else "-"
         mfu_cell = f"{mfu:.1%}" if mfu is not None else "-"
@@ -302,6 +318,8 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
     p.add_argument("--steps", type=int, help="timed steps, rounded up to whole schedule periods (default 16)")
     p.add_argument("--warmup", type=int, help="warm-up steps, rounded up likewise (default 4)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--count-only", action="store_true",
+                   help="count FLOPs, ATen ops and host syncs of one schedule period; time nothing (any device)")
     p.add_argument("--threads", type=int, help="CPU threads per case (default: the trainer's)")
     p.add_argument("--reg-precision", choices=("bf16", "float32"), default="bf16",
                    help="precision of the GP / R1 / path-length passes of bf16 cases")
@@ -331,8 +349,9 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["torch", "transgan.train.trainer", "transgan.models", "transgan.losses"])
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-    print(f"training benchmark on {name}: batch {batch}, {steps} timed + {warmup} warm-up steps "
-          f"(rounded up to schedule periods), torch {torch.__version__}", flush=True)
+    window = ("counting one schedule period per case, nothing timed" if args.count_only else
+              f"{steps} timed + {warmup} warm-up steps (rounded up to schedule periods)")
+    print(f"training benchmark on {name}: batch {batch}, {window}, torch {torch.__version__}", flush=True)
     records: list[dict[str, Any]] = []
     start = time.perf_counter()
     for model in models:
@@ -342,7 +361,7 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
                     case = dict(model=model, resolution=resolution, precision=precision, compile=compiled,
                                 batch=batch, steps=steps, warmup=warmup, device=device,
                                 threads=args.threads or tiny.get("threads"), reg_precision=args.reg_precision,
-                                peak_flops=args.peak_flops,
+                                peak_flops=args.peak_flops, count_only=args.count_only,
                                 overrides=[*tiny.get("overrides", []), *args.override])
                     record = measure(case, ctx)
                     records.append(record)
@@ -367,4 +386,6 @@ def _write_json(records: list[dict[str, Any]], path: Path) -> None:
 
 
 if __name__ == "__main__":
+    # SIGTERM (a scheduler's kill) unwinds like Ctrl-C, so the running case's process ends too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     main()
