@@ -14,9 +14,10 @@ regularization when due. Warm-up and timed windows are whole schedule periods
 (``Trainer.schedule_period``), so lazy regularization is amortized exactly.
 
 ``--models`` names model presets (configs/model/); with ``--resolutions`` a preset ``<model>_<R>``
-is used where it exists, else ``<model>`` with ``model.resolution=R``. ``fp32`` is plain float32
-(TF32 off, PyTorch's default); ``bf16`` is Accelerate's bfloat16 autocast with the regularization
-passes in bfloat16 too (``loss.reg_precision=bf16``; ``--reg-precision float32`` keeps them float32).
+is used where it exists, else ``<model>`` with ``model.resolution=R``. ``fp32`` is float32 with
+PyTorch's defaults (matmuls in true fp32, convolutions in TF32); ``bf16`` is Accelerate's
+bfloat16 autocast with the regularization passes in bfloat16 too (``loss.reg_precision=bf16``;
+``--reg-precision float32`` keeps them float32).
 
 Columns (JSON keys):
   images_per_s    real images shown to D per second: n_critic x batch per step, the trainer's own
