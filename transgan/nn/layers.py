@@ -101,7 +101,7 @@ class _DepthwiseFilter(torch.autograd.Function):
 
 
 class _DepthwiseFilterT(torch.autograd.Function):
-    """The adjoint (transposed convolution) of :class:`_DepthwiseFilter` back to ``size``; its gradient is the filter."""
+    """The adjoint of :class:`_DepthwiseFilter`, a transposed convolution back to ``size``; differentiates to it."""
 
     @staticmethod
     def forward(ctx, y: Tensor, weight: Tensor, stride: int, size: tuple[int, int]) -> Tensor:  # noqa: D102
