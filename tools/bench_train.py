@@ -56,9 +56,9 @@ if __package__ in (None, ""):  # run as `python tools/bench_train.py` from anywh
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from tools.bench_memory import peak_rss_bytes, reset_peak_rss, status_bytes  # noqa: E402
+from transgan.eval.complexity import OpCounter  # noqa: E402
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 KEYS = ("model", "resolution", "precision", "compile", "batch", "device", "images_per_s", "peak_mem_bytes",
@@ -139,26 +139,6 @@ class _NoModuleAttribution:
         return None
 
 
-class OpCounter(TorchDispatchMode):
-    """Counts the ATen operators dispatched inside the block: kernels (views excluded) and host syncs."""
-
-    # Calls that make the host wait for the device: .item() / bool() reads, and nonzero (its
-    # output size depends on the data).
-    SYNCS = ("_local_scalar_dense", "nonzero")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.kernels, self.syncs = 0, 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: D105
-        name = func._overloadpacket.__name__
-        if name in self.SYNCS:
-            self.syncs += 1
-        elif not func.is_view and name != "_unsafe_view":  # views launch no kernel
-            self.kernels += 1
-        return func(*args, **(kwargs or {}))
-
-
 def count_step_work(trainer: Any, steps: int) -> dict[str, int]:
     """FLOPs, ATen kernel calls and host syncs per step over ``steps`` eager training steps.
 
@@ -191,8 +171,9 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:  # the trainer names a run directory; nothing is written
         trainer = Trainer(cfg, str(Path(tmp) / "run"))
     period = trainer.schedule_period
-    warmup = 0 if case.get("count_only") else period * math.ceil(max(case["warmup"], 1) / period)
-    timed = 0 if case.get("count_only") else period * math.ceil(max(case["steps"], 1) / period)
+    timing = not case.get("count_only")
+    warmup = period * math.ceil(max(case["warmup"], 1) / period) if timing else 0
+    timed = period * math.ceil(max(case["steps"], 1) / period) if timing else 0
     elapsed, images, peak_mem, mem_kind = time_steps(trainer, warmup, timed, rss_before) if timed else (None,) * 4
     work = count_step_work(trainer, period)
     flops = work["flops_per_step"]

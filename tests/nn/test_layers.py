@@ -1,25 +1,11 @@
 """FIR blur (transgan.nn.layers.blur2d) against a grouped convolution written out here."""
 
-from collections import Counter
-
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from transgan.eval.complexity import OpCounter
 from transgan.nn.layers import blur2d, fir_kernel
-
-
-class OpCount(TorchDispatchMode):
-    """Counts the ATen operators that run inside the block (what a GPU would launch)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.counts: Counter = Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.counts[func._overloadpacket.__name__] += 1
-        return func(*args, **(kwargs or {}))
 
 
 def reference_blur(x: torch.Tensor, kernel: torch.Tensor, pad: int, stride: int) -> torch.Tensor:
@@ -54,9 +40,9 @@ def test_double_backward_is_one_convolution_per_order_not_one_per_channel() -> N
     # gradient for the filter); an R1 pass through a 512-channel blur launched 512 of them.
     C = 64
     x = torch.randn(2, C, 16, 16, requires_grad=True)
-    with OpCount() as ours:
+    with OpCounter() as ours:
         three_orders(lambda t: blur2d(t, fir_kernel(), 1, 2), x)
-    with OpCount() as ref:
+    with OpCounter() as ref:
         three_orders(lambda t: reference_blur(t, fir_kernel(), 1, 2), x)
     assert ref.counts["convolution"] > C  # what the fix removes: the reference loops over channels
     assert ours.counts["convolution"] <= 8, ours.counts

@@ -1,4 +1,4 @@
-"""Parameter counts and forward FLOPs per image of a generator and discriminator.
+"""Parameter counts and forward FLOPs per image of a generator and discriminator; ATen operator counts.
 
 FLOPs are those of one forward pass on one image, counted by ``torch.utils.flop_counter``
 (a multiply-add = 2 FLOPs; MACs = FLOPs / 2, the unit of thop-style counters). Networks are
@@ -10,11 +10,35 @@ a run would use. "attention" is the FLOPs of batched matmuls: the q k^T and a v 
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the ATen operators dispatched inside the block: per name, kernels (views excluded), host syncs."""
+
+    # Calls that make the host wait for the device: .item() / bool() reads, and nonzero (its
+    # output size depends on the data).
+    SYNCS = ("_local_scalar_dense", "nonzero")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: Counter[str] = Counter()
+        self.kernels, self.syncs = 0, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: D105
+        name = func._overloadpacket.__name__
+        self.counts[name] += 1
+        if name in self.SYNCS:
+            self.syncs += 1
+        elif not func.is_view and name != "_unsafe_view":  # views launch no kernel
+            self.kernels += 1
+        return func(*args, **(kwargs or {}))
 
 
 def count_parameters(module: nn.Module) -> int:
