@@ -36,7 +36,7 @@ from torch.utils.checkpoint import checkpoint
 
 from transgan.models.stylegan2 import StyleGAN2Discriminator, check_resolution, stage_channels
 from transgan.nn.attention import Attention, RelativePositionBias, shifted_window_mask, window_partition, window_reverse
-from transgan.nn.layers import EqualizedConv2d, apply_spectral_norm, downsample2d, upsample2d
+from transgan.nn.layers import EqualizedConv2d, apply_spectral_norm, downsample2d, fir_kernel, upsample2d
 from transgan.nn.style import StyleGenerator, TokenAdaIN
 from transgan.registry import ConfigError, register_discriminator, register_generator
 
@@ -80,12 +80,15 @@ _HAAR = 0.5 * torch.tensor([[1.0, 1.0, 1.0, 1.0],     # LL: average
                             [1.0, -1.0, -1.0, 1.0]])  # HH: diagonal
 
 
-def haar_dwt(x: Tensor) -> Tensor:
-    """One level of the 2-D Haar transform: [B, C, H, W] -> [B, 4C, H/2, W/2] as (LL, LH, HL, HH) x C."""
+def haar_dwt(x: Tensor, haar: Tensor = _HAAR) -> Tensor:
+    """One level of the 2-D Haar transform: [B, C, H, W] -> [B, 4C, H/2, W/2] as (LL, LH, HL, HH) x C.
+
+    Modules pass ``haar`` as a buffer already on the device (a copy per call would stall the host).
+    """
     if x.dim() != 4 or x.shape[-1] % 2 or x.shape[-2] % 2:
         raise ValueError(f"haar_dwt wants [B, C, H, W] with even H and W, got {tuple(x.shape)}")
     blocks = rearrange(x, "b c (h p) (w q) -> b c h w (p q)", p=2, q=2)
-    bands = torch.einsum("kj,bchwj->bkchw", _HAAR.to(x), blocks)
+    bands = torch.einsum("kj,bchwj->bkchw", haar.to(x), blocks)
     return rearrange(bands, "b k c h w -> b (k c) h w")
 
 
@@ -372,14 +375,17 @@ class WaveletDiscriminator(StyleGAN2Discriminator):
             for block in self.blocks])
         if spectral_norm:
             apply_spectral_norm(self.from_wavelets)
+        # Constants on the module's device (not copied there on every forward).
+        self.register_buffer("haar", _HAAR.clone(), persistent=False)
+        self.register_buffer("resample_kernel", fir_kernel(), persistent=False)
 
     def features(self, x: Tensor) -> Tensor:
         """Images [B, C, R, R] -> the 4 x 4 feature map fed to the epilogue."""
         R, C = self.img_resolution, self.img_channels
         if x.dim() != 4 or x.shape[1:] != (C, R, R):
             raise ValueError(f"WaveletDiscriminator wants input of shape [B, {C}, {R}, {R}], got {tuple(x.shape)}")
-        h = self.fromrgb(haar_dwt(x))
+        h = self.fromrgb(haar_dwt(x, self.haar))
         for block, from_wavelets in zip(self.blocks, self.from_wavelets):
-            x = downsample2d(x)
-            h = block(h) + from_wavelets(haar_dwt(x))
+            x = downsample2d(x, self.resample_kernel)
+            h = block(h) + from_wavelets(haar_dwt(x, self.haar))
         return h

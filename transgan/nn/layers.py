@@ -137,9 +137,13 @@ def upsample2d(x: Tensor) -> Tensor:
     return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
 
 
-def downsample2d(x: Tensor) -> Tensor:
-    """/2 downsampling of [B, C, H, W]: the [1, 3, 3, 1] anti-aliasing filter with stride 2."""
-    return blur2d(x, fir_kernel().to(x.device), padding=1, stride=2)
+def downsample2d(x: Tensor, kernel: Tensor) -> Tensor:
+    """/2 downsampling of [B, C, H, W]: the anti-aliasing ``kernel`` (``fir_kernel()``) with stride 2.
+
+    The caller keeps the kernel as a buffer: one built here would be copied to the device on
+    every call, and a copy from pageable host memory makes the host wait for the GPU.
+    """
+    return blur2d(x, kernel, padding=1, stride=2)
 
 
 class Blur2d(nn.Module):
