@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from transgan.losses import GANLoss, gradient_penalty
+from transgan.losses import GANLoss, gradient_penalty, ns_d_loss, r1_penalty, wgan_d_loss
 from transgan.models import transgan as T
 from transgan.nn import attention as A
 from transgan.registry import ConfigError, build_discriminator, build_generator
@@ -321,6 +321,41 @@ def test_gradient_penalty_runs_on_the_safe_kernel_and_matches_the_math_kernel(mo
     assert max(g.abs().max() for g in grads_math) > 1e-3
     for g_auto, g_math in zip(grads_auto, grads_math):
         torch.testing.assert_close(g_auto, g_math, rtol=0, atol=1e-5)
+
+
+def _penalized_d_loss(D, penalty: str, real, fake, c, eps):
+    """The discriminator's loss of one step: WGAN + gradient penalty, or non-saturating + R1."""
+    if penalty == "wgan_gp":
+        return wgan_d_loss(D(real, c), D(fake, c)) + 10.0 * gradient_penalty(D, real, fake, c, eps=eps).mean()
+    return ns_d_loss(D(real, c), D(fake, c)) + 0.5 * r1_penalty(D, real, c).mean()
+
+
+CPU_KERNELS = [k for k in A.KERNELS if k != "xformers"]   # xformers needs CUDA
+
+
+@pytest.mark.parametrize("penalty", ["wgan_gp", "r1"])
+@pytest.mark.parametrize("kernel", CPU_KERNELS)
+def test_activation_checkpointing_trains_like_the_plain_discriminator_under_penalties(kernel, penalty):
+    """The recomputation re-enters the penalty pass's kernel choice, so the saved tensors match."""
+    torch.manual_seed(0)
+    plain = small_D(attention_kernel=kernel)
+    checkpointed = small_D(attention_kernel=kernel, gradient_checkpointing=True)
+    checkpointed.load_state_dict(plain.state_dict())
+    optimizers = [torch.optim.Adam(D.parameters(), lr=1e-3, betas=(0.0, 0.99)) for D in (plain, checkpointed)]
+    for _ in range(2):
+        real, fake = torch.randn(4, 1, 16, 16), torch.randn(4, 1, 16, 16)
+        c, eps = torch.randint(0, 10, (4,)), torch.rand(4)
+        grads = []
+        for D, opt in zip((plain, checkpointed), optimizers):
+            opt.zero_grad()
+            _penalized_d_loss(D, penalty, real, fake, c, eps).backward()
+            grads.append([torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in D.parameters()])
+            opt.step()
+        assert max(g.abs().max() for g in grads[0]) > 1e-4
+        for g_plain, g_checkpointed in zip(*grads):
+            torch.testing.assert_close(g_checkpointed, g_plain, rtol=1e-5, atol=1e-7)
+    for p_plain, p_checkpointed in zip(plain.parameters(), checkpointed.parameters()):
+        torch.testing.assert_close(p_checkpointed, p_plain, rtol=1e-5, atol=1e-7)
 
 
 # ----------------------------------------------------------------------------- hybrids

@@ -22,9 +22,7 @@ blocking artifacts of window attention at high resolution.
 
 from __future__ import annotations
 
-import contextvars
 import math
-from contextlib import nullcontext
 from typing import Optional
 
 import torch
@@ -32,11 +30,11 @@ import torch.nn as nn
 from einops import rearrange
 from timm.layers import Mlp, trunc_normal_
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 from transgan.models.stylegan2 import StyleGAN2Discriminator, check_resolution, stage_channels
 from transgan.nn.attention import Attention, RelativePositionBias, shifted_window_mask, window_partition, window_reverse
-from transgan.nn.layers import EqualizedConv2d, apply_spectral_norm, downsample2d, fir_kernel, upsample2d
+from transgan.nn.layers import (EqualizedConv2d, apply_spectral_norm, checkpointed, downsample2d, fir_kernel,
+                                upsample2d)
 from transgan.nn.style import StyleGenerator, TokenAdaIN
 from transgan.registry import ConfigError, register_discriminator, register_generator
 
@@ -300,11 +298,7 @@ class SwinGenerator(StyleGenerator):
 
     def _block(self, block: StyleSwinBlock, x: Tensor, w: Tensor) -> Tensor:
         if self.gradient_checkpointing and torch.is_grad_enabled():
-            # Non-reentrant checkpointing also serves gradients of gradients (path length). The
-            # recomputation must pick the attention kernels the forward picked (double_backward_safe
-            # and attention_kernel are context variables), or it would save different tensors.
-            return checkpoint(block, x, w, use_reentrant=False,
-                              context_fn=lambda: (nullcontext(), _Entered(contextvars.copy_context())))
+            return checkpointed(block, x, w)
         return block(x, w)
 
     def synthesis(self, ws: Tensor, noise_mode: str = "random") -> Tensor:
@@ -322,23 +316,6 @@ class SwinGenerator(StyleGenerator):
             if stage.upsample is not None:
                 x = stage.upsample(x)
         return img
-
-
-class _Entered:
-    """Re-enterable context manager: sets every context variable to its value in ``context``.
-
-    (Backward may recompute a checkpointed block more than once: gradients of gradients.)
-    """
-
-    def __init__(self, context: contextvars.Context) -> None:
-        self.context, self.tokens = context, []
-
-    def __enter__(self) -> None:
-        self.tokens.append([(var, var.set(value)) for var, value in self.context.items()])
-
-    def __exit__(self, *exc: object) -> None:
-        for var, token in reversed(self.tokens.pop()):
-            var.reset(token)
 
 
 def _init_like_styleswin(m: nn.Module) -> None:

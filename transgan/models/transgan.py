@@ -43,9 +43,9 @@ from einops import rearrange
 from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 from transgan.nn.attention import KERNELS, Attention, GridAttention
+from transgan.nn.layers import checkpointed
 from transgan.registry import ConfigError, register_discriminator, register_generator
 
 __all__ = [
@@ -262,8 +262,7 @@ class _BlockRunner(nn.Module):
     def _run(self, blocks: nn.ModuleList, x: Tensor) -> Tensor:
         for block in blocks:
             if self.gradient_checkpointing and torch.is_grad_enabled():
-                # Non-reentrant checkpointing also serves gradients of gradients (WGAN-GP, R1).
-                x = checkpoint(block, x, use_reentrant=False)
+                x = checkpointed(block, x)
             else:
                 x = block(x)
         return x

@@ -8,17 +8,21 @@ Sections (each appended by the engineer who needs it; keep them independent):
   ``NoiseInjection``.
 - class conditioning: ``check_class_labels``, ``class_planes`` (one-hot constant planes),
   ``ClassProjection`` (the projection discriminator's class term).
+- activation checkpointing: ``checkpointed`` (recomputes under the forward's context variables).
 """
 
 from __future__ import annotations
 
+import contextvars
 import math
-from typing import Sequence
+from contextlib import nullcontext
+from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 
 # ----------------------------------------------------------------------------- style-based layers
@@ -310,3 +314,35 @@ class ClassProjection(nn.Module):
     def forward(self, h: Tensor, c: Tensor) -> Tensor:
         """Features h [B, dim] and labels c [B] -> [B]."""
         return (self.embed(c) * h).sum(dim=1)
+
+
+# ----------------------------------------------------------------------------- activation checkpointing
+
+def checkpointed(fn: Callable[..., Tensor], *args: Tensor) -> Tensor:
+    """``fn(*args)`` with activation checkpointing: backward recomputes it under the forward's context.
+
+    The attention kernel a call runs depends on context variables (``double_backward_safe``,
+    ``attention_kernel``); backward runs outside the penalty pass that set them, so a recomputation
+    in the ambient context could pick another kernel and save tensors of other shapes
+    (``CheckpointError``). Non-reentrant checkpointing also serves gradients of gradients (R1,
+    WGAN-GP, path length).
+    """
+    return checkpoint(fn, *args, use_reentrant=False,
+                      context_fn=lambda: (nullcontext(), _ReenteredContext(contextvars.copy_context())))
+
+
+class _ReenteredContext:
+    """Re-enterable context manager: sets every context variable to its value in ``context``.
+
+    (Backward may recompute a checkpointed block more than once: gradients of gradients.)
+    """
+
+    def __init__(self, context: contextvars.Context) -> None:
+        self.context, self.tokens = context, []
+
+    def __enter__(self) -> None:
+        self.tokens.append([(var, var.set(value)) for var, value in self.context.items()])
+
+    def __exit__(self, *exc: object) -> None:
+        for var, token in reversed(self.tokens.pop()):
+            var.reset(token)
