@@ -128,6 +128,68 @@ def recipe_overrides(recipe: str, choices: Any, overrides: Sequence[str], config
     return kept
 
 
+# Overrides without a dot that a command may carry: config group choices and top-level keys.
+CHOICE_KEYS = ("model", "dataset", "loss", "train", "experiment", "seed", "recipe")
+
+
+def is_choice(override: str) -> bool:
+    """Whether ``override`` picks a group option or sets a top-level key (``model=cwgan_gp``, ``seed=1``)."""
+    return "=" in override and override.split("=", 1)[0] in CHOICE_KEYS
+
+
+def check_choices_match_run(run_cfg: DictConfig, overrides: Sequence[str], config_dir: Path = CONFIG_DIR) -> None:
+    """On resume, accept the choices of ``overrides`` that give the run's config; refuse others, naming both.
+
+    The command is composed afresh (its choices, its key=value overrides, the recipe); every section a
+    choice decides must equal that of ``run_cfg`` (the run's saved config with the same overrides).
+    """
+    choices = [o for o in overrides if is_choice(o)]
+    if not choices:
+        return
+    fresh, _ = compose_config(overrides, config_dir)
+    for choice in choices:
+        key, value = choice.split("=", 1)
+        sections = _decided_by(key, fresh)
+        diffs = [d for s in sections for d in _differences(run_cfg.get(s), fresh.get(s), s)]
+        if not diffs:
+            continue
+        shown = "; ".join(f"{path}: run {a!r}, requested {b!r}" for path, a, b in diffs[:4])
+        more = f" (and {len(diffs) - 4} more)" if len(diffs) > 4 else ""
+        raise ConfigError(f"on resume, {key}={value} differs from the run's {key}="
+                          f"{_run_choice(key, run_cfg, overrides, config_dir)}: {shown}{more}; "
+                          f"leave {key}={value} out to continue the run as it was")
+
+
+def _decided_by(key: str, cfg: DictConfig) -> list[str]:
+    # An experiment is a global preset: it may set any section.
+    return [k for k in cfg if k != "resume"] if key == "experiment" else [key]
+
+
+def _differences(a: Any, b: Any, path: str) -> list[tuple[str, Any, Any]]:
+    """Leaves where two config sections differ, as (dotted path, a's value, b's value)."""
+    a = OmegaConf.to_container(a, resolve=True) if OmegaConf.is_config(a) else a
+    b = OmegaConf.to_container(b, resolve=True) if OmegaConf.is_config(b) else b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(a.keys() | b.keys(), key=str)
+                for d in _differences(a.get(k), b.get(k), f"{path}.{k}")]
+    return [] if a == b else [(path, a, b)]
+
+
+def _run_choice(key: str, run_cfg: DictConfig, overrides: Sequence[str], config_dir: Path) -> str:
+    """The option of group ``key`` that composes to the run's config, else a pointer to config.yaml."""
+    if key in ("seed", "recipe"):
+        return str(run_cfg[key])
+    others = [o for o in overrides if not o.startswith(f"{key}=")]
+    for option in sorted(p.stem for p in (config_dir / key).glob("*.yaml")):
+        try:
+            candidate, _ = compose_config([*others, f"{key}={option}"], config_dir)
+        except ConfigError:
+            continue
+        if not any(_differences(run_cfg.get(s), candidate.get(s), s) for s in _decided_by(key, candidate)):
+            return option
+    return "(no stock option; see the run's config.yaml)"
+
+
 def validate_config(cfg: DictConfig) -> DictConfig:
     """Check the top-level keys and the ``train`` schema; return a resolved, read-only copy."""
     expected = {"model", "dataset", "loss", "train", "seed", "resume", "recipe"}

@@ -28,7 +28,8 @@ from transgan.registry import ConfigError, build_discriminator, build_generator
 from transgan.train import checkpoint as ckpt
 from transgan.train import faults
 from transgan.train.batches import BatchSource
-from transgan.train.config import compose_config, model_signature, validate_config
+from transgan.train.config import (check_choices_match_run, compose_config, is_choice, model_signature,
+                                   validate_config)
 from transgan.train.ema import ema_beta, update_ema
 
 log = logging.getLogger("transgan.train")
@@ -52,8 +53,9 @@ def resolve_run(argv: Sequence[str]) -> tuple[DictConfig, str, Optional[Path]]:
     """Turn command-line overrides into (config, run-dir pattern, checkpoint to resume).
 
     With ``resume=<run dir>`` the run's saved config.yaml is the base and plain
-    ``key=value`` overrides (e.g. ``train.max_steps=4000``) apply on top; changing a
-    config group (``model=...``) on resume is refused.
+    ``key=value`` overrides (e.g. ``train.max_steps=4000``) apply on top. The original
+    command's group choices (``model=...``) and ``hydra.run.dir`` may be repeated; a choice
+    that would change the run is refused.
     """
     resume = [a for a in argv if a.startswith("resume=")]
     if not resume or resume[-1] in ("resume=", "resume=null"):
@@ -65,19 +67,31 @@ def resolve_run(argv: Sequence[str]) -> tuple[DictConfig, str, Optional[Path]]:
         raise ckpt.CheckpointError(f"cannot resume from {run_dir}: no config.yaml there (is it a transgan run directory?)")
     latest = ckpt.latest_checkpoint(run_dir)
     base = OmegaConf.load(saved)
-    rest = [a for a in argv if not a.startswith("resume=")]
-    for override in rest:
-        key = override.split("=", 1)[0].lstrip("+~")
-        if "=" not in override or "." not in key or key.startswith("hydra"):
-            raise ConfigError(f"on resume only key=value overrides of existing keys are allowed, not {override!r}")
+    rest = []
+    for override in argv:
+        key = override.split("=", 1)[0]
+        if override.startswith("resume="):
+            continue
+        if key == "hydra.run.dir":  # the original command names the run's own directory
+            given = Path(override.split("=", 1)[1]).expanduser()
+            if given.resolve() != run_dir.resolve():
+                raise ConfigError(f"on resume, hydra.run.dir={given} differs from the run's directory {run_dir}")
+            continue
+        rest.append(override)
+        key = key.lstrip("+~")
+        if not is_choice(override) and ("=" not in override or "." not in key or key.startswith("hydra")):
+            raise ConfigError(f"on resume only key=value overrides of existing keys and the run's own group "
+                              f"choices are allowed, not {override!r}")
     OmegaConf.set_struct(base, True)
     try:
-        cfg = OmegaConf.merge(base, OmegaConf.from_dotlist(rest))
+        cfg = OmegaConf.merge(base, OmegaConf.from_dotlist([o for o in rest if not is_choice(o)]))
     except Exception as e:
         raise ConfigError(f"bad override on resume: {e}") from e
     with_resume = OmegaConf.to_container(cfg)
     with_resume["resume"] = str(run_dir)
-    return validate_config(OmegaConf.create(with_resume)), str(run_dir), latest
+    cfg = validate_config(OmegaConf.create(with_resume))
+    check_choices_match_run(cfg, rest)
+    return cfg, str(run_dir), latest
 
 
 class Trainer:
