@@ -174,3 +174,50 @@ def test_load_test_counts_requests_latencies_and_refuses_other_hosts(digits_serv
             run_load_test(url, requests=1)
     with pytest.raises(ConfigError, match="requests"):
         run_load_test(digits_server.url, requests=10**6)
+
+
+def post_raw(url: str, data: bytes, headers: dict | None = None) -> tuple[int, bytes, dict]:
+    """POST raw bytes (JSON content type unless told otherwise); (status, body, headers) also for 4xx."""
+    request = urllib.request.Request(url, data=data, method="POST",
+                                     headers=headers if headers is not None else {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read(), dict(response.headers)
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), dict(e.headers)
+
+
+HOSTILE_JSON = [
+    ('{"class": "\u00b2"}', "unknown class"),  # superscript two: isdigit() but not int()
+    ('{"class": "\u2460"}', "unknown class"),  # circled one
+    ('{"class": "' + "7" * 5000 + '"}', "unknown class"),
+    ('{"class": ' + "7" * 5000 + "}", "number out of range"),
+    ('{"class": 1, "count": ' + "9" * 5000 + "}", "number out of range"),
+    ('{"class_": 1}', "class_: Extra inputs are not permitted"),
+    ('{"class": 1, "seed": "5"}', "seed"),
+    ('{"class": 1, "count": "2"}', "count"),
+    ('{"class": 1, "truncation": true}', "truncation"),
+    ('{"class": 1, "truncation": "1.5"}', "truncation"),
+    ("[" * 5000 + "]" * 5000, "not valid JSON"),
+    ("class=1&seed=2", "not valid JSON"),
+    ("", "not valid JSON"),
+    ('{"class": 1, "x": ' + "[" * 3000 + "]" * 3000 + "}", "not valid JSON"),
+]
+
+
+@pytest.mark.parametrize("body,message", HOSTILE_JSON, ids=[b[:30] for b, _ in HOSTILE_JSON])
+def test_hostile_json_gets_a_short_422_that_does_not_echo_the_input(digits_server, body, message):
+    status, answer, _ = post_raw(digits_server.url + "api/generate", body.encode())
+    assert status == 422, answer[:300]
+    detail = json.loads(answer)["detail"]
+    assert message in detail and len(detail) < 400 and "7" * 60 not in detail and "9" * 60 not in detail
+
+
+def test_hostile_query_parameters_get_422(digits_server):
+    for query, message in [("class=%C2%B2", "unknown class"), ("class=%E2%91%A0", "unknown class"),
+                           ("class=" + "7" * 5000, "unknown class"), ("class=1&seed=1&seed=2", "repeated: seed"),
+                           ("class=1&class=2", "repeated: class"), ("class=1&count=" + "9" * 5000, "count")]:
+        status, answer, _ = call(digits_server.url + "api/generate.png?" + query)
+        assert status == 422, (query[:40], answer[:300])
+        detail = json.loads(answer)["detail"]
+        assert message in detail and len(detail) < 400 and "7" * 60 not in detail, (query[:40], detail)
