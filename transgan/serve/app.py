@@ -35,6 +35,7 @@ from transgan.eval.export import LoadedGenerator
 from transgan.eval.generate import describe, image_grid, png_bytes, resolve_class, sample, short_repr
 from transgan.eval.sampling import truncation_kind
 from transgan.registry import ConfigError
+from transgan.serve.guard import MAX_BODY_BYTES, MAX_QUERY_BYTES, BodyTooLarge, SizeLimits
 from transgan.serve.page import SCRIPT, STYLE, render_page
 
 MAX_SEED = 2**31 - 1  # seeds seed..seed+count-1 stay below 2^32 (torch.Generator.manual_seed takes any)
@@ -50,6 +51,8 @@ class ServeLimits:
     max_cols: int = 16
     psi_range: tuple[float, float] = (0.0, 1.0)
     z_threshold_range: tuple[float, float] = (0.1, 3.0)
+    max_body_bytes: int = MAX_BODY_BYTES
+    max_query_bytes: int = MAX_QUERY_BYTES
 
 
 class InvalidRequest(ValueError):
@@ -185,6 +188,10 @@ def create_app(loaded: LoadedGenerator, limits: ServeLimits = ServeLimits(), tit
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(status_code=422, content={"detail": _message(exc.errors())})
 
+    @app.exception_handler(BodyTooLarge)
+    async def body_too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
+        return JSONResponse(status_code=413, content={"detail": str(exc)}, headers={"Connection": "close"})
+
     @app.exception_handler(InvalidRequest)
     async def invalid_request(request: Request, exc: InvalidRequest) -> JSONResponse:
         return JSONResponse(status_code=422, content={"detail": str(exc)})
@@ -235,4 +242,5 @@ def create_app(loaded: LoadedGenerator, limits: ServeLimits = ServeLimits(), tit
         grid.save(buffer, format="PNG")
         return Response(buffer.getvalue(), media_type="image/png")
 
+    app.add_middleware(SizeLimits, max_body=limits.max_body_bytes, max_query=limits.max_query_bytes)
     return app
