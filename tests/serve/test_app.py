@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import http.client
 import io
 import json
 import threading
@@ -174,3 +175,81 @@ def test_load_test_counts_requests_latencies_and_refuses_other_hosts(digits_serv
             run_load_test(url, requests=1)
     with pytest.raises(ConfigError, match="requests"):
         run_load_test(digits_server.url, requests=10**6)
+
+
+def post_raw(url: str, data: bytes, headers: dict | None = None) -> tuple[int, bytes, dict]:
+    """POST raw bytes (JSON content type unless told otherwise); (status, body, headers) also for 4xx."""
+    request = urllib.request.Request(url, data=data, method="POST",
+                                     headers=headers if headers is not None else {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read(), dict(response.headers)
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), dict(e.headers)
+
+
+HOSTILE_JSON = [
+    ('{"class": "\u00b2"}', "unknown class"),  # superscript two: isdigit() but not int()
+    ('{"class": "\u2460"}', "unknown class"),  # circled one
+    ('{"class": "' + "7" * 5000 + '"}', "unknown class"),
+    ('{"class": ' + "7" * 5000 + "}", "number out of range"),
+    ('{"class": 1, "count": ' + "9" * 5000 + "}", "number out of range"),
+    ('{"class_": 1}', "class_: Extra inputs are not permitted"),
+    ('{"class": 1, "seed": "5"}', "seed"),
+    ('{"class": 1, "count": "2"}', "count"),
+    ('{"class": 1, "truncation": true}', "truncation"),
+    ('{"class": 1, "truncation": "1.5"}', "truncation"),
+    ("[" * 5000 + "]" * 5000, "not valid JSON"),
+    ("class=1&seed=2", "not valid JSON"),
+    ("", "not valid JSON"),
+    ('{"class": 1, "x": ' + "[" * 3000 + "]" * 3000 + "}", "not valid JSON"),
+]
+
+
+@pytest.mark.parametrize("body,message", HOSTILE_JSON, ids=[b[:30] for b, _ in HOSTILE_JSON])
+def test_hostile_json_gets_a_short_422_that_does_not_echo_the_input(digits_server, body, message):
+    status, answer, _ = post_raw(digits_server.url + "api/generate", body.encode())
+    assert status == 422, answer[:300]
+    detail = json.loads(answer)["detail"]
+    assert message in detail and len(detail) < 400 and "7" * 60 not in detail and "9" * 60 not in detail
+
+
+def test_hostile_query_parameters_get_422(digits_server):
+    for query, message in [("class=%C2%B2", "unknown class"), ("class=%E2%91%A0", "unknown class"),
+                           ("class=" + "7" * 2000, "unknown class"), ("class=1&seed=1&seed=2", "repeated: seed"),
+                           ("class=1&class=2", "repeated: class"), ("class=1&count=" + "9" * 2000, "count")]:
+        status, answer, _ = call(digits_server.url + "api/generate.png?" + query)
+        assert status == 422, (query[:40], answer[:300])
+        detail = json.loads(answer)["detail"]
+        assert message in detail and len(detail) < 400 and "7" * 60 not in detail, (query[:40], detail)
+
+
+def send_body_start(server, headers: dict, data: bytes) -> tuple[int, bytes]:
+    """Send a POST's headers and the first bytes of its body, then read the answer without sending the rest."""
+    connection = http.client.HTTPConnection(server.host, server.port, timeout=30)
+    connection.putrequest("POST", "/api/generate")
+    for key, value in {"Content-Type": "application/json", **headers}.items():
+        connection.putheader(key, value)
+    connection.endheaders()
+    connection.send(data)
+    response = connection.getresponse()
+    try:
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def test_oversized_bodies_and_queries_are_refused_before_parsing(digits_server):
+    # Refused by its Content-Length alone: the server answers before any of the 10 MB is sent.
+    status, answer = send_body_start(digits_server, {"Content-Length": str(10**7)}, b"")
+    assert status == 413 and b"too large" in answer
+    # Streamed without a Content-Length (chunked): refused once the bytes received pass the limit.
+    chunk = b"a" * 8192
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(LIMITS.max_body_bytes // 8192 + 1))
+    status, answer = send_body_start(digits_server, {"Transfer-Encoding": "chunked"}, chunks)
+    assert status == 413 and b"too large" in answer and b"aaaa" not in answer
+    status, answer, _ = call(digits_server.url + "api/generate.png?class=1&x=" + "a" * 4000)
+    assert status == 414 and b"aaaa" not in answer
+    # Just under the limits still works.
+    assert post_raw(digits_server.url + "api/generate", b'{"class": 1}' + b" " * 60000)[0] == 200
+    assert call(digits_server.url + "api/generate.png?class=1&size=16&" + "seed=0&" * 1)[0] == 200

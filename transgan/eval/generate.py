@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -51,11 +52,17 @@ def parse_seeds(spec: str) -> list[int]:
     return seeds
 
 
+def short_repr(value: Any, limit: int = 40) -> str:
+    """``repr(value)`` cut to ``limit`` characters, so an error message never echoes a huge input."""
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**limit else f"<{value.bit_length()}-bit int>"
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
 def resolve_class(value: Any, info: GeneratorInfo) -> Optional[int]:
     """A class given by index or by name -> its index (None for an unconditional generator)."""
     if not info.num_classes:
         if value is not None:
-            raise ConfigError(f"the generator is unconditional; it takes no class (got {value!r})")
+            raise ConfigError(f"the generator is unconditional; it takes no class (got {short_repr(value)})")
         return None
     if value is None:
         raise ConfigError(f"choose a class: an index in 0..{info.num_classes - 1} or a name "
@@ -63,11 +70,13 @@ def resolve_class(value: Any, info: GeneratorInfo) -> Optional[int]:
     if isinstance(value, str):
         if value in info.class_names:  # names first: a digits class is named "7"
             return info.class_names.index(value)
-        if not value.strip().lstrip("-").isdigit():
-            raise ConfigError(f"unknown class {value!r}; classes: {', '.join(info.class_names)}")
+        # ASCII digits only ("²" and "①" pass str.isdigit() but not int()), and few of them: int() refuses
+        # over 4,300 digits, and no class index needs more than 18.
+        if not re.fullmatch(r"-?[0-9]{1,18}", value.strip()):
+            raise ConfigError(f"unknown class {short_repr(value)}; classes: {', '.join(info.class_names)[:200]}")
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < info.num_classes:
-        raise ConfigError(f"unknown class {value!r}; the generator has {info.num_classes} classes "
+        raise ConfigError(f"unknown class {short_repr(value)}; the generator has {info.num_classes} classes "
                           f"(0..{info.num_classes - 1})")
     return value
 

@@ -22,18 +22,20 @@ import math
 import threading
 import time
 from dataclasses import dataclass
-from typing import Annotated, Any, Optional, Union
+from typing import Annotated, Any, Optional, Sequence, Union
 
 import torch
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from transgan.eval.export import LoadedGenerator
-from transgan.eval.generate import describe, image_grid, png_bytes, resolve_class, sample
+from transgan.eval.generate import describe, image_grid, png_bytes, resolve_class, sample, short_repr
 from transgan.eval.sampling import truncation_kind
 from transgan.registry import ConfigError
+from transgan.serve.guard import MAX_BODY_BYTES, MAX_QUERY_BYTES, BodyTooLarge, SizeLimits
 from transgan.serve.page import SCRIPT, STYLE, render_page
 
 MAX_SEED = 2**31 - 1  # seeds seed..seed+count-1 stay below 2^32 (torch.Generator.manual_seed takes any)
@@ -49,6 +51,8 @@ class ServeLimits:
     max_cols: int = 16
     psi_range: tuple[float, float] = (0.0, 1.0)
     z_threshold_range: tuple[float, float] = (0.1, 3.0)
+    max_body_bytes: int = MAX_BODY_BYTES
+    max_query_bytes: int = MAX_QUERY_BYTES
 
 
 class InvalidRequest(ValueError):
@@ -69,7 +73,8 @@ ClassValue = Annotated[Union[int, str], BeforeValidator(_not_bool_or_float)]
 class GenerateRequest(BaseModel):
     """One generation request; unknown fields are refused."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # No populate_by_name: the field is spelled "class" only ("class_" is an unknown field).
+    model_config = ConfigDict(extra="forbid")
 
     class_: Optional[ClassValue] = Field(None, alias="class", description="class index or name")
     seed: Integer = Field(0, ge=0, le=MAX_SEED, description="image i uses seed + i")
@@ -113,16 +118,16 @@ class GenerationService:
         """Bounds that depend on this model and these limits; returns the class index."""
         L = self.limits
         if r.count > L.max_count:
-            raise InvalidRequest(f"count must be at most {L.max_count}, got {r.count}")
+            raise InvalidRequest(f"count must be at most {L.max_count}, got {short_repr(r.count)}")
         if r.size is not None and not L.min_size <= r.size <= L.max_size:
-            raise InvalidRequest(f"size must be in {L.min_size}..{L.max_size} pixels, got {r.size}")
+            raise InvalidRequest(f"size must be in {L.min_size}..{L.max_size} pixels, got {short_repr(r.size)}")
         if r.cols is not None and not 1 <= r.cols <= L.max_cols:
-            raise InvalidRequest(f"cols must be in 1..{L.max_cols}, got {r.cols}")
+            raise InvalidRequest(f"cols must be in 1..{L.max_cols}, got {short_repr(r.cols)}")
         if r.truncation is not None:
             lo, hi = L.psi_range if self.kind == "psi" else L.z_threshold_range
             what = "truncation psi" if self.kind == "psi" else "truncation |z| threshold"
             if not lo <= r.truncation <= hi:
-                raise InvalidRequest(f"{what} must be in [{lo}, {hi}] for this model, got {r.truncation}")
+                raise InvalidRequest(f"{what} must be in [{lo}, {hi}] for this model, got {short_repr(r.truncation)}")
         try:
             return resolve_class(r.class_, self.info)
         except ConfigError as e:
@@ -138,13 +143,32 @@ class GenerationService:
         return images, c, seeds
 
 
-def _message(exc: RequestValidationError) -> str:
-    """FastAPI's list of validation errors as one line: "seed: Input should be ..."."""
+MAX_ERRORS_SHOWN = 3  # a body with thousands of bad keys gets a short answer, not one line per key
+
+
+def _message(errors: Sequence[Any]) -> str:
+    """Validation errors as one short line: "seed: Input should be ..." (never the input itself)."""
     parts = []
-    for err in exc.errors():
-        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query")]
-        parts.append(f"{'.'.join(loc) or 'request'}: {err.get('msg', 'invalid')}")
+    for err in errors[:MAX_ERRORS_SHOWN]:
+        loc = [str(p)[:40] for p in err.get("loc", ()) if p not in ("body", "query")]
+        parts.append(f"{'.'.join(loc) or 'request'}: {str(err.get('msg', 'invalid'))[:200]}")
+    if len(errors) > MAX_ERRORS_SHOWN:
+        parts.append(f"and {len(errors) - MAX_ERRORS_SHOWN} more errors")
     return "; ".join(parts) or "invalid request"
+
+
+def parse_json_request(body: bytes) -> GenerateRequest:
+    """The POST body -> a request, strictly: JSON types only (no "5" for 5, no true for 1.0), no field twice."""
+    try:
+        return GenerateRequest.model_validate_json(body, strict=True)
+    except ValidationError as e:
+        errors = e.errors(include_input=False)
+        if errors and errors[0].get("type") == "json_invalid":
+            # pydantic's JSON parser: bad syntax, nesting past its recursion limit, numbers past its range
+            raise InvalidRequest("the body must be a JSON object like {\"class\": 3, \"seed\": 0}; "
+                                 f"it is not valid JSON ({str(errors[0].get('ctx', {}).get('error', ''))[:80]})"
+                                 ) from None
+        raise InvalidRequest(_message(errors)) from None
 
 
 def create_app(loaded: LoadedGenerator, limits: ServeLimits = ServeLimits(), title: Optional[str] = None) -> FastAPI:
@@ -162,7 +186,11 @@ def create_app(loaded: LoadedGenerator, limits: ServeLimits = ServeLimits(), tit
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse(status_code=422, content={"detail": _message(exc)})
+        return JSONResponse(status_code=422, content={"detail": _message(exc.errors())})
+
+    @app.exception_handler(BodyTooLarge)
+    async def body_too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
+        return JSONResponse(status_code=413, content={"detail": str(exc)}, headers={"Connection": "close"})
 
     @app.exception_handler(InvalidRequest)
     async def invalid_request(request: Request, exc: InvalidRequest) -> JSONResponse:
@@ -184,9 +212,15 @@ def create_app(loaded: LoadedGenerator, limits: ServeLimits = ServeLimits(), tit
     def model_info() -> dict[str, Any]:
         return info
 
-    # Plain `def` endpoints run in FastAPI's thread pool; the service's lock serializes the model.
-    @app.post("/api/generate")
-    def generate_json(request: GenerateRequest) -> dict[str, Any]:
+    # The body is parsed here, not by FastAPI, to be strict and to answer every parse failure with 422.
+    @app.post("/api/generate", openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+        "schema": GenerateRequest.model_json_schema(by_alias=True)}}}})
+    async def generate_json(http: Request) -> dict[str, Any]:
+        request = parse_json_request(await http.body())
+        # The model runs in the thread pool, off the event loop; the service's lock serializes it.
+        return await run_in_threadpool(_generate_json, request)
+
+    def _generate_json(request: GenerateRequest) -> dict[str, Any]:
         start = time.perf_counter()
         images, c, seeds = service.generate(request)
         items = [{"seed": s, "class": c, "class_name": loaded.info.class_names[c] if c is not None else None,
@@ -196,7 +230,11 @@ def create_app(loaded: LoadedGenerator, limits: ServeLimits = ServeLimits(), tit
                 "elapsed_ms": (time.perf_counter() - start) * 1000}
 
     @app.get("/api/generate.png")
-    def generate_png(request: Annotated[GenerateRequest, Query()]) -> Response:
+    def generate_png(request: Annotated[GenerateRequest, Query()], http: Request) -> Response:
+        repeated = sorted({k for k, _ in http.query_params.multi_items()
+                           if len(http.query_params.getlist(k)) > 1})
+        if repeated:
+            raise InvalidRequest(f"give each query parameter once; repeated: {', '.join(k[:40] for k in repeated[:5])}")
         images, _, _ = service.generate(request)
         cols = request.cols or math.ceil(math.sqrt(len(images)))
         grid = image_grid(images, cols=cols, size=request.size)
@@ -204,4 +242,5 @@ def create_app(loaded: LoadedGenerator, limits: ServeLimits = ServeLimits(), tit
         grid.save(buffer, format="PNG")
         return Response(buffer.getvalue(), media_type="image/png")
 
+    app.add_middleware(SizeLimits, max_body=limits.max_body_bytes, max_query=limits.max_query_bytes)
     return app
