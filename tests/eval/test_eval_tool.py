@@ -137,7 +137,11 @@ def test_celeba_layout_run_directory_end_to_end(tmp_path, repo_root, eval_tool, 
     assert "weights_sha256" in p and p["versions"]["torch_fidelity"] == torch_fidelity.__version__
 
 
-def test_flowers102_layout_conditional_run_end_to_end(tmp_path, repo_root, eval_tool, tiny_generator):
+def _no_reference_build(*args, **kwargs):
+    raise AssertionError("the reference dataset was built: the cache was not used")
+
+
+def test_flowers102_layout_conditional_run_end_to_end(tmp_path, repo_root, eval_tool, tiny_generator, monkeypatch):
     root = make_flowers102(tmp_path / "data", per_split=(6, 3, 3), num_classes=3)
     dataset = dataset_config(repo_root, "flowers102", root=str(root))
     run = write_run(tmp_path / "run", dataset, 64, num_classes=102)
@@ -151,9 +155,8 @@ def test_flowers102_layout_conditional_run_end_to_end(tmp_path, repo_root, eval_
     assert (p["dataset"], p["split"], p["reference_images"]) == ("flowers102", "all", 12)
     assert p["num_classes"] == 102 and p["labels"] == "class-balanced" and p["network"] == "G"
 
-    # The same checkpoint evaluated again reads the cached reference: the data can go.
-    for f in (root / "flowers-102" / "jpg").iterdir():
-        f.unlink()
+    # The same checkpoint evaluated again reads the cached reference: the dataset is not built.
+    monkeypatch.setattr("transgan.eval.metrics.build_reference", _no_reference_build)
     assert eval_tool.main([str(checkpoint_path(run, 4)), "eval=flowers102_64", "eval.metrics=[fid,kid]",
                            "eval.network=G", f"out={out_file}", *small(tmp_path)]) == 0
     assert json.loads(out_file.read_text())["fid"] == out["fid"]

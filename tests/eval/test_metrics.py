@@ -265,7 +265,11 @@ def test_missing_weights_fail_before_any_sample(tmp_path, cache, metrics, expect
 
 
 # ---------------------------------------------------------------------------- reference cache
-def test_cached_reference_statistics_are_reused(tmp_path, cache):
+def _no_reference_build(*args, **kwargs):
+    raise AssertionError("the reference dataset was built: the cache was not used")
+
+
+def test_cached_reference_statistics_are_reused(tmp_path, cache, monkeypatch):
     write_images(tmp_path / "real", 40, seed=4)
     G = TinyGenerator()
     kwargs = dict(extractor=EXTRACTOR, metrics=["fid", "kid"], num_samples=20, kid_subset_size=20, cache_dir=cache,
@@ -275,17 +279,35 @@ def test_cached_reference_statistics_are_reused(tmp_path, cache):
     assert files and any(EXTRACTOR in f.name for f in files)
     stamps = {f: f.stat().st_mtime_ns for f in files}
 
-    # Remove the images: the second run can only succeed by reading the cached statistics.
-    for f in (tmp_path / "real").iterdir():
-        f.unlink()
+    # The images cannot be read now: the second run can only succeed from the cached statistics.
+    monkeypatch.setattr("transgan.eval.metrics.build_reference", _no_reference_build)
     second = evaluate(G, folder_dataset(tmp_path / "real"), **kwargs)
     assert second["fid"] == first["fid"] and second["kid_mean"] == first["kid_mean"]
     assert second["protocol"]["reference_images"] == 40
     assert {f: f.stat().st_mtime_ns for f in sorted(Path(cache).iterdir())} == stamps
 
-    # Another resolution is another reference: not served from this cache (and the images are gone).
-    with pytest.raises(Exception):
+    # Another resolution is another reference: not served from this cache.
+    with pytest.raises(AssertionError, match="cache was not used"):
         evaluate(TinyGenerator(resolution=8), folder_dataset(tmp_path / "real"), **kwargs)
+
+
+def test_adding_images_to_a_reference_folder_invalidates_the_cache(tmp_path, cache):
+    write_images(tmp_path / "real", 20, seed=6)
+    kwargs = dict(extractor=EXTRACTOR, metrics=["fid"], num_samples=20, cache_dir=cache, device="cpu",
+                  reference_workers=False)
+    before = evaluate(TinyGenerator(), folder_dataset(tmp_path / "real"), **kwargs)
+    assert before["protocol"]["reference_images"] == 20
+
+    # 40 more images (other names, other colours) in the same folder.
+    rng = np.random.RandomState(7)
+    for i in range(40):
+        a = np.clip(rng.randint(0, 256, size=3) + rng.randint(-40, 40, size=(RES, RES, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(a).save(tmp_path / "real" / f"extra-{i:04d}.png")
+    after = evaluate(TinyGenerator(), folder_dataset(tmp_path / "real"), **kwargs)
+    fresh = evaluate(TinyGenerator(), folder_dataset(tmp_path / "real"), **{**kwargs, "cache_dir": str(tmp_path / "c2")})
+    assert after["protocol"]["reference_images"] == 60
+    assert after["fid"] == fresh["fid"] != before["fid"]
+    assert after["protocol"]["reference_cache"] != before["protocol"]["reference_cache"]
 
 
 # ---------------------------------------------------------------------------- FD-digits

@@ -150,15 +150,35 @@ def build_reference(dataset_cfg: Mapping[str, Any], resolution: int) -> Dataset:
     return build_dataset(OmegaConf.create(dict(dataset_cfg)), resolution=resolution)
 
 
+def folder_fingerprint(root: Path) -> Optional[str]:
+    """SHA-256 over (relative name, size, mtime) of every file under ``root`` (None if it is not a folder).
+
+    Part of the reference cache key: adding, removing or rewriting an image of a folder
+    reference must not be served the statistics of the old files.
+    """
+    if not root.is_dir():
+        return None
+    entries = []
+    for folder, dirs, names in os.walk(root):
+        dirs.sort()
+        for name in sorted(names):
+            path = Path(folder) / name
+            stat = path.stat()
+            entries.append(f"{path.relative_to(root).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}")
+    return hashlib.sha256("\n".join(entries).encode()).hexdigest()
+
+
 class _Reference:
     """The real images of the protocol, built on first need and named for torch-fidelity's cache."""
 
     def __init__(self, dataset_cfg: dict[str, Any], resolution: int, cfg: EvalConfig, cache_dir: Path) -> None:
         self.cfg, self.dataset_cfg, self.resolution, self.cache_dir = cfg, dataset_cfg, resolution, cache_dir
         image_keys = {k: v for k, v in sorted(dataset_cfg.items()) if k not in _NOT_IMAGES}
+        files = None
         if image_keys.get("root"):
             image_keys["root"] = str(Path(str(image_keys["root"])).expanduser().resolve())
-        key = json.dumps([image_keys, cfg.reference_samples, cfg.seed if cfg.reference_samples else None],
+            files = folder_fingerprint(Path(image_keys["root"]))
+        key = json.dumps([image_keys, cfg.reference_samples, cfg.seed if cfg.reference_samples else None, files],
                          sort_keys=True, default=str)
         self.name = (f"transgan-{dataset_cfg.get('name', 'data')}-{cfg.split}-{resolution}px-"
                      f"{hashlib.sha256(key.encode()).hexdigest()[:12]}")
