@@ -10,6 +10,7 @@
                         flowers102_256, cifar10_32, digits); default: digits on the digits
                         dataset, otherwise the plain defaults (Inception, 50k samples, train split)
   eval.<key>=<value>    change one protocol key, e.g. eval.num_samples=10000,
+                        eval.allow_unverified_weights=true (weights not matching the published sha256),
                         eval.inception_weights=/path/weights-inception-2015-12-05-6726825d.pth,
                         eval.vgg16_weights=..., eval.network=G, eval.intra_fid=true,
                         eval.metrics=[fid,kid], eval.cache_dir=..., eval.device=cpu

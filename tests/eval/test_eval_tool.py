@@ -219,3 +219,16 @@ def test_protocol_presets_are_valid(eval_tool, preset, dataset, split, resolutio
     assert (cfg.dataset["name"], cfg.split, cfg.resolution, cfg.extractor) == (dataset, split, resolution, extractor)
     assert cfg.num_samples == (1000 if preset == "digits" else 50000) and cfg.seed == 0
     assert sorted(cfg.metrics) == ["fid", "isc", "kid", "prc"]
+
+
+def test_impostor_inception_weights_exit_2_unless_allowed(tmp_path, repo_root, eval_tool, tiny_generator, capsys):
+    run = write_run(tmp_path / "run", {"name": "digits", "channels": 1, "conditional": True}, 16, num_classes=10)
+    impostor = tmp_path / "weights-inception-2015-12-05-6726825d.pth"
+    impostor.write_bytes(b"\0" * 64)
+    args = [str(run), "eval.extractor=inception-v3-compat", f"eval.inception_weights={impostor}",
+            f"eval.cache_dir={tmp_path / 'cache'}", "eval.metrics=[fid]"]
+    assert eval_tool.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    assert str(impostor) in err and "eval.allow_unverified_weights=true" in err
+    assert not (run / "eval.json").exists()

@@ -323,3 +323,55 @@ def test_fd_digits_runs_offline_and_separates_real_from_noise(tmp_path, cache):
     real = evaluate(held_out, digits, resolution=RES, **kwargs)["fid"]
     noise = evaluate(TinyGenerator(channels=1), digits, num_samples=200, **kwargs)["fid"]
     assert 0 <= real < noise / 10
+
+
+# ---------------------------------------------------------------------------- weights verification
+def fake_results(**kwargs):
+    """torch-fidelity's answer, without running an extractor (for tests about the protocol around it)."""
+    out = {}
+    if kwargs.get("fid"):
+        out[torch_fidelity.KEY_METRIC_FID] = 1.5
+    if kwargs.get("prc"):
+        out.update({torch_fidelity.KEY_METRIC_PRECISION: 0.5, torch_fidelity.KEY_METRIC_RECALL: 0.25,
+                    torch_fidelity.KEY_METRIC_F_SCORE: 1 / 3})
+    return out
+
+
+def test_weights_with_the_right_name_but_other_content_are_refused_unless_allowed(tmp_path, cache, monkeypatch):
+    from transgan.eval.extractors import WeightsMismatchError
+
+    write_images(tmp_path / "real", 10, seed=0)
+    impostor = tmp_path / "weights-inception-2015-12-05-6726825d.pth"
+    impostor.write_bytes(b"not the published Inception weights")
+    import hashlib
+
+    assert not hashlib.sha256(impostor.read_bytes()).hexdigest().startswith("6726825d")  # the test's premise
+    G = TinyGenerator()
+    kwargs = dict(metrics=["fid"], num_samples=10, cache_dir=cache, device="cpu", inception_weights=str(impostor))
+    with pytest.raises(WeightsMismatchError) as err:
+        evaluate(G, folder_dataset(tmp_path / "real"), **kwargs)
+    assert str(impostor) in str(err.value) and "eval.allow_unverified_weights=true" in str(err.value)
+    assert "6726825d" in str(err.value) and G.calls == 0
+
+    monkeypatch.setattr(torch_fidelity, "calculate_metrics", fake_results)
+    out = evaluate(G, folder_dataset(tmp_path / "real"), allow_unverified_weights=True, **kwargs)
+    p = out["protocol"]
+    assert p["allow_unverified_weights"] is True
+    assert p["weights"]["inception-v3-compat"]["verified"] is False
+    assert p["weights_sha256"] == hashlib.sha256(impostor.read_bytes()).hexdigest()
+
+
+def test_weights_matching_the_published_prefix_are_verified(tmp_path, monkeypatch):
+    import hashlib
+
+    from transgan.eval import extractors
+
+    content = b"stand-in weights"
+    path = tmp_path / "w.pth"
+    path.write_bytes(content)
+    digest = hashlib.sha256(content).hexdigest()
+    spec = extractors.WEIGHTS["vgg16"]
+    monkeypatch.setitem(extractors.WEIGHTS, "vgg16", extractors.WeightsFile(
+        spec.what, spec.file_name, spec.url, spec.config_key, digest[:8]))
+    assert extractors.verify_weights("vgg16", path) is True
+    assert extractors.verify_weights(EXTRACTOR, path) is None  # no published digest known: not claimed

@@ -23,11 +23,17 @@ import torch
 import torch_fidelity
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
+from transgan.registry import ConfigError
+
 FD_DIGITS = "fd-digits"
 
 
 class MissingWeightsError(FileNotFoundError):
     """A feature extractor's weights file is not on this machine."""
+
+
+class WeightsMismatchError(ConfigError):
+    """A weights file whose sha256 is not the published one."""
 
 
 @dataclass(frozen=True)
@@ -38,17 +44,18 @@ class WeightsFile:
     file_name: str  # the name torch's hub cache stores it under
     url: str
     config_key: str  # the config key that points at a local copy
+    sha256: str      # the published digest, or its prefix (the hex part of the file name)
 
 
 WEIGHTS = {
     "inception-v3-compat": WeightsFile(
         "Inception-v3 weights (FID, KID, IS)", "weights-inception-2015-12-05-6726825d.pth",
         "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth",
-        "eval.inception_weights"),
+        "eval.inception_weights", "6726825d"),
     "vgg16": WeightsFile(
         "VGG16 weights (precision/recall)", "vgg16-397923af.pth",
         "https://download.pytorch.org/models/vgg16-397923af.pth",
-        "eval.vgg16_weights"),
+        "eval.vgg16_weights", "397923af"),  # torchvision names its files by the sha256 prefix
 }
 
 
@@ -111,6 +118,27 @@ def file_sha256(path: Path) -> str:
     """SHA-256 of a file, remembered per (path, size, mtime) so a training loop hashes it once."""
     stat = os.stat(path)
     return _sha256(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+def verify_weights(extractor: str, path: Path, allow_unverified: bool = False) -> Optional[bool]:
+    """Check a weights file against its published sha256: True if it matches, None if no digest is known.
+
+    A mismatch raises :class:`WeightsMismatchError` unless ``allow_unverified``
+    (``eval.allow_unverified_weights=true``), when it returns False for the protocol to record.
+    """
+    spec = WEIGHTS.get(extractor)
+    if spec is None or not spec.sha256:
+        return None
+    digest = file_sha256(path)
+    if digest.startswith(spec.sha256):
+        return True
+    if allow_unverified:
+        return False
+    raise WeightsMismatchError(
+        f"{path} is not the published {spec.what}: its sha256 is {digest[:16]}..., the published file's begins "
+        f"{spec.sha256[:16]}. Numbers computed with it would not be comparable to anyone's {extractor} numbers. "
+        f"Replace it with {spec.file_name} from {spec.url}, or set eval.allow_unverified_weights=true to use it "
+        "anyway (eval.json then records the weights as unverified).")
 
 
 class FeatureExtractorDigits(torch_fidelity.FeatureExtractorBase):

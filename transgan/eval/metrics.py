@@ -24,7 +24,7 @@ import torch_fidelity
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
-from transgan.eval.extractors import FD_DIGITS, file_sha256, resolve_weights
+from transgan.eval.extractors import FD_DIGITS, file_sha256, resolve_weights, verify_weights
 from transgan.eval.sampling import GeneratorSource, LazyDataset, RealImages, check_truncation, dataset_labels
 from transgan.registry import ConfigError
 
@@ -72,6 +72,7 @@ class EvalConfig:
     inception_weights: Optional[str] = None
     vgg16_weights: Optional[str] = None
     download_weights: bool = False          # fetch missing weights into torch's hub cache
+    allow_unverified_weights: bool = False  # accept weights whose sha256 is not the published one (recorded)
     cache_dir: Optional[str] = None         # None = $TRANSGAN_CACHE_DIR or ~/.cache/transgan/eval
     kid_subsets: int = 100
     kid_subset_size: int = 1000             # lowered to the smaller set's size when needed
@@ -265,7 +266,11 @@ def _extractors(cfg: EvalConfig) -> dict[str, list[str]]:
 def protocol_weights(cfg: EvalConfig) -> dict[str, Optional[Path]]:
     """The local weights file of every extractor the protocol uses; fails clearly when one is missing."""
     configured = {"inception-v3-compat": cfg.inception_weights, "vgg16": cfg.vgg16_weights}
-    return {name: resolve_weights(name, configured.get(name), cfg.download_weights) for name in _extractors(cfg)}
+    paths = {name: resolve_weights(name, configured.get(name), cfg.download_weights) for name in _extractors(cfg)}
+    for name, path in paths.items():  # a file with the right name but other content is refused here
+        if path is not None:
+            verify_weights(name, path, cfg.allow_unverified_weights)
+    return paths
 
 
 def evaluate(source: Source, dataset_cfg: Mapping[str, Any], cfg: Union[EvalConfig, Mapping[str, Any], None] = None,
@@ -307,7 +312,8 @@ def evaluate(source: Source, dataset_cfg: Mapping[str, Any], cfg: Union[EvalConf
     # Weights first: a missing file must fail before any image is generated.
     plan = _extractors(cfg)
     weights = protocol_weights(cfg)
-    weights_info = {name: ({"file": str(path), "sha256": file_sha256(path)} if path else None)
+    weights_info = {name: ({"file": str(path), "sha256": file_sha256(path),
+                            "verified": verify_weights(name, path, cfg.allow_unverified_weights)} if path else None)
                     for name, path in weights.items()}
 
     device = _device(cfg, source)
@@ -383,6 +389,7 @@ def evaluate(source: Source, dataset_cfg: Mapping[str, Any], cfg: Union[EvalConf
                        for name, metrics in plan.items()},
         "weights": weights_info,
         "weights_sha256": main["sha256"] if main else None,
+        "allow_unverified_weights": cfg.allow_unverified_weights,
         "num_samples": n_generated if n_generated is not None else _count_images(source),
         "intra_fid_samples_per_class": per_class_n if cfg.intra_fid else None,
         "labels": "class-balanced" if num_classes else None,
