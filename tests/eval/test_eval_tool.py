@@ -232,3 +232,64 @@ def test_impostor_inception_weights_exit_2_unless_allowed(tmp_path, repo_root, e
     assert err.startswith("error: ") and "Traceback" not in err
     assert str(impostor) in err and "eval.allow_unverified_weights=true" in err
     assert not (run / "eval.json").exists()
+
+
+@pytest.fixture
+def empty_hub(tmp_path):
+    """torch's hub cache pointed at an empty folder: no weights, whatever this machine has."""
+    hub = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "empty-hub"))
+    yield tmp_path / "empty-hub"
+    torch.hub.set_dir(hub)
+
+
+def digits_run(tmp_path):
+    return write_run(tmp_path / "run", {"name": "digits", "channels": 1, "conditional": True}, 16, num_classes=10)
+
+
+def test_clip_extractor_is_under_the_offline_rule(tmp_path, eval_tool, tiny_generator, empty_hub, capsys,
+                                                  monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("tried to download")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
+    run = digits_run(tmp_path)
+    status = eval_tool.main([str(run), "eval.extractor=clip-vit-b-32", "eval.metrics=[fid]",
+                             f"eval.cache_dir={tmp_path / 'cache'}"])
+    err = capsys.readouterr().err
+    assert status == 2 and err.startswith("error: ") and "Traceback" not in err
+    from torch_fidelity.feature_extractor_clip import MODEL_METADATA
+
+    name = f"clip-vit-b-32-{MODEL_METADATA['clip-vit-b-32']['hash']}.pt"
+    assert str(empty_hub / "checkpoints" / name) in err
+    assert "eval.download_weights=true" in err and "eval.extractor_weights" in err
+
+
+def test_every_missing_weights_file_is_named_in_one_message(tmp_path, eval_tool, tiny_generator, empty_hub, capsys):
+    run = digits_run(tmp_path)
+    status = eval_tool.main([str(run), "eval.extractor=inception-v3-compat", "eval.metrics=[fid,prc]",
+                             f"eval.cache_dir={tmp_path / 'cache'}"])
+    err = capsys.readouterr().err
+    assert status == 2 and "Traceback" not in err
+    for name, key in [("weights-inception-2015-12-05-6726825d.pth", "eval.inception_weights"),
+                      ("vgg16-397923af.pth", "eval.vgg16_weights")]:
+        assert str(empty_hub / "checkpoints" / name) in err and key in err
+    assert "eval.download_weights=true" in err
+
+
+def test_download_asked_for_offline_is_a_clean_error(tmp_path, eval_tool, tiny_generator, empty_hub, capsys,
+                                                     monkeypatch):
+    import urllib.error
+
+    def offline(url, dst, *args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    run = digits_run(tmp_path)
+    status = eval_tool.main([str(run), "eval.extractor=inception-v3-compat", "eval.metrics=[fid]",
+                             "eval.download_weights=true", f"eval.cache_dir={tmp_path / 'cache'}"])
+    err = capsys.readouterr().err
+    assert status == 2 and err.startswith("error: ") and "Traceback" not in err
+    assert "could not fetch" in err and "weights-inception-2015-12-05-6726825d.pth" in err
+    assert "name resolution" in err and not (run / "eval.json").exists()

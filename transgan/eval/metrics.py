@@ -24,7 +24,8 @@ import torch_fidelity
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
-from transgan.eval.extractors import FD_DIGITS, file_sha256, resolve_weights, verify_weights
+from transgan.eval.extractors import (
+    FD_DIGITS, MissingWeightsError, file_sha256, resolve_weights, verify_weights, weights_path_argument)
 from transgan.eval.sampling import GeneratorSource, LazyDataset, RealImages, check_truncation, dataset_labels
 from transgan.registry import ConfigError
 
@@ -71,6 +72,7 @@ class EvalConfig:
     network: str = "G_ema"                  # which weights of a checkpoint: G_ema | G
     inception_weights: Optional[str] = None
     vgg16_weights: Optional[str] = None
+    extractor_weights: Optional[str] = None  # the weights file of another extractor (CLIP); None = hub cache
     download_weights: bool = False          # fetch missing weights into torch's hub cache
     allow_unverified_weights: bool = False  # accept weights whose sha256 is not the published one (recorded)
     cache_dir: Optional[str] = None         # None = $TRANSGAN_CACHE_DIR or ~/.cache/transgan/eval
@@ -266,7 +268,17 @@ def _extractors(cfg: EvalConfig) -> dict[str, list[str]]:
 def protocol_weights(cfg: EvalConfig) -> dict[str, Optional[Path]]:
     """The local weights file of every extractor the protocol uses; fails clearly when one is missing."""
     configured = {"inception-v3-compat": cfg.inception_weights, "vgg16": cfg.vgg16_weights}
-    paths = {name: resolve_weights(name, configured.get(name), cfg.download_weights) for name in _extractors(cfg)}
+    if cfg.extractor not in configured:
+        configured[cfg.extractor] = cfg.extractor_weights
+    paths, missing = {}, []
+    for name in _extractors(cfg):
+        try:
+            paths[name] = resolve_weights(name, configured.get(name), cfg.download_weights)
+        except MissingWeightsError as e:
+            missing.append(str(e))
+    if missing:  # every missing file in one message: one round trip to the machine that has them
+        raise MissingWeightsError("\n".join(missing) if len(missing) == 1 else
+                                  f"{len(missing)} weights files are missing:\n" + "\n".join(f"- {m}" for m in missing))
     for name, path in paths.items():  # a file with the right name but other content is refused here
         if path is not None:
             verify_weights(name, path, cfg.allow_unverified_weights)
@@ -353,7 +365,7 @@ def evaluate(source: Source, dataset_cfg: Mapping[str, Any], cfg: Union[EvalConf
         for name, metrics in plan.items():
             if not metrics:
                 continue
-            kwargs = dict(common, feature_extractor=name, feature_extractor_weights_path=_str(weights[name]),
+            kwargs = dict(common, feature_extractor=name, feature_extractor_weights_path=weights_path_argument(name, weights[name]),
                           **{m: m in metrics for m in METRICS})
             if "kid" in metrics:  # torch-fidelity refuses subsets larger than either set
                 n1 = n_generated if n_generated is not None else _count_images(source)
@@ -371,7 +383,7 @@ def evaluate(source: Source, dataset_cfg: Mapping[str, Any], cfg: Union[EvalConf
                     **first_input(fixed_class=k, n=per_class_n), input2=reference.class_images(k),
                     input2_cache_name=f"{reference.name}-class{k}{weights_key(cfg.extractor)}",
                     **dict(common, feature_extractor=cfg.extractor,
-                           feature_extractor_weights_path=_str(weights[cfg.extractor]), fid=True))
+                           feature_extractor_weights_path=weights_path_argument(cfg.extractor, weights[cfg.extractor]), fid=True))
                 fids.append(float(out[torch_fidelity.KEY_METRIC_FID]))
             results["intra_fid"] = float(np.mean(fids))
             results["intra_fid_per_class"] = fids
@@ -434,10 +446,6 @@ def _reference_resize(dataset_cfg: Mapping[str, Any], resolution: int) -> str:
     crop = dataset_cfg.get("center_crop")
     first = f"center crop {crop}x{crop}" if crop else "square center crop by the shorter side"
     return f"{first}, then resize to {resolution}x{resolution} (PIL bicubic)"
-
-
-def _str(path: Optional[Path]) -> Optional[str]:
-    return str(path) if path is not None else None
 
 
 def _count_images(source: Any) -> int:
