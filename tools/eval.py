@@ -152,7 +152,7 @@ def format_table(results: dict[str, Any]) -> str:
     p = results["protocol"]
     rows = [(k, f"{results[k]:.4f}") for k in _TABLE if k in results]
     rows += [("extractor", str(p["extractor"])),
-             ("weights sha256", (p["weights_sha256"] or "(shipped with transgan)")[:16]),
+             ("weights sha256", (p["weights_sha256"] or "(no weights file)")[:16]),
              ("samples", str(p["num_samples"])),
              ("reference", f"{p['dataset']} / {p['split']} ({p['reference_images']} images)"),
              ("resolution", f"{p['resolution']}x{p['resolution']}"),

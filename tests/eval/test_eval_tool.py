@@ -293,3 +293,29 @@ def test_download_asked_for_offline_is_a_clean_error(tmp_path, eval_tool, tiny_g
     assert status == 2 and err.startswith("error: ") and "Traceback" not in err
     assert "could not fetch" in err and "weights-inception-2015-12-05-6726825d.pth" in err
     assert "name resolution" in err and not (run / "eval.json").exists()
+
+
+def test_prc_alone_on_an_inception_preset_reports_vgg16(tmp_path, repo_root, eval_tool, tiny_generator, capsys,
+                                                        monkeypatch):
+    import hashlib
+
+    def fake_prc(**kwargs):  # VGG16 itself is not run: this test is about what is reported around it
+        assert kwargs["feature_extractor"] == "vgg16"
+        return {torch_fidelity.KEY_METRIC_PRECISION: 0.5, torch_fidelity.KEY_METRIC_RECALL: 0.25,
+                torch_fidelity.KEY_METRIC_F_SCORE: 1 / 3}
+
+    monkeypatch.setattr(torch_fidelity, "calculate_metrics", fake_prc)
+    root = make_celeba(tmp_path / "data", n=12)
+    run = write_run(tmp_path / "run", dataset_config(repo_root, "celeba", root=str(root)), 64, num_classes=0)
+    vgg = tmp_path / "vgg16-397923af.pth"
+    vgg.write_bytes(b"stand-in VGG16 weights")
+    assert eval_tool.main([str(run), "eval=celeba64", "eval.metrics=[prc]", f"eval.vgg16_weights={vgg}",
+                           "eval.allow_unverified_weights=true", f"eval.cache_dir={tmp_path / 'cache'}",
+                           "eval.device=cpu"]) == 0
+    printed = capsys.readouterr().out
+    p = json.loads((run / "eval.json").read_text())["protocol"]
+    digest = hashlib.sha256(vgg.read_bytes()).hexdigest()
+    assert p["extractor"] == "vgg16" and p["weights_sha256"] == digest
+    assert p["extractors"] == {"vgg16": ["prc"]}
+    assert "shipped" not in printed and digest[:16] in printed
+    assert [line.split()[-1] for line in printed.splitlines() if line.startswith("extractor")] == ["vgg16"]

@@ -392,11 +392,14 @@ def evaluate(source: Source, dataset_cfg: Mapping[str, Any], cfg: Union[EvalConf
             source.train(was_training).to(home)
 
     ref = reference.info()
-    main = weights_info.get(cfg.extractor)
+    # The extractor behind the numbers: eval.extractor, unless all it was asked for went elsewhere
+    # (eval.metrics=[prc] on an Inception protocol is VGG16 alone).
+    main_extractor = cfg.extractor if plan.get(cfg.extractor) or cfg.intra_fid else next(iter(plan))
+    main = weights_info.get(main_extractor)
     results["protocol"] = {
         "source": "generator" if is_generator else str(source) if isinstance(source, Path) else "dataset",
         "network": cfg.network if is_generator else None,
-        "extractor": cfg.extractor,
+        "extractor": main_extractor,
         "extractors": {name: metrics + (["intra_fid"] if cfg.intra_fid and name == cfg.extractor else [])
                        for name, metrics in plan.items()},
         "weights": weights_info,
