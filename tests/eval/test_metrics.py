@@ -375,3 +375,69 @@ def test_weights_matching_the_published_prefix_are_verified(tmp_path, monkeypatc
         spec.what, spec.file_name, spec.url, spec.config_key, digest[:8]))
     assert extractors.verify_weights("vgg16", path) is True
     assert extractors.verify_weights(EXTRACTOR, path) is None  # no published digest known: not claimed
+
+
+# ---------------------------------------------------------------------------- protocol fields
+class LatentRecorder(TinyGenerator):
+    """TinyGenerator that remembers every latent it was given."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.latents: list[torch.Tensor] = []
+
+    def forward(self, z, c=None):
+        self.latents.append(z.cpu())
+        return super().forward(z, c)
+
+
+def test_intra_fid_draws_distinct_recorded_latents_per_class(tmp_path, cache):
+    write_images(tmp_path / "real", 30, seed=8, classes=3)
+    G = LatentRecorder(num_classes=3)
+    out = evaluate(G, {**folder_dataset(tmp_path / "real"), "conditional": True}, extractor=EXTRACTOR,
+                   metrics=["fid"], num_samples=12, intra_fid=True, intra_fid_samples_per_class=6, seed=4,
+                   cache_dir=cache, device="cpu", reference_workers=False)
+    z = torch.cat(G.latents)
+    main, per_class = z[:12], z[12:].view(3, 6, -1)
+    # Each class's latents are torch-fidelity's noise for the recorded seed (its own RandomState stream).
+    seeds = out["protocol"]["intra_fid_seeds"]
+    assert len(set(seeds)) == 3 and 4 not in seeds
+    for k, seed in enumerate(seeds):
+        expected = torch.from_numpy(np.random.RandomState(seed).randn(6, G.z_dim)).float()
+        assert torch.equal(per_class[k], expected)
+    assert not torch.equal(per_class[0], per_class[1]) and not torch.equal(per_class[0], main[:6])
+
+
+def test_protocol_records_split_device_dtype_layers_and_versions(tmp_path, cache):
+    import PIL
+    import torchvision
+    from omegaconf import OmegaConf
+
+    from transgan.data import build_dataset
+
+    digits = {"name": "digits", "channels": 1}
+    held_out = build_dataset(OmegaConf.create({**digits, "split": "test"}), resolution=RES)
+    out = evaluate(held_out, digits, resolution=RES, extractor=EXTRACTOR, metrics=["fid", "kid"],
+                   reference_samples=50, kid_subset_size=20, cache_dir=cache, device="cpu", reference_workers=False)
+    p = out["protocol"]
+    assert (p["source"], p["source_split"], p["split"]) == ("dataset", "test", "train")
+    assert p["device"] == "cpu" and p["dtype"] == "float32"
+    assert p["feature_layers"] == {EXTRACTOR: {"fid": "pool", "kid": "pool"}}
+    assert p["versions"]["torchvision"] == torchvision.__version__ and p["versions"]["PIL"] == PIL.__version__
+
+
+def test_loader_workers_are_capped_by_the_cores(tmp_path, cache, monkeypatch):
+    import warnings
+
+    from omegaconf import OmegaConf
+
+    from transgan.data import build_dataset
+
+    monkeypatch.setattr("transgan.eval.metrics.available_cores", lambda: 2, raising=False)  # a 2-core machine
+    digits = {"name": "digits", "channels": 1}
+    held_out = build_dataset(OmegaConf.create({**digits, "split": "test"}), resolution=RES)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = evaluate(held_out, digits, resolution=RES, extractor=EXTRACTOR, metrics=["fid"],
+                       reference_samples=40, cache_dir=cache, device="cpu", reference_workers=True)
+    assert not [str(w.message) for w in caught if "worker" in str(w.message)]
+    assert out["protocol"]["loader_workers"] == 0

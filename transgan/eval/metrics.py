@@ -341,10 +341,16 @@ def evaluate(source: Source, dataset_cfg: Mapping[str, Any], cfg: Union[EvalConf
         source = RealImages(source)
         n_generated = len(source)
 
+    # torch-fidelity starts min(4, 2 x cores) loader workers; torch warns (and the machine thrashes) when
+    # that exceeds the cores this process may use, so workers run only where 4 fit.
+    loader_workers = 4 if cfg.reference_workers and available_cores() >= 4 else 0
     common = dict(cuda=device.type == "cuda", batch_size=cfg.batch_size, rng_seed=cfg.seed, verbose=cfg.verbose,
-                  cache_root=str(cache_dir), cache=True, save_cpu_ram=not cfg.reference_workers,
+                  cache_root=str(cache_dir), cache=True, save_cpu_ram=loader_workers == 0,
                   samples_find_deep=True, samples_resize_and_crop=int(resolution), samples_shuffle=True,
                   isc_splits=cfg.isc_splits, prc_neighborhood=cfg.prc_neighborhood, kid_subsets=cfg.kid_subsets)
+
+    def class_seed(k: int) -> int:
+        return cfg.seed + 1 + k  # intra-FID: each class its own latents, none shared with the main set
 
     def first_input(fixed_class: Optional[int] = None, n: Optional[int] = None) -> dict[str, Any]:
         if is_generator:
@@ -382,7 +388,7 @@ def evaluate(source: Source, dataset_cfg: Mapping[str, Any], cfg: Union[EvalConf
                 out = torch_fidelity.calculate_metrics(
                     **first_input(fixed_class=k, n=per_class_n), input2=reference.class_images(k),
                     input2_cache_name=f"{reference.name}-class{k}{weights_key(cfg.extractor)}",
-                    **dict(common, feature_extractor=cfg.extractor,
+                    **dict(common, rng_seed=class_seed(k), feature_extractor=cfg.extractor,
                            feature_extractor_weights_path=weights_path_argument(cfg.extractor, weights[cfg.extractor]), fid=True))
                 fids.append(float(out[torch_fidelity.KEY_METRIC_FID]))
             results["intra_fid"] = float(np.mean(fids))
@@ -398,6 +404,7 @@ def evaluate(source: Source, dataset_cfg: Mapping[str, Any], cfg: Union[EvalConf
     main = weights_info.get(main_extractor)
     results["protocol"] = {
         "source": "generator" if is_generator else str(source) if isinstance(source, Path) else "dataset",
+        "source_split": getattr(source.dataset, "split", None) if isinstance(source, RealImages) else None,
         "network": cfg.network if is_generator else None,
         "extractor": main_extractor,
         "extractors": {name: metrics + (["intra_fid"] if cfg.intra_fid and name == cfg.extractor else [])
@@ -407,6 +414,7 @@ def evaluate(source: Source, dataset_cfg: Mapping[str, Any], cfg: Union[EvalConf
         "allow_unverified_weights": cfg.allow_unverified_weights,
         "num_samples": n_generated if n_generated is not None else _count_images(source),
         "intra_fid_samples_per_class": per_class_n if cfg.intra_fid else None,
+        "intra_fid_seeds": [class_seed(k) for k in range(num_classes)] if cfg.intra_fid else None,
         "labels": "class-balanced" if num_classes else None,
         "num_classes": num_classes,
         "dataset": ref["dataset"].get("name"),
@@ -419,6 +427,11 @@ def evaluate(source: Source, dataset_cfg: Mapping[str, Any], cfg: Union[EvalConf
                    "folder": (f"{resolution}x{resolution} by torch-fidelity (Resize + CenterCrop)"
                               if isinstance(source, Path) else None),
                    "extractor": {name: _EXTRACTOR_RESIZE.get(name, "the extractor's own") for name in plan}},
+        "feature_layers": {name: {m: _feature_layer(name, m) for m in metrics + (["fid"] if not metrics else [])}
+                           for name, metrics in plan.items()},
+        "device": str(device),
+        "dtype": "float32",  # torch-fidelity's extractors compute in float32 (their internal dtype default)
+        "loader_workers": loader_workers,
         "seed": cfg.seed,
         "truncation_psi": cfg.truncation_psi if is_generator else None,
         "batch_size": cfg.batch_size,
@@ -427,7 +440,7 @@ def evaluate(source: Source, dataset_cfg: Mapping[str, Any], cfg: Union[EvalConf
         "isc_splits": cfg.isc_splits if "isc" in cfg.metrics else None,
         "prc_neighborhood": cfg.prc_neighborhood if "prc" in cfg.metrics else None,
         "versions": {"torch_fidelity": torch_fidelity.__version__, "torch": torch.__version__,
-                     "numpy": np.__version__},
+                     "torchvision": _version("torchvision"), "PIL": _version("PIL"), "numpy": np.__version__},
     }
     order = [*_KEYS.values(), "intra_fid", "intra_fid_per_class", "protocol"]
     return {k: results[k] for k in order if k in results}
@@ -449,6 +462,29 @@ def _reference_resize(dataset_cfg: Mapping[str, Any], resolution: int) -> str:
     crop = dataset_cfg.get("center_crop")
     first = f"center crop {crop}x{crop}" if crop else "square center crop by the shorter side"
     return f"{first}, then resize to {resolution}x{resolution} (PIL bicubic)"
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def _feature_layer(extractor: str, metric: str) -> str:
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+    return str(FEATURE_EXTRACTORS_REGISTRY[extractor].get_default_feature_layer_for_metric(metric))
+
+
+def _version(module: str) -> Optional[str]:
+    import importlib
+
+    try:
+        return str(importlib.import_module(module).__version__)
+    except (ImportError, AttributeError):
+        return None
 
 
 def _count_images(source: Any) -> int:
