@@ -10,6 +10,7 @@
                         flowers102_256, cifar10_32, digits); default: digits on the digits
                         dataset, otherwise the plain defaults (Inception, 50k samples, train split)
   eval.<key>=<value>    change one protocol key, e.g. eval.num_samples=10000,
+                        eval.allow_unverified_weights=true (weights not matching the published sha256),
                         eval.inception_weights=/path/weights-inception-2015-12-05-6726825d.pth,
                         eval.vgg16_weights=..., eval.network=G, eval.intra_fid=true,
                         eval.metrics=[fid,kid], eval.cache_dir=..., eval.device=cpu
@@ -151,7 +152,7 @@ def format_table(results: dict[str, Any]) -> str:
     p = results["protocol"]
     rows = [(k, f"{results[k]:.4f}") for k in _TABLE if k in results]
     rows += [("extractor", str(p["extractor"])),
-             ("weights sha256", (p["weights_sha256"] or "(shipped with transgan)")[:16]),
+             ("weights sha256", (p["weights_sha256"] or "(no weights file)")[:16]),
              ("samples", str(p["num_samples"])),
              ("reference", f"{p['dataset']} / {p['split']} ({p['reference_images']} images)"),
              ("resolution", f"{p['resolution']}x{p['resolution']}"),

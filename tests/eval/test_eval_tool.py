@@ -137,7 +137,11 @@ def test_celeba_layout_run_directory_end_to_end(tmp_path, repo_root, eval_tool, 
     assert "weights_sha256" in p and p["versions"]["torch_fidelity"] == torch_fidelity.__version__
 
 
-def test_flowers102_layout_conditional_run_end_to_end(tmp_path, repo_root, eval_tool, tiny_generator):
+def _no_reference_build(*args, **kwargs):
+    raise AssertionError("the reference dataset was built: the cache was not used")
+
+
+def test_flowers102_layout_conditional_run_end_to_end(tmp_path, repo_root, eval_tool, tiny_generator, monkeypatch):
     root = make_flowers102(tmp_path / "data", per_split=(6, 3, 3), num_classes=3)
     dataset = dataset_config(repo_root, "flowers102", root=str(root))
     run = write_run(tmp_path / "run", dataset, 64, num_classes=102)
@@ -151,9 +155,8 @@ def test_flowers102_layout_conditional_run_end_to_end(tmp_path, repo_root, eval_
     assert (p["dataset"], p["split"], p["reference_images"]) == ("flowers102", "all", 12)
     assert p["num_classes"] == 102 and p["labels"] == "class-balanced" and p["network"] == "G"
 
-    # The same checkpoint evaluated again reads the cached reference: the data can go.
-    for f in (root / "flowers-102" / "jpg").iterdir():
-        f.unlink()
+    # The same checkpoint evaluated again reads the cached reference: the dataset is not built.
+    monkeypatch.setattr("transgan.eval.metrics.build_reference", _no_reference_build)
     assert eval_tool.main([str(checkpoint_path(run, 4)), "eval=flowers102_64", "eval.metrics=[fid,kid]",
                            "eval.network=G", f"out={out_file}", *small(tmp_path)]) == 0
     assert json.loads(out_file.read_text())["fid"] == out["fid"]
@@ -216,3 +219,103 @@ def test_protocol_presets_are_valid(eval_tool, preset, dataset, split, resolutio
     assert (cfg.dataset["name"], cfg.split, cfg.resolution, cfg.extractor) == (dataset, split, resolution, extractor)
     assert cfg.num_samples == (1000 if preset == "digits" else 50000) and cfg.seed == 0
     assert sorted(cfg.metrics) == ["fid", "isc", "kid", "prc"]
+
+
+def test_impostor_inception_weights_exit_2_unless_allowed(tmp_path, repo_root, eval_tool, tiny_generator, capsys):
+    run = write_run(tmp_path / "run", {"name": "digits", "channels": 1, "conditional": True}, 16, num_classes=10)
+    impostor = tmp_path / "weights-inception-2015-12-05-6726825d.pth"
+    impostor.write_bytes(b"\0" * 64)
+    args = [str(run), "eval.extractor=inception-v3-compat", f"eval.inception_weights={impostor}",
+            f"eval.cache_dir={tmp_path / 'cache'}", "eval.metrics=[fid]"]
+    assert eval_tool.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    assert str(impostor) in err and "eval.allow_unverified_weights=true" in err
+    assert not (run / "eval.json").exists()
+
+
+@pytest.fixture
+def empty_hub(tmp_path):
+    """torch's hub cache pointed at an empty folder: no weights, whatever this machine has."""
+    hub = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "empty-hub"))
+    yield tmp_path / "empty-hub"
+    torch.hub.set_dir(hub)
+
+
+def digits_run(tmp_path):
+    return write_run(tmp_path / "run", {"name": "digits", "channels": 1, "conditional": True}, 16, num_classes=10)
+
+
+def test_clip_extractor_is_under_the_offline_rule(tmp_path, eval_tool, tiny_generator, empty_hub, capsys,
+                                                  monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("tried to download")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
+    run = digits_run(tmp_path)
+    status = eval_tool.main([str(run), "eval.extractor=clip-vit-b-32", "eval.metrics=[fid]",
+                             f"eval.cache_dir={tmp_path / 'cache'}"])
+    err = capsys.readouterr().err
+    assert status == 2 and err.startswith("error: ") and "Traceback" not in err
+    from torch_fidelity.feature_extractor_clip import MODEL_METADATA
+
+    name = f"clip-vit-b-32-{MODEL_METADATA['clip-vit-b-32']['hash']}.pt"
+    assert str(empty_hub / "checkpoints" / name) in err
+    assert "eval.download_weights=true" in err and "eval.extractor_weights" in err
+
+
+def test_every_missing_weights_file_is_named_in_one_message(tmp_path, eval_tool, tiny_generator, empty_hub, capsys):
+    run = digits_run(tmp_path)
+    status = eval_tool.main([str(run), "eval.extractor=inception-v3-compat", "eval.metrics=[fid,prc]",
+                             f"eval.cache_dir={tmp_path / 'cache'}"])
+    err = capsys.readouterr().err
+    assert status == 2 and "Traceback" not in err
+    for name, key in [("weights-inception-2015-12-05-6726825d.pth", "eval.inception_weights"),
+                      ("vgg16-397923af.pth", "eval.vgg16_weights")]:
+        assert str(empty_hub / "checkpoints" / name) in err and key in err
+    assert "eval.download_weights=true" in err
+
+
+def test_download_asked_for_offline_is_a_clean_error(tmp_path, eval_tool, tiny_generator, empty_hub, capsys,
+                                                     monkeypatch):
+    import urllib.error
+
+    def offline(url, dst, *args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    run = digits_run(tmp_path)
+    status = eval_tool.main([str(run), "eval.extractor=inception-v3-compat", "eval.metrics=[fid]",
+                             "eval.download_weights=true", f"eval.cache_dir={tmp_path / 'cache'}"])
+    err = capsys.readouterr().err
+    assert status == 2 and err.startswith("error: ") and "Traceback" not in err
+    assert "could not fetch" in err and "weights-inception-2015-12-05-6726825d.pth" in err
+    assert "name resolution" in err and not (run / "eval.json").exists()
+
+
+def test_prc_alone_on_an_inception_preset_reports_vgg16(tmp_path, repo_root, eval_tool, tiny_generator, capsys,
+                                                        monkeypatch):
+    import hashlib
+
+    def fake_prc(**kwargs):  # VGG16 itself is not run: this test is about what is reported around it
+        assert kwargs["feature_extractor"] == "vgg16"
+        return {torch_fidelity.KEY_METRIC_PRECISION: 0.5, torch_fidelity.KEY_METRIC_RECALL: 0.25,
+                torch_fidelity.KEY_METRIC_F_SCORE: 1 / 3}
+
+    monkeypatch.setattr(torch_fidelity, "calculate_metrics", fake_prc)
+    root = make_celeba(tmp_path / "data", n=12)
+    run = write_run(tmp_path / "run", dataset_config(repo_root, "celeba", root=str(root)), 64, num_classes=0)
+    vgg = tmp_path / "vgg16-397923af.pth"
+    vgg.write_bytes(b"stand-in VGG16 weights")
+    assert eval_tool.main([str(run), "eval=celeba64", "eval.metrics=[prc]", f"eval.vgg16_weights={vgg}",
+                           "eval.allow_unverified_weights=true", f"eval.cache_dir={tmp_path / 'cache'}",
+                           "eval.device=cpu"]) == 0
+    printed = capsys.readouterr().out
+    p = json.loads((run / "eval.json").read_text())["protocol"]
+    digest = hashlib.sha256(vgg.read_bytes()).hexdigest()
+    assert p["extractor"] == "vgg16" and p["weights_sha256"] == digest
+    assert p["extractors"] == {"vgg16": ["prc"]}
+    assert "shipped" not in printed and digest[:16] in printed
+    assert [line.split()[-1] for line in printed.splitlines() if line.startswith("extractor")] == ["vgg16"]

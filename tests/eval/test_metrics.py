@@ -265,7 +265,11 @@ def test_missing_weights_fail_before_any_sample(tmp_path, cache, metrics, expect
 
 
 # ---------------------------------------------------------------------------- reference cache
-def test_cached_reference_statistics_are_reused(tmp_path, cache):
+def _no_reference_build(*args, **kwargs):
+    raise AssertionError("the reference dataset was built: the cache was not used")
+
+
+def test_cached_reference_statistics_are_reused(tmp_path, cache, monkeypatch):
     write_images(tmp_path / "real", 40, seed=4)
     G = TinyGenerator()
     kwargs = dict(extractor=EXTRACTOR, metrics=["fid", "kid"], num_samples=20, kid_subset_size=20, cache_dir=cache,
@@ -275,17 +279,35 @@ def test_cached_reference_statistics_are_reused(tmp_path, cache):
     assert files and any(EXTRACTOR in f.name for f in files)
     stamps = {f: f.stat().st_mtime_ns for f in files}
 
-    # Remove the images: the second run can only succeed by reading the cached statistics.
-    for f in (tmp_path / "real").iterdir():
-        f.unlink()
+    # The images cannot be read now: the second run can only succeed from the cached statistics.
+    monkeypatch.setattr("transgan.eval.metrics.build_reference", _no_reference_build)
     second = evaluate(G, folder_dataset(tmp_path / "real"), **kwargs)
     assert second["fid"] == first["fid"] and second["kid_mean"] == first["kid_mean"]
     assert second["protocol"]["reference_images"] == 40
     assert {f: f.stat().st_mtime_ns for f in sorted(Path(cache).iterdir())} == stamps
 
-    # Another resolution is another reference: not served from this cache (and the images are gone).
-    with pytest.raises(Exception):
+    # Another resolution is another reference: not served from this cache.
+    with pytest.raises(AssertionError, match="cache was not used"):
         evaluate(TinyGenerator(resolution=8), folder_dataset(tmp_path / "real"), **kwargs)
+
+
+def test_adding_images_to_a_reference_folder_invalidates_the_cache(tmp_path, cache):
+    write_images(tmp_path / "real", 20, seed=6)
+    kwargs = dict(extractor=EXTRACTOR, metrics=["fid"], num_samples=20, cache_dir=cache, device="cpu",
+                  reference_workers=False)
+    before = evaluate(TinyGenerator(), folder_dataset(tmp_path / "real"), **kwargs)
+    assert before["protocol"]["reference_images"] == 20
+
+    # 40 more images (other names, other colours) in the same folder.
+    rng = np.random.RandomState(7)
+    for i in range(40):
+        a = np.clip(rng.randint(0, 256, size=3) + rng.randint(-40, 40, size=(RES, RES, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(a).save(tmp_path / "real" / f"extra-{i:04d}.png")
+    after = evaluate(TinyGenerator(), folder_dataset(tmp_path / "real"), **kwargs)
+    fresh = evaluate(TinyGenerator(), folder_dataset(tmp_path / "real"), **{**kwargs, "cache_dir": str(tmp_path / "c2")})
+    assert after["protocol"]["reference_images"] == 60
+    assert after["fid"] == fresh["fid"] != before["fid"]
+    assert after["protocol"]["reference_cache"] != before["protocol"]["reference_cache"]
 
 
 # ---------------------------------------------------------------------------- FD-digits
@@ -301,3 +323,121 @@ def test_fd_digits_runs_offline_and_separates_real_from_noise(tmp_path, cache):
     real = evaluate(held_out, digits, resolution=RES, **kwargs)["fid"]
     noise = evaluate(TinyGenerator(channels=1), digits, num_samples=200, **kwargs)["fid"]
     assert 0 <= real < noise / 10
+
+
+# ---------------------------------------------------------------------------- weights verification
+def fake_results(**kwargs):
+    """torch-fidelity's answer, without running an extractor (for tests about the protocol around it)."""
+    out = {}
+    if kwargs.get("fid"):
+        out[torch_fidelity.KEY_METRIC_FID] = 1.5
+    if kwargs.get("prc"):
+        out.update({torch_fidelity.KEY_METRIC_PRECISION: 0.5, torch_fidelity.KEY_METRIC_RECALL: 0.25,
+                    torch_fidelity.KEY_METRIC_F_SCORE: 1 / 3})
+    return out
+
+
+def test_weights_with_the_right_name_but_other_content_are_refused_unless_allowed(tmp_path, cache, monkeypatch):
+    from transgan.eval.extractors import WeightsMismatchError
+
+    write_images(tmp_path / "real", 10, seed=0)
+    impostor = tmp_path / "weights-inception-2015-12-05-6726825d.pth"
+    impostor.write_bytes(b"not the published Inception weights")
+    import hashlib
+
+    assert not hashlib.sha256(impostor.read_bytes()).hexdigest().startswith("6726825d")  # the test's premise
+    G = TinyGenerator()
+    kwargs = dict(metrics=["fid"], num_samples=10, cache_dir=cache, device="cpu", inception_weights=str(impostor))
+    with pytest.raises(WeightsMismatchError) as err:
+        evaluate(G, folder_dataset(tmp_path / "real"), **kwargs)
+    assert str(impostor) in str(err.value) and "eval.allow_unverified_weights=true" in str(err.value)
+    assert "6726825d" in str(err.value) and G.calls == 0
+
+    monkeypatch.setattr(torch_fidelity, "calculate_metrics", fake_results)
+    out = evaluate(G, folder_dataset(tmp_path / "real"), allow_unverified_weights=True, **kwargs)
+    p = out["protocol"]
+    assert p["allow_unverified_weights"] is True
+    assert p["weights"]["inception-v3-compat"]["verified"] is False
+    assert p["weights_sha256"] == hashlib.sha256(impostor.read_bytes()).hexdigest()
+
+
+def test_weights_matching_the_published_prefix_are_verified(tmp_path, monkeypatch):
+    import hashlib
+
+    from transgan.eval import extractors
+
+    content = b"stand-in weights"
+    path = tmp_path / "w.pth"
+    path.write_bytes(content)
+    digest = hashlib.sha256(content).hexdigest()
+    spec = extractors.WEIGHTS["vgg16"]
+    monkeypatch.setitem(extractors.WEIGHTS, "vgg16", extractors.WeightsFile(
+        spec.what, spec.file_name, spec.url, spec.config_key, digest[:8]))
+    assert extractors.verify_weights("vgg16", path) is True
+    assert extractors.verify_weights(EXTRACTOR, path) is None  # no published digest known: not claimed
+
+
+# ---------------------------------------------------------------------------- protocol fields
+class LatentRecorder(TinyGenerator):
+    """TinyGenerator that remembers every latent it was given."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.latents: list[torch.Tensor] = []
+
+    def forward(self, z, c=None):
+        self.latents.append(z.cpu())
+        return super().forward(z, c)
+
+
+def test_intra_fid_draws_distinct_recorded_latents_per_class(tmp_path, cache):
+    write_images(tmp_path / "real", 30, seed=8, classes=3)
+    G = LatentRecorder(num_classes=3)
+    out = evaluate(G, {**folder_dataset(tmp_path / "real"), "conditional": True}, extractor=EXTRACTOR,
+                   metrics=["fid"], num_samples=12, intra_fid=True, intra_fid_samples_per_class=6, seed=4,
+                   cache_dir=cache, device="cpu", reference_workers=False)
+    z = torch.cat(G.latents)
+    main, per_class = z[:12], z[12:].view(3, 6, -1)
+    # Each class's latents are torch-fidelity's noise for the recorded seed (its own RandomState stream).
+    seeds = out["protocol"]["intra_fid_seeds"]
+    assert len(set(seeds)) == 3 and 4 not in seeds
+    for k, seed in enumerate(seeds):
+        expected = torch.from_numpy(np.random.RandomState(seed).randn(6, G.z_dim)).float()
+        assert torch.equal(per_class[k], expected)
+    assert not torch.equal(per_class[0], per_class[1]) and not torch.equal(per_class[0], main[:6])
+
+
+def test_protocol_records_split_device_dtype_layers_and_versions(tmp_path, cache):
+    import PIL
+    import torchvision
+    from omegaconf import OmegaConf
+
+    from transgan.data import build_dataset
+
+    digits = {"name": "digits", "channels": 1}
+    held_out = build_dataset(OmegaConf.create({**digits, "split": "test"}), resolution=RES)
+    out = evaluate(held_out, digits, resolution=RES, extractor=EXTRACTOR, metrics=["fid", "kid"],
+                   reference_samples=50, kid_subset_size=20, cache_dir=cache, device="cpu", reference_workers=False)
+    p = out["protocol"]
+    assert (p["source"], p["source_split"], p["split"]) == ("dataset", "test", "train")
+    assert p["device"] == "cpu" and p["dtype"] == "float32"
+    assert p["feature_layers"] == {EXTRACTOR: {"fid": "pool", "kid": "pool"}}
+    assert p["versions"]["torchvision"] == torchvision.__version__ and p["versions"]["PIL"] == PIL.__version__
+
+
+def test_loader_workers_are_capped_by_the_cores(tmp_path, cache, monkeypatch):
+    import warnings
+
+    from omegaconf import OmegaConf
+
+    from transgan.data import build_dataset
+
+    monkeypatch.setattr("transgan.eval.metrics.available_cores", lambda: 2, raising=False)  # a 2-core machine
+    digits = {"name": "digits", "channels": 1}
+    held_out = build_dataset(OmegaConf.create({**digits, "split": "test"}), resolution=RES)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = evaluate(held_out, digits, resolution=RES, extractor=EXTRACTOR, metrics=["fid"],
+                       reference_samples=40, cache_dir=cache, device="cpu", reference_workers=True)
+    assert not [str(w.message) for w in caught if "worker" in str(w.message)]
+    assert out["protocol"]["loader_workers"] == 0

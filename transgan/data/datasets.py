@@ -332,7 +332,12 @@ BUILDERS: dict[str, Callable[[Mapping[str, Any], Path, ImageDecoder], ImageDatas
 
 def build_dataset(cfg: Mapping[str, Any], resolution: int) -> ImageDataset:
     """Build the dataset a ``dataset`` config node describes, at ``resolution``."""
-    cfg = dict(cfg)
+    dataset = _build_dataset(dict(cfg), resolution)
+    dataset.split = str(dict(cfg).get("split") or "train")  # which split it is, for whoever records it (eval)
+    return dataset
+
+
+def _build_dataset(cfg: dict[str, Any], resolution: int) -> ImageDataset:
     name = cfg.get("name")
     allowed = COMMON_KEYS | EXTRA_KEYS.get(name, set())
     unknown = set(cfg) - allowed

@@ -23,11 +23,21 @@ import torch
 import torch_fidelity
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
+from transgan.registry import ConfigError
+
 FD_DIGITS = "fd-digits"
 
 
 class MissingWeightsError(FileNotFoundError):
     """A feature extractor's weights file is not on this machine."""
+
+
+class WeightsDownloadError(ConfigError):
+    """``eval.download_weights=true`` but the file could not be fetched (offline, blocked, moved)."""
+
+
+class WeightsMismatchError(ConfigError):
+    """A weights file whose sha256 is not the published one."""
 
 
 @dataclass(frozen=True)
@@ -38,18 +48,48 @@ class WeightsFile:
     file_name: str  # the name torch's hub cache stores it under
     url: str
     config_key: str  # the config key that points at a local copy
+    sha256: str      # the published digest, or its prefix (the hex part of the file name); "" if unknown
+    hub_repo: str = ""  # torch.hub code the extractor also loads (DINOv2): torch-fidelity takes no file path then
 
 
 WEIGHTS = {
     "inception-v3-compat": WeightsFile(
         "Inception-v3 weights (FID, KID, IS)", "weights-inception-2015-12-05-6726825d.pth",
         "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth",
-        "eval.inception_weights"),
+        "eval.inception_weights", "6726825d"),
     "vgg16": WeightsFile(
         "VGG16 weights (precision/recall)", "vgg16-397923af.pth",
         "https://download.pytorch.org/models/vgg16-397923af.pth",
-        "eval.vgg16_weights"),
+        "eval.vgg16_weights", "397923af"),  # torchvision names its files by the sha256 prefix
 }
+
+
+def _torch_fidelity_weights() -> dict[str, WeightsFile]:
+    """CLIP and DINOv2, as torch-fidelity fetches them: the same file names in torch's hub cache."""
+    from torch_fidelity import feature_extractor_clip as clip
+    from torch_fidelity import feature_extractor_dinov2 as dinov2
+
+    out = {name: WeightsFile(f"CLIP weights ({name})", f"{name}-{meta['hash']}.pt", clip.MODEL_URLS[name],
+                             "eval.extractor_weights", meta["hash"])
+           for name, meta in clip.MODEL_METADATA.items()}
+    for name, model in dinov2.MODEL_METADATA.items():
+        # No published digest is known to transgan for these: recorded, not verified.
+        out[name] = WeightsFile(f"DINOv2 weights ({name}) and torch.hub's copy of facebookresearch/dinov2",
+                                f"{model}_pretrain.pth",
+                                f"https://dl.fbaipublicfiles.com/dinov2/{model}/{model}_pretrain.pth",
+                                "", "", hub_repo="facebookresearch_dinov2_main")
+    return out
+
+
+WEIGHTS.update(_torch_fidelity_weights())
+
+
+def weights_path_argument(extractor: str, path: Optional[Path]) -> Optional[str]:
+    """What to pass torch-fidelity as ``feature_extractor_weights_path`` (DINOv2 finds its files in the hub cache)."""
+    spec = WEIGHTS.get(extractor)
+    if path is None or (spec is not None and spec.hub_repo):
+        return None
+    return str(path)
 
 
 def hub_checkpoint_dir() -> Path:
@@ -79,23 +119,49 @@ def resolve_weights(extractor: str, path: Optional[str] = None, download: bool =
             raise MissingWeightsError(f"feature extractor {extractor!r} takes no weights file, but {path} was given")
         return None
     cached = hub_checkpoint_dir() / spec.file_name
+    repo = Path(torch.hub.get_dir()) / spec.hub_repo if spec.hub_repo else None
     if path:
+        if repo is not None:
+            raise ConfigError(f"{extractor} takes no weights file ({path} was given): torch-fidelity loads it "
+                              f"through torch.hub, from {cached} and {repo}")
         candidate = Path(os.path.expanduser(str(path)))
         if candidate.is_file():
             return candidate.resolve()
         looked = f"{candidate} (from {spec.config_key}) does not exist"
     else:
-        if cached.is_file():
+        missing = [p for p in (cached, repo) if p is not None and not p.exists()]
+        if not missing:
             return cached
         if download:
+            _download(extractor, spec, cached)
+            return cached
+        where = f"{spec.config_key} is not set and " if spec.config_key else ""
+        looked = f"{where}torch's hub cache has no {' and no '.join(map(str, missing))}"
+    put = f"put it at {cached} (torch's hub cache, $TORCH_HOME/hub/checkpoints)"
+    if spec.config_key:
+        put += f" or pass {spec.config_key}=<path to the file>"
+    if repo is not None:
+        put += f", with torch.hub's copy of the code at {repo}"
+    raise MissingWeightsError(
+        f"{spec.what} not found: {looked}. The file must be named {spec.file_name}: {put}. It is published at "
+        f"{spec.url}; copy it from a machine with network access, or let transgan fetch it into the hub cache "
+        "with eval.download_weights=true (see docs/evaluation.md).")
+
+
+def _download(extractor: str, spec: WeightsFile, cached: Path) -> None:
+    """Fetch a weights file into torch's hub cache (``eval.download_weights=true``); fail cleanly offline."""
+    try:
+        if spec.hub_repo:  # torch.hub fetches DINOv2's code and weights together
+            from torch_fidelity.feature_extractor_dinov2 import MODEL_METADATA
+
+            torch.hub.load("facebookresearch/dinov2", MODEL_METADATA[extractor])
+        else:
             cached.parent.mkdir(parents=True, exist_ok=True)
             torch.hub.download_url_to_file(spec.url, str(cached), progress=True)
-            return cached
-        looked = f"{spec.config_key} is not set and torch's hub cache has no {cached}"
-    raise MissingWeightsError(
-        f"{spec.what} not found: {looked}. The file must be named {spec.file_name}: put it at {cached} "
-        f"(torch's hub cache, $TORCH_HOME/hub/checkpoints) or pass {spec.config_key}=<path to the file>. "
-        f"It is published at {spec.url}; copy it from a machine with network access (see docs/evaluation.md).")
+    except (OSError, RuntimeError) as e:  # URLError and HTTPError are OSErrors
+        raise WeightsDownloadError(
+            f"eval.download_weights=true could not fetch {spec.what} from {spec.url} ({type(e).__name__}: {e}). "
+            f"Without network access, copy {spec.file_name} to {cached} from a machine that has it.") from None
 
 
 @lru_cache(maxsize=16)
@@ -111,6 +177,27 @@ def file_sha256(path: Path) -> str:
     """SHA-256 of a file, remembered per (path, size, mtime) so a training loop hashes it once."""
     stat = os.stat(path)
     return _sha256(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+def verify_weights(extractor: str, path: Path, allow_unverified: bool = False) -> Optional[bool]:
+    """Check a weights file against its published sha256: True if it matches, None if no digest is known.
+
+    A mismatch raises :class:`WeightsMismatchError` unless ``allow_unverified``
+    (``eval.allow_unverified_weights=true``), when it returns False for the protocol to record.
+    """
+    spec = WEIGHTS.get(extractor)
+    if spec is None or not spec.sha256:
+        return None
+    digest = file_sha256(path)
+    if digest.startswith(spec.sha256):
+        return True
+    if allow_unverified:
+        return False
+    raise WeightsMismatchError(
+        f"{path} is not the published {spec.what}: its sha256 is {digest[:16]}..., the published file's begins "
+        f"{spec.sha256[:16]}. Numbers computed with it would not be comparable to anyone's {extractor} numbers. "
+        f"Replace it with {spec.file_name} from {spec.url}, or set eval.allow_unverified_weights=true to use it "
+        "anyway (eval.json then records the weights as unverified).")
 
 
 class FeatureExtractorDigits(torch_fidelity.FeatureExtractorBase):

@@ -209,7 +209,7 @@ class FeatureSpace:
     def __init__(self, name: str, weights: Optional[str] = None, device: torch.device | str = "cpu") -> None:
         from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-        from transgan.eval.extractors import register_extractors, resolve_weights
+        from transgan.eval.extractors import register_extractors, resolve_weights, weights_path_argument
 
         register_extractors()
         self.name, self.device, self.extractor = name, torch.device(device), None
@@ -221,7 +221,8 @@ class FeatureSpace:
         path = resolve_weights(name, weights)  # a missing Inception file fails here, before any image is made
         cls = FEATURE_EXTRACTORS_REGISTRY[name]
         self.layer = cls.get_default_feature_layer_for_metric("fid")
-        kwargs = {"feature_extractor_weights_path": str(path)} if path is not None else {}
+        argument = weights_path_argument(name, path)
+        kwargs = {"feature_extractor_weights_path": argument} if argument is not None else {}
         self.extractor = cls(name, [self.layer], **kwargs).to(self.device).eval()
 
     @torch.no_grad()

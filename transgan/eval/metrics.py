@@ -24,7 +24,8 @@ import torch_fidelity
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
-from transgan.eval.extractors import FD_DIGITS, file_sha256, resolve_weights
+from transgan.eval.extractors import (
+    FD_DIGITS, MissingWeightsError, file_sha256, resolve_weights, verify_weights, weights_path_argument)
 from transgan.eval.sampling import GeneratorSource, LazyDataset, RealImages, check_truncation, dataset_labels
 from transgan.registry import ConfigError
 
@@ -71,7 +72,9 @@ class EvalConfig:
     network: str = "G_ema"                  # which weights of a checkpoint: G_ema | G
     inception_weights: Optional[str] = None
     vgg16_weights: Optional[str] = None
+    extractor_weights: Optional[str] = None  # the weights file of another extractor (CLIP); None = hub cache
     download_weights: bool = False          # fetch missing weights into torch's hub cache
+    allow_unverified_weights: bool = False  # accept weights whose sha256 is not the published one (recorded)
     cache_dir: Optional[str] = None         # None = $TRANSGAN_CACHE_DIR or ~/.cache/transgan/eval
     kid_subsets: int = 100
     kid_subset_size: int = 1000             # lowered to the smaller set's size when needed
@@ -150,15 +153,35 @@ def build_reference(dataset_cfg: Mapping[str, Any], resolution: int) -> Dataset:
     return build_dataset(OmegaConf.create(dict(dataset_cfg)), resolution=resolution)
 
 
+def folder_fingerprint(root: Path) -> Optional[str]:
+    """SHA-256 over (relative name, size, mtime) of every file under ``root`` (None if it is not a folder).
+
+    Part of the reference cache key: adding, removing or rewriting an image of a folder
+    reference must not be served the statistics of the old files.
+    """
+    if not root.is_dir():
+        return None
+    entries = []
+    for folder, dirs, names in os.walk(root):
+        dirs.sort()
+        for name in sorted(names):
+            path = Path(folder) / name
+            stat = path.stat()
+            entries.append(f"{path.relative_to(root).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}")
+    return hashlib.sha256("\n".join(entries).encode()).hexdigest()
+
+
 class _Reference:
     """The real images of the protocol, built on first need and named for torch-fidelity's cache."""
 
     def __init__(self, dataset_cfg: dict[str, Any], resolution: int, cfg: EvalConfig, cache_dir: Path) -> None:
         self.cfg, self.dataset_cfg, self.resolution, self.cache_dir = cfg, dataset_cfg, resolution, cache_dir
         image_keys = {k: v for k, v in sorted(dataset_cfg.items()) if k not in _NOT_IMAGES}
+        files = None
         if image_keys.get("root"):
             image_keys["root"] = str(Path(str(image_keys["root"])).expanduser().resolve())
-        key = json.dumps([image_keys, cfg.reference_samples, cfg.seed if cfg.reference_samples else None],
+            files = folder_fingerprint(Path(image_keys["root"]))
+        key = json.dumps([image_keys, cfg.reference_samples, cfg.seed if cfg.reference_samples else None, files],
                          sort_keys=True, default=str)
         self.name = (f"transgan-{dataset_cfg.get('name', 'data')}-{cfg.split}-{resolution}px-"
                      f"{hashlib.sha256(key.encode()).hexdigest()[:12]}")
@@ -245,7 +268,21 @@ def _extractors(cfg: EvalConfig) -> dict[str, list[str]]:
 def protocol_weights(cfg: EvalConfig) -> dict[str, Optional[Path]]:
     """The local weights file of every extractor the protocol uses; fails clearly when one is missing."""
     configured = {"inception-v3-compat": cfg.inception_weights, "vgg16": cfg.vgg16_weights}
-    return {name: resolve_weights(name, configured.get(name), cfg.download_weights) for name in _extractors(cfg)}
+    if cfg.extractor not in configured:
+        configured[cfg.extractor] = cfg.extractor_weights
+    paths, missing = {}, []
+    for name in _extractors(cfg):
+        try:
+            paths[name] = resolve_weights(name, configured.get(name), cfg.download_weights)
+        except MissingWeightsError as e:
+            missing.append(str(e))
+    if missing:  # every missing file in one message: one round trip to the machine that has them
+        raise MissingWeightsError("\n".join(missing) if len(missing) == 1 else
+                                  f"{len(missing)} weights files are missing:\n" + "\n".join(f"- {m}" for m in missing))
+    for name, path in paths.items():  # a file with the right name but other content is refused here
+        if path is not None:
+            verify_weights(name, path, cfg.allow_unverified_weights)
+    return paths
 
 
 def evaluate(source: Source, dataset_cfg: Mapping[str, Any], cfg: Union[EvalConfig, Mapping[str, Any], None] = None,
@@ -287,7 +324,8 @@ def evaluate(source: Source, dataset_cfg: Mapping[str, Any], cfg: Union[EvalConf
     # Weights first: a missing file must fail before any image is generated.
     plan = _extractors(cfg)
     weights = protocol_weights(cfg)
-    weights_info = {name: ({"file": str(path), "sha256": file_sha256(path)} if path else None)
+    weights_info = {name: ({"file": str(path), "sha256": file_sha256(path),
+                            "verified": verify_weights(name, path, cfg.allow_unverified_weights)} if path else None)
                     for name, path in weights.items()}
 
     device = _device(cfg, source)
@@ -303,10 +341,16 @@ def evaluate(source: Source, dataset_cfg: Mapping[str, Any], cfg: Union[EvalConf
         source = RealImages(source)
         n_generated = len(source)
 
+    # torch-fidelity starts min(4, 2 x cores) loader workers; torch warns (and the machine thrashes) when
+    # that exceeds the cores this process may use, so workers run only where 4 fit.
+    loader_workers = 4 if cfg.reference_workers and available_cores() >= 4 else 0
     common = dict(cuda=device.type == "cuda", batch_size=cfg.batch_size, rng_seed=cfg.seed, verbose=cfg.verbose,
-                  cache_root=str(cache_dir), cache=True, save_cpu_ram=not cfg.reference_workers,
+                  cache_root=str(cache_dir), cache=True, save_cpu_ram=loader_workers == 0,
                   samples_find_deep=True, samples_resize_and_crop=int(resolution), samples_shuffle=True,
                   isc_splits=cfg.isc_splits, prc_neighborhood=cfg.prc_neighborhood, kid_subsets=cfg.kid_subsets)
+
+    def class_seed(k: int) -> int:
+        return cfg.seed + 1 + k  # intra-FID: each class its own latents, none shared with the main set
 
     def first_input(fixed_class: Optional[int] = None, n: Optional[int] = None) -> dict[str, Any]:
         if is_generator:
@@ -327,7 +371,7 @@ def evaluate(source: Source, dataset_cfg: Mapping[str, Any], cfg: Union[EvalConf
         for name, metrics in plan.items():
             if not metrics:
                 continue
-            kwargs = dict(common, feature_extractor=name, feature_extractor_weights_path=_str(weights[name]),
+            kwargs = dict(common, feature_extractor=name, feature_extractor_weights_path=weights_path_argument(name, weights[name]),
                           **{m: m in metrics for m in METRICS})
             if "kid" in metrics:  # torch-fidelity refuses subsets larger than either set
                 n1 = n_generated if n_generated is not None else _count_images(source)
@@ -344,8 +388,8 @@ def evaluate(source: Source, dataset_cfg: Mapping[str, Any], cfg: Union[EvalConf
                 out = torch_fidelity.calculate_metrics(
                     **first_input(fixed_class=k, n=per_class_n), input2=reference.class_images(k),
                     input2_cache_name=f"{reference.name}-class{k}{weights_key(cfg.extractor)}",
-                    **dict(common, feature_extractor=cfg.extractor,
-                           feature_extractor_weights_path=_str(weights[cfg.extractor]), fid=True))
+                    **dict(common, rng_seed=class_seed(k), feature_extractor=cfg.extractor,
+                           feature_extractor_weights_path=weights_path_argument(cfg.extractor, weights[cfg.extractor]), fid=True))
                 fids.append(float(out[torch_fidelity.KEY_METRIC_FID]))
             results["intra_fid"] = float(np.mean(fids))
             results["intra_fid_per_class"] = fids
@@ -354,17 +398,23 @@ def evaluate(source: Source, dataset_cfg: Mapping[str, Any], cfg: Union[EvalConf
             source.train(was_training).to(home)
 
     ref = reference.info()
-    main = weights_info.get(cfg.extractor)
+    # The extractor behind the numbers: eval.extractor, unless all it was asked for went elsewhere
+    # (eval.metrics=[prc] on an Inception protocol is VGG16 alone).
+    main_extractor = cfg.extractor if plan.get(cfg.extractor) or cfg.intra_fid else next(iter(plan))
+    main = weights_info.get(main_extractor)
     results["protocol"] = {
         "source": "generator" if is_generator else str(source) if isinstance(source, Path) else "dataset",
+        "source_split": getattr(source.dataset, "split", None) if isinstance(source, RealImages) else None,
         "network": cfg.network if is_generator else None,
-        "extractor": cfg.extractor,
+        "extractor": main_extractor,
         "extractors": {name: metrics + (["intra_fid"] if cfg.intra_fid and name == cfg.extractor else [])
                        for name, metrics in plan.items()},
         "weights": weights_info,
         "weights_sha256": main["sha256"] if main else None,
+        "allow_unverified_weights": cfg.allow_unverified_weights,
         "num_samples": n_generated if n_generated is not None else _count_images(source),
         "intra_fid_samples_per_class": per_class_n if cfg.intra_fid else None,
+        "intra_fid_seeds": [class_seed(k) for k in range(num_classes)] if cfg.intra_fid else None,
         "labels": "class-balanced" if num_classes else None,
         "num_classes": num_classes,
         "dataset": ref["dataset"].get("name"),
@@ -377,6 +427,11 @@ def evaluate(source: Source, dataset_cfg: Mapping[str, Any], cfg: Union[EvalConf
                    "folder": (f"{resolution}x{resolution} by torch-fidelity (Resize + CenterCrop)"
                               if isinstance(source, Path) else None),
                    "extractor": {name: _EXTRACTOR_RESIZE.get(name, "the extractor's own") for name in plan}},
+        "feature_layers": {name: {m: _feature_layer(name, m) for m in metrics + (["fid"] if not metrics else [])}
+                           for name, metrics in plan.items()},
+        "device": str(device),
+        "dtype": "float32",  # torch-fidelity's extractors compute in float32 (their internal dtype default)
+        "loader_workers": loader_workers,
         "seed": cfg.seed,
         "truncation_psi": cfg.truncation_psi if is_generator else None,
         "batch_size": cfg.batch_size,
@@ -385,7 +440,7 @@ def evaluate(source: Source, dataset_cfg: Mapping[str, Any], cfg: Union[EvalConf
         "isc_splits": cfg.isc_splits if "isc" in cfg.metrics else None,
         "prc_neighborhood": cfg.prc_neighborhood if "prc" in cfg.metrics else None,
         "versions": {"torch_fidelity": torch_fidelity.__version__, "torch": torch.__version__,
-                     "numpy": np.__version__},
+                     "torchvision": _version("torchvision"), "PIL": _version("PIL"), "numpy": np.__version__},
     }
     order = [*_KEYS.values(), "intra_fid", "intra_fid_per_class", "protocol"]
     return {k: results[k] for k in order if k in results}
@@ -409,8 +464,27 @@ def _reference_resize(dataset_cfg: Mapping[str, Any], resolution: int) -> str:
     return f"{first}, then resize to {resolution}x{resolution} (PIL bicubic)"
 
 
-def _str(path: Optional[Path]) -> Optional[str]:
-    return str(path) if path is not None else None
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def _feature_layer(extractor: str, metric: str) -> str:
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+    return str(FEATURE_EXTRACTORS_REGISTRY[extractor].get_default_feature_layer_for_metric(metric))
+
+
+def _version(module: str) -> Optional[str]:
+    import importlib
+
+    try:
+        return str(importlib.import_module(module).__version__)
+    except (ImportError, AttributeError):
+        return None
 
 
 def _count_images(source: Any) -> int:
