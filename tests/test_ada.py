@@ -143,3 +143,65 @@ def test_gradients_of_gradients_flow():
     assert g.abs().sum() > 0
     g.square().sum().backward()  # the R1 penalty's backward to D's weights
     assert w.grad is not None and w.grad.abs().sum() > 0
+
+
+def test_adaptive_p_moves_up_when_d_is_overconfident_on_reals_and_down_otherwise():
+    from transgan.augment import AdaptiveAugment
+
+    ada = AdaptiveAugment(p=0.0, target=0.6, interval=4, speed_images=1000)
+    for _ in range(4):
+        ada.observe(torch.tensor([1.0, 2.0, 3.0, -1.0]))  # sign mean 0.5 < 0.6: not overfitting
+    assert ada.r_t == 0.5 and ada.p == 0.0  # clamped at 0
+    for _ in range(3):
+        ada.observe(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    assert ada.p == 0.0  # the interval is not over yet
+    ada.observe(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    assert ada.r_t == 1.0 and ada.p == pytest.approx(16 / 1000)  # one step of (images in interval) / speed
+    for _ in range(4):
+        ada.observe(torch.tensor([5.0, 1.0, 1.0, 1.0]))
+    assert ada.p == pytest.approx(32 / 1000)
+    for _ in range(4):
+        ada.observe(torch.tensor([-1.0, -1.0, 1.0, 1.0]))  # r_t = 0 < 0.6: p comes down
+    assert ada.r_t == 0.0 and ada.p == pytest.approx(16 / 1000)
+
+
+def test_adaptive_p_speed_is_zero_to_one_in_500k_images():
+    from transgan.augment import AdaptiveAugment
+
+    ada = AdaptiveAugment(p=0.0, interval=4)  # defaults: target 0.6, 500k images
+    batch = torch.ones(64)
+    for _ in range(500_000 // 64 - 1):
+        ada.observe(batch)
+    assert 0.99 < ada.p < 1.0
+    for _ in range(8):
+        ada.observe(batch)
+    assert ada.p == 1.0  # clamped
+
+
+def test_fixed_p_mode_and_validation():
+    from transgan.augment import AdaptiveAugment
+    from transgan.registry import ConfigError
+
+    ada = AdaptiveAugment(p=0.3, target=None, interval=1)
+    ada.observe(torch.ones(8))
+    assert ada.p == 0.3 and ada.r_t == 1.0  # r_t is still measured for the logs
+    for bad in ({"p": 1.5}, {"target": 1.0}, {"interval": 0}):
+        with pytest.raises(ConfigError):
+            AdaptiveAugment(**bad)
+
+
+def test_adaptive_state_round_trips_exactly():
+    from transgan.augment import AdaptiveAugment
+
+    g = torch.Generator().manual_seed(0)
+    a = AdaptiveAugment(p=0.1, interval=3, speed_images=777)
+    for _ in range(7):  # ends mid-interval
+        a.observe(torch.randn(5, generator=g) + 2)
+    b = AdaptiveAugment(p=0.0, interval=3, speed_images=777)
+    b.load_state_dict(a.state_dict())
+    assert b.state_dict() == a.state_dict()
+    for _ in range(5):  # and both continue identically
+        x = torch.randn(5, generator=g) + 2
+        a.observe(x)
+        b.observe(x)
+    assert a.p == b.p and a.state_dict() == b.state_dict() and a.p != 0.1

@@ -292,3 +292,54 @@ class ADAPipeline(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p:g}"
+
+
+class AdaptiveAugment:
+    """ADA's p controller: every ``interval`` observed batches, r_t = E[sign(D(real))] over them is
+    compared with ``target`` and p moves by (images observed) / ``speed_images`` towards more
+    augmentation when r_t > target (D is overconfident on reals) and less otherwise; p stays in [0, 1].
+    ``target=None`` keeps p fixed (ablations). With the default speed p can go 0 -> 1 in 500k images.
+    """
+
+    def __init__(self, p: float = 0.0, target: Optional[float] = 0.6, interval: int = 4,
+                 speed_images: int = 500_000) -> None:
+        if not 0.0 <= p <= 1.0:
+            raise ConfigError(f"ADA p must be in [0, 1], got {p}")
+        if target is not None and not -1.0 < target < 1.0:
+            raise ConfigError(f"ADA target must be in (-1, 1) or null, got {target}")
+        if interval < 1 or speed_images < 1:
+            raise ConfigError(f"ADA interval and speed_images must be >= 1, got {interval}, {speed_images}")
+        self.p, self.target, self.interval, self.speed_images = float(p), target, int(interval), int(speed_images)
+        self.r_t: Optional[float] = None  # the last interval's heuristic, for the logs
+        self._sign_sum: Any = 0.0  # float, or a float64 tensor on D's device while an interval runs
+        self._count, self._batches = 0, 0
+
+    def observe(self, d_real: Tensor) -> None:
+        """Accumulate D's outputs on (augmented) reals of one batch; update p at the end of an interval."""
+        d = d_real.detach()
+        # kept on the device until the interval closes: no host sync per step
+        self._sign_sum = self._sign_sum + d.sign().sum(dtype=torch.float64)
+        self._count += d.numel()
+        self._batches += 1
+        if self._batches >= self.interval:
+            self.update()
+
+    def update(self) -> None:
+        """Close the interval: compute r_t and (adaptive mode) adjust p."""
+        if self._count == 0:
+            return
+        self.r_t = float(self._sign_sum) / self._count
+        if self.target is not None:
+            step = math.copysign(self._count / self.speed_images, self.r_t - self.target)
+            self.p = min(1.0, max(0.0, self.p + step)) if self.r_t != self.target else self.p
+        self._sign_sum, self._count, self._batches = 0.0, 0, 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue exactly (plain Python numbers)."""
+        return {"p": self.p, "target": self.target, "interval": self.interval, "speed_images": self.speed_images,
+                "r_t": self.r_t, "sign_sum": float(self._sign_sum), "count": self._count, "batches": self._batches}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore p and the partly accumulated interval; the configured target/interval/speed stay."""
+        self.p, self.r_t = float(state["p"]), state["r_t"]
+        self._sign_sum, self._count, self._batches = float(state["sign_sum"]), int(state["count"]), int(state["batches"])
