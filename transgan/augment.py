@@ -1,5 +1,6 @@
 """Differentiable augmentation: DiffAugment (Zhao et al., "Differentiable Augmentation for
-Data-Efficient GAN Training", NeurIPS 2020).
+Data-Efficient GAN Training", NeurIPS 2020) and the ADA pipeline (Karras et al., "Training
+Generative Adversarial Networks with Limited Data", NeurIPS 2020; see ``ADAPipeline``).
 
 Every image the discriminator sees, real or generated, goes through the same random
 transformation T, and T is differentiable so the generator is trained through it:
@@ -18,7 +19,8 @@ flow through it, as the gradient penalty and R1 passes need.
 
 from __future__ import annotations
 
-from typing import Callable
+import math
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -27,7 +29,9 @@ from torch import Tensor
 
 from transgan.registry import ConfigError
 
-__all__ = ["DiffAugment", "brightness", "saturation", "contrast", "translation", "cutout", "POLICY_OPS"]
+__all__ = ["DiffAugment", "brightness", "saturation", "contrast", "translation", "cutout", "POLICY_OPS",
+           "ADAPipeline", "AdaptiveAugment", "xflip", "rot90", "int_translate", "affine_resample", "color_matrix",
+           "apply_color"]
 
 
 def _per_sample_uniform(x: Tensor) -> Tensor:
@@ -118,3 +122,224 @@ class DiffAugment(nn.Module):
 
     def extra_repr(self) -> str:
         return f"policy={','.join(self.policy)!r}"
+
+
+# ----------------------------------------------------------------------------- ADA
+
+# The ADA transforms, written with torch rather than kornia: each is a few lines of indexing or
+# one matrix, the integer ones are exact index maps (no resampling blur), the parameter draws
+# follow the paper's distributions, and every op is plain gather / where / matmul / grid_sample,
+# all twice differentiable for the R1 pass. Borders are mirrored (edge pixel repeated), the same
+# fill as grid_sample's reflection mode, so integer and fractional shifts fill alike and no
+# black border tells D an image was augmented (the non-leaking design).
+
+def _mirror(i: Tensor, n: int) -> Tensor:
+    """Map integer indices onto 0..n-1 by mirroring at the borders with the edge repeated (... 1 0 | 0 1 ...)."""
+    i = i % (2 * n)
+    return torch.where(i >= n, 2 * n - 1 - i, i)
+
+
+def xflip(x: Tensor, flip: Tensor) -> Tensor:
+    """Mirror the images whose ``flip`` [B] (bool) is set left-right."""
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+def rot90(x: Tensor, k: Tensor) -> Tensor:
+    """Rotate image b by ``k[b]`` quarter turns counter-clockwise (as ``torch.rot90`` on dims (2, 3)); square images."""
+    B, C, H, W = x.shape
+    if H != W:
+        raise ValueError(f"90-degree rotations need square images, got {H}x{W}")
+    # index maps of each quarter turn: out[i, j] = x[r, c]
+    i = torch.arange(H, device=x.device)[:, None].expand(H, W)
+    j = torch.arange(W, device=x.device)[None, :].expand(H, W)
+    rows = torch.stack([i, j, H - 1 - i, W - 1 - j])
+    cols = torch.stack([j, W - 1 - i, W - 1 - j, i])
+    src = (rows * W + cols)[k % 4].reshape(B, 1, H * W).expand(B, C, H * W)
+    return x.flatten(2).gather(2, src).reshape(B, C, H, W)
+
+
+def int_translate(x: Tensor, ty: Tensor, tx: Tensor) -> Tensor:
+    """Shift image b down by ``ty[b]`` and right by ``tx[b]`` whole pixels, mirrored borders filling in."""
+    B, C, H, W = x.shape
+    rows = _mirror(torch.arange(H, device=x.device)[None, :] - ty[:, None], H)  # [B, H]
+    cols = _mirror(torch.arange(W, device=x.device)[None, :] - tx[:, None], W)  # [B, W]
+    src = (rows[:, :, None] * W + cols[:, None, :]).reshape(B, 1, H * W).expand(B, C, H * W)
+    return x.flatten(2).gather(2, src).reshape(B, C, H, W)
+
+
+def affine_resample(x: Tensor, inv: Tensor) -> Tensor:
+    """Resample each image through ``inv`` [B, 2, 3] (output -> input, normalized coordinates, align_corners=False).
+
+    Bilinear, borders mirrored; the identity matrix gives the input back.
+    """
+    grid = F.affine_grid(inv.to(x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def _rotation3(theta: Tensor) -> Tensor:
+    """3x3 rotations [B, 3, 3] by angles ``theta`` [B] in the image plane."""
+    c, s, z, o = theta.cos(), theta.sin(), torch.zeros_like(theta), torch.ones_like(theta)
+    return torch.stack([c, -s, z, s, c, z, z, z, o], 1).reshape(-1, 3, 3)
+
+
+def _scale3(sx: Tensor, sy: Tensor) -> Tensor:
+    z, o = torch.zeros_like(sx), torch.ones_like(sx)
+    return torch.stack([sx, z, z, z, sy, z, z, z, o], 1).reshape(-1, 3, 3)
+
+
+def _translate3(tx: Tensor, ty: Tensor) -> Tensor:
+    z, o = torch.zeros_like(tx), torch.ones_like(tx)
+    return torch.stack([o, z, tx, z, o, ty, z, z, o], 1).reshape(-1, 3, 3)
+
+
+LUMA = (1 / math.sqrt(3),) * 3  # the gray axis of [-1, 1] RGB; ADA's color transforms pivot on it
+
+
+def color_matrix(brightness: Tensor, contrast: Tensor, lumaflip: Tensor, hue: Tensor, saturation: Tensor) -> Tensor:
+    """4x4 homogeneous RGB matrices [B, 4, 4]: brightness (add b), contrast (scale by c), luma flip
+    (mirror the gray component when set), hue (rotate by an angle about the gray axis), saturation
+    (scale the part off the gray axis by s); applied in that order, all about the origin of [-1, 1].
+    """
+    B, dev, dt = brightness.shape[0], brightness.device, brightness.dtype
+    eye = torch.eye(4, device=dev, dtype=dt).expand(B, 4, 4)
+    v = torch.tensor(LUMA, device=dev, dtype=dt)
+    vv = torch.zeros(4, 4, device=dev, dtype=dt)
+    vv[:3, :3] = torch.outer(v, v)
+    m = eye.clone()
+    m[:, :3, 3] = brightness[:, None]
+    m = _diag4(contrast[:, None].expand(B, 3)) @ m
+    m = (eye - 2 * lumaflip.to(dt)[:, None, None] * vv) @ m
+    # Rodrigues' rotation about v: cos I + sin [v]x + (1 - cos) v v^T
+    kx = torch.zeros(4, 4, device=dev, dtype=dt)
+    r = LUMA[0]
+    kx[:3, :3] = torch.tensor([[0, -r, r], [r, 0, -r], [-r, r, 0]], device=dev, dtype=dt)
+    c, s = hue.cos()[:, None, None], hue.sin()[:, None, None]
+    rot = c * eye + s * kx + (1 - c) * vv
+    rot[:, 3, 3] = 1
+    m = rot @ m
+    sat = vv + saturation[:, None, None] * (eye - vv)
+    sat[:, 3, 3] = 1
+    return sat @ m
+
+
+def _diag4(d3: Tensor) -> Tensor:
+    return torch.diag_embed(torch.cat([d3, torch.ones_like(d3[:, :1])], 1))
+
+
+def apply_color(x: Tensor, m: Tensor) -> Tensor:
+    """Apply homogeneous RGB matrices [B, 4, 4] per pixel; a one-channel image is treated as gray RGB."""
+    B, C, H, W = x.shape
+    if C == 3:
+        return torch.einsum("bij,bjhw->bihw", m[:, :3, :3], x) + m[:, :3, 3, None, None]
+    # gray g is RGB (g, g, g): the result's mean over RGB is g * mean of the row sums + mean offset
+    gain = m[:, :3, :3].sum(2).mean(1)
+    return x * gain[:, None, None, None] + m[:, :3, 3].mean(1)[:, None, None, None]
+
+
+class ADAPipeline(nn.Module):
+    """ADA's 'bgc' pipeline: geometric (x-flip, 90-degree rotations, integer translation, then isotropic
+    scale, rotation, anisotropic scale and fractional translation in one resample) and color
+    (brightness, contrast, luma flip, hue, saturation) transforms, each applied to each image
+    independently with probability ``p``; strengths are the paper's defaults. ``p = 0`` is the identity.
+    """
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        self.p = float(p)
+
+    def forward(self, x: Tensor, p: Optional[float] = None) -> Tensor:
+        """Augment a batch [B, C, H, W] with probability ``p`` (default ``self.p``) per transform per image."""
+        if x.ndim != 4:
+            raise ValueError(f"ADA expects images [B, C, H, W], got shape {tuple(x.shape)}")
+        p = self.p if p is None else float(p)
+        if p <= 0:
+            return x
+        B, _, H, W = x.shape
+        dev, dt = x.device, torch.float32
+
+        def on(values: Tensor, identity: float, prob: float = p) -> Tensor:  # keep each draw with probability prob
+            keep = (torch.rand(B, device=dev) < prob).view(B, *[1] * (values.ndim - 1))
+            return torch.where(keep, values, torch.full_like(values, identity))
+
+        def angle() -> Tensor:
+            return torch.rand(B, device=dev) * 2 * math.pi - math.pi
+
+        x = xflip(x, on(torch.randint(0, 2, (B,), device=dev).to(dt), 0) > 0)
+        if H == W:
+            x = rot90(x, on(torch.randint(0, 4, (B,), device=dev).to(dt), 0).long())
+        t = on((torch.rand(B, 2, device=dev) * 2 - 1) * 0.125, 0)  # up to 1/8 of the size, whole pixels
+        x = int_translate(x, (t[:, 1] * H).round().long(), (t[:, 0] * W).round().long())
+        # Isotropic scale, rotation, anisotropic scale, rotation, fractional translation, composed and
+        # resampled once. The rotation is drawn twice with 1 - sqrt(1 - p) each, so any rotation has chance p.
+        p_rot = 1 - math.sqrt(max(0.0, 1 - p))
+        iso = on(torch.exp2(torch.randn(B, device=dev) * 0.2), 1)
+        rot1 = on(angle(), 0, p_rot)
+        aniso = on(torch.exp2(torch.randn(B, device=dev) * 0.2), 1)
+        rot2 = on(angle(), 0, p_rot)
+        frac = on(torch.randn(B, 2, device=dev) * 0.125, 0) * 2  # image sizes -> normalized units (span 2)
+        # grid_sample wants the output -> input map: the inverse of the forward chain, factors reversed
+        inv = (_scale3(1 / iso, 1 / iso) @ _rotation3(-rot1) @ _scale3(1 / aniso, aniso) @ _rotation3(-rot2)
+               @ _translate3(-frac[:, 0], -frac[:, 1]))
+        moved = (inv - torch.eye(3, device=dev)).abs().amax((1, 2)) > 0
+        if bool(moved.any()):
+            x = torch.where(moved[:, None, None, None], affine_resample(x, inv[:, :2]), x)
+        m = color_matrix(on(torch.randn(B, device=dev) * 0.2, 0),
+                         on(torch.exp2(torch.randn(B, device=dev) * 0.5), 1),
+                         on(torch.randint(0, 2, (B,), device=dev).to(dt), 0),
+                         on(angle(), 0),
+                         on(torch.exp2(torch.randn(B, device=dev) * 1.0), 1))
+        return apply_color(x, m.to(x.dtype))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p:g}"
+
+
+class AdaptiveAugment:
+    """ADA's p controller: every ``interval`` observed batches, r_t = E[sign(D(real))] over them is
+    compared with ``target`` and p moves by (images observed) / ``speed_images`` towards more
+    augmentation when r_t > target (D is overconfident on reals) and less otherwise; p stays in [0, 1].
+    ``target=None`` keeps p fixed (ablations). With the default speed p can go 0 -> 1 in 500k images.
+    """
+
+    def __init__(self, p: float = 0.0, target: Optional[float] = 0.6, interval: int = 4,
+                 speed_images: int = 500_000) -> None:
+        if not 0.0 <= p <= 1.0:
+            raise ConfigError(f"ADA p must be in [0, 1], got {p}")
+        if target is not None and not -1.0 < target < 1.0:
+            raise ConfigError(f"ADA target must be in (-1, 1) or null, got {target}")
+        if interval < 1 or speed_images < 1:
+            raise ConfigError(f"ADA interval and speed_images must be >= 1, got {interval}, {speed_images}")
+        self.p, self.target, self.interval, self.speed_images = float(p), target, int(interval), int(speed_images)
+        self.r_t: Optional[float] = None  # the last interval's heuristic, for the logs
+        self._sign_sum: Any = 0.0  # float, or a float64 tensor on D's device while an interval runs
+        self._count, self._batches = 0, 0
+
+    def observe(self, d_real: Tensor) -> None:
+        """Accumulate D's outputs on (augmented) reals of one batch; update p at the end of an interval."""
+        d = d_real.detach()
+        # kept on the device until the interval closes: no host sync per step
+        self._sign_sum = self._sign_sum + d.sign().sum(dtype=torch.float64)
+        self._count += d.numel()
+        self._batches += 1
+        if self._batches >= self.interval:
+            self.update()
+
+    def update(self) -> None:
+        """Close the interval: compute r_t and (adaptive mode) adjust p."""
+        if self._count == 0:
+            return
+        self.r_t = float(self._sign_sum) / self._count
+        if self.target is not None:
+            step = math.copysign(self._count / self.speed_images, self.r_t - self.target)
+            self.p = min(1.0, max(0.0, self.p + step)) if self.r_t != self.target else self.p
+        self._sign_sum, self._count, self._batches = 0.0, 0, 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue exactly (plain Python numbers)."""
+        return {"p": self.p, "target": self.target, "interval": self.interval, "speed_images": self.speed_images,
+                "r_t": self.r_t, "sign_sum": float(self._sign_sum), "count": self._count, "batches": self._batches}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore p and the partly accumulated interval; the configured target/interval/speed stay."""
+        self.p, self.r_t = float(state["p"]), state["r_t"]
+        self._sign_sum, self._count, self._batches = float(state["sign_sum"]), int(state["count"]), int(state["batches"])

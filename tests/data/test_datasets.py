@@ -148,3 +148,50 @@ def test_cifar10_through_torchvision(tmp_path):
     check_images(ds, 20, 3, 32)
     assert ds.num_classes == 10 and ds.class_names[0] == "airplane"
     assert len(build_dataset(cfg("cifar10", tmp_path, split="test"), 32)) == 5
+
+
+def test_max_images_fixed_subset_of_digits():
+    full = build_dataset(cfg("digits", channels=1), 8)
+    a = build_dataset(cfg("digits", channels=1, max_images=300), 8)
+    torch.manual_seed(123)  # the training seed must not change the subset
+    b = build_dataset(cfg("digits", channels=1, max_images=300), 8)
+    assert len(a) == 300 and torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    # every kept image is one of the full split's, each at most once, labels kept with their image
+    flat = full.images.flatten(1)
+    match = [(flat == x.flatten()).all(1).nonzero().flatten().tolist() for x in a.images]
+    idx = [m[0] for m in match]
+    assert all(len(m) >= 1 for m in match) and len(set(idx)) == 300
+    assert torch.equal(full.labels[idx], a.labels)
+    assert idx == sorted(idx) and idx != list(range(300))  # a spread subset, not the first 300
+    assert len(set(a.labels.tolist())) == 10
+    # a smaller N is a different draw of the same permutation: its prefix
+    c = build_dataset(cfg("digits", channels=1, max_images=50), 8)
+    assert set((flat[None] == c.images.flatten(1)[:, None]).all(2).nonzero()[:, 1].tolist()) <= set(idx)
+
+
+def test_max_images_validated():
+    n = len(build_dataset(cfg("digits", channels=1), 8))
+    assert len(build_dataset(cfg("digits", channels=1, max_images=n), 8)) == n
+    with pytest.raises(ConfigError, match=f"exceeds the {n} images"):
+        build_dataset(cfg("digits", channels=1, max_images=n + 1), 8)
+    for bad in (0, -3, 2.5, "10", True):
+        with pytest.raises(ConfigError, match="positive integer"):
+            build_dataset(cfg("digits", channels=1, max_images=bad), 8)
+
+
+def test_max_images_folder_dataset(tmp_path):
+    root = tmp_path / "f"
+    make_imagefolder(root, {"a": 3, "b": 4})
+    full = build_dataset(cfg("imagefolder", root), 8)
+    sub = build_dataset(cfg("imagefolder", root, max_images=3), 8)
+    assert len(sub) == 3 and set(sub.items) <= set(full.items)
+
+
+def test_max_images_is_a_config_key_of_every_dataset():
+    from transgan.train.config import compose_config
+
+    for name in ("digits", "synthetic", "imagefolder", "celeba", "flowers102", "cifar10"):
+        cfg_, _ = compose_config([f"dataset={name}"])
+        assert cfg_.dataset.max_images is None
+    cfg_, _ = compose_config(["dataset=digits", "dataset.max_images=300"])
+    assert cfg_.dataset.max_images == 300 and len(build_dataset(cfg_.dataset, 8)) == 300

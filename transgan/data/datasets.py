@@ -27,10 +27,11 @@ log = logging.getLogger("transgan.data")
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 COMMON_KEYS = {"name", "root", "resolution", "channels", "conditional", "center_crop", "split", "download",
-               "augment", "bad_images", "num_workers", "cache"}
+               "augment", "bad_images", "num_workers", "cache", "max_images"}
 EXTRA_KEYS = {"synthetic": {"size", "num_classes"}}  # options only one dataset has
 DIGITS_SPLIT_SEED = 0       # random_state of the stratified digits train/test split
 DIGITS_TEST_SIZE = 0.2      # 360 of the 1,797 images are held out
+MAX_IMAGES_SEED = 0         # the max_images subset is fixed by this, not by the training seed
 
 
 class DatasetNotFoundError(ConfigError):
@@ -330,14 +331,38 @@ BUILDERS: dict[str, Callable[[Mapping[str, Any], Path, ImageDecoder], ImageDatas
 }
 
 
+def max_images_indices(n: int, max_images: int) -> Tensor:
+    """Sorted indices of the fixed ``max_images`` subset of ``n`` images (seeded, independent of the run's seed)."""
+    g = torch.Generator().manual_seed(MAX_IMAGES_SEED)
+    return torch.randperm(n, generator=g)[:max_images].sort().values
+
+
+def limit_images(ds: ImageDataset, max_images: int) -> ImageDataset:
+    """Keep only the fixed subset of ``max_images`` images of ``ds`` (in place; limited-data experiments)."""
+    if max_images > len(ds):
+        raise ConfigError(f"dataset.max_images={max_images} exceeds the {len(ds)} images of the dataset "
+                          f"{ds.name!r} (this split)")
+    keep = max_images_indices(len(ds), max_images)
+    ds.items = [ds.items[i] for i in keep.tolist()]
+    if ds.images is not None:
+        ds.images, ds.labels = ds.images[keep], ds.labels[keep]
+    return ds
+
+
 def build_dataset(cfg: Mapping[str, Any], resolution: int) -> ImageDataset:
-    """Build the dataset a ``dataset`` config node describes, at ``resolution``."""
-    dataset = _build_dataset(dict(cfg), resolution)
-    dataset.split = str(dict(cfg).get("split") or "train")  # which split it is, for whoever records it (eval)
-    return dataset
+    """Build the dataset a ``dataset`` config node describes, at ``resolution`` (limited to ``max_images``)."""
+    cfg = dict(cfg)
+    max_images = cfg.pop("max_images", None)
+    if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, int)
+                                   or max_images < 1):
+        raise ConfigError(f"dataset.max_images must be a positive integer or null, got {max_images!r}")
+    ds = _build_full(cfg, resolution)
+    ds.split = str(cfg.get("split") or "train")  # which split it is, for whoever records it (eval)
+    return ds if max_images is None else limit_images(ds, max_images)
 
 
-def _build_dataset(cfg: dict[str, Any], resolution: int) -> ImageDataset:
+def _build_full(cfg: dict[str, Any], resolution: int) -> ImageDataset:
+    """The whole dataset (split) a config describes."""
     name = cfg.get("name")
     allowed = COMMON_KEYS | EXTRA_KEYS.get(name, set())
     unknown = set(cfg) - allowed
