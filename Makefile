@@ -17,7 +17,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 train: install
-	$(VENV)/bin/accelerate launch --num_processes 1 --num_cpu_threads_per_process $$(nproc) tools/train.py $(ARGS)
+	$(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no --num_cpu_threads_per_process $$(nproc) tools/train.py $(ARGS)
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
