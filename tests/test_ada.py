@@ -180,7 +180,7 @@ def test_adaptive_p_speed_is_zero_to_one_in_500k_images():
 
 def test_fixed_p_mode_and_validation():
     from transgan.augment import AdaptiveAugment
-    from transgan.registry import ConfigError
+    from transgan.errors import ConfigError
 
     ada = AdaptiveAugment(p=0.3, target=None, interval=1)
     ada.observe(torch.ones(8))

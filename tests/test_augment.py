@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from transgan.augment import DiffAugment
-from transgan.registry import ConfigError
+from transgan.errors import ConfigError
 
 
 def distinct_images(B: int = 16, C: int = 3, H: int = 16, W: int = 16) -> torch.Tensor:

@@ -26,7 +26,7 @@ from transgan.losses import (
     wgan_d_loss,
     wgan_g_loss,
 )
-from transgan.registry import ConfigError
+from transgan.errors import ConfigError
 
 SHAPE = (4, 3, 5, 5)
 

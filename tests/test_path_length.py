@@ -184,7 +184,7 @@ def test_loss_state_is_refused_where_it_does_not_belong():
 @pytest.mark.parametrize("bad", [{"pl_weight": -1.0}, {"pl_interval": 0}, {"pl_batch_shrink": 1.5},
                                  {"style_mixing_prob": 1.5}, {"pl_decay": -0.1}, {"pl_wieght": 2.0}])
 def test_bad_path_length_options_are_refused(bad):
-    from transgan.registry import ConfigError
+    from transgan.errors import ConfigError
 
     with pytest.raises(ConfigError, match=next(iter(bad))):
         GANLoss("ns", **bad)

@@ -36,8 +36,8 @@ from typing import Any, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from transgan.cli import run_cli  # noqa: E402
+from transgan.errors import ConfigError  # noqa: E402
 from transgan.eval.runs import find_checkpoint, load_generator  # noqa: E402  (shared with generate/serve)
-from transgan.registry import ConfigError  # noqa: E402
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 _TABLE = ["fid", "kid_mean", "kid_std", "isc_mean", "isc_std", "precision", "recall", "intra_fid"]

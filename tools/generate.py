@@ -32,8 +32,8 @@ from typing import Any, Optional, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from transgan.cli import run_cli  # noqa: E402
+from transgan.errors import ConfigError  # noqa: E402
 from transgan.eval.export import GeneratorInfo  # noqa: E402
-from transgan.registry import ConfigError  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

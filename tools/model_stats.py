@@ -23,8 +23,8 @@ from typing import Any, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from transgan.errors import ConfigError  # noqa: E402
 from transgan.eval.complexity import count_parameters, dataset_classes, forward_flops, measure_models  # noqa: E402,F401
-from transgan.registry import ConfigError  # noqa: E402
 
 
 def model_stats(overrides: Sequence[str], num_classes: Optional[int] = None) -> dict[str, Any]:

@@ -45,8 +45,8 @@ def run(argv: Sequence[str]) -> None:
     """Load the generator once and serve until interrupted."""
     import torch
 
+    from transgan.errors import ConfigError
     from transgan.eval.runs import load_source
-    from transgan.registry import ConfigError
     from transgan.serve.app import ServeLimits, create_app
     from transgan.serve.server import is_loopback_host, serve_forever
 

@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from transgan.registry import ConfigError
+from transgan.errors import ConfigError
 
 __all__ = ["DiffAugment", "brightness", "saturation", "contrast", "translation", "cutout", "POLICY_OPS",
            "ADAPipeline", "AdaptiveAugment", "xflip", "rot90", "int_translate", "affine_resample", "color_matrix",

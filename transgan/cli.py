@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Callable, Sequence
 
-from transgan.registry import ConfigError
+from transgan.errors import CheckpointError, ConfigError
 
 EXIT_NONFINITE = 3  # training stopped: too many non-finite steps in a row (docs/reliability.md)
 
@@ -15,7 +15,6 @@ def run_cli(job: Callable[[], None], usage: str, argv: Sequence[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(usage.strip())
         return 0
-    from transgan.train.checkpoint import CheckpointError
     from transgan.train.faults import NonFiniteError
 
     try:

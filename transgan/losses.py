@@ -29,7 +29,7 @@ from torch import Tensor
 
 from transgan.nn.attention import double_backward_safe
 
-from transgan.registry import ConfigError
+from transgan.errors import ConfigError
 
 Discriminator = Callable[[Tensor, Optional[Tensor]], Tensor]
 

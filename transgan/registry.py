@@ -13,14 +13,12 @@ from typing import Any, Callable, Mapping, TypeVar
 
 import torch.nn as nn
 
+from transgan.errors import ConfigError
+
 T = TypeVar("T", bound=type)
 
 GENERATORS: dict[str, type[nn.Module]] = {}
 DISCRIMINATORS: dict[str, type[nn.Module]] = {}
-
-
-class ConfigError(ValueError):
-    """A configuration value that cannot work; raised before any output is written."""
 
 
 def _register(table: dict[str, type[nn.Module]], kind: str, name: str) -> Callable[[T], T]:

@@ -18,7 +18,7 @@ from PIL import Image
 from tests.data.fixtures import make_imagefolder
 from tests.data.test_datasets import cfg
 from transgan.data import build_dataset
-from transgan.registry import ConfigError
+from transgan.errors import ConfigError
 
 
 def _encoded(fmt: str, size=(24, 24)) -> bytes:

@@ -7,7 +7,7 @@ from PIL import Image
 
 from tests.data.fixtures import make_celeba, make_cifar10, make_flowers102, make_imagefolder
 from transgan.data import DatasetNotFoundError, build_dataset
-from transgan.registry import ConfigError
+from transgan.errors import ConfigError
 
 
 def cfg(name, root=None, **kw):

@@ -16,12 +16,13 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from tests.eval.run_fixtures import STYLE_CONFIG, tiny_digits_run, tiny_style_generator
+from transgan.errors import ConfigError
 from transgan.eval.export import GeneratorInfo, export_generator, load_exported_generator
 from transgan.eval.generate import memorization_report, parse_classes, parse_seeds, resolve_class, sample
 from transgan.eval.runs import load_run
 from transgan.eval.sampling import (
     interpolate, lerp, nearest_neighbours, seed_latents, slerp, style_mixing_grid, synthesize, to_uint8)
-from transgan.registry import ConfigError, build_generator
+from transgan.registry import build_generator
 from transgan.train.checkpoint import latest_checkpoint, load_checkpoint
 
 

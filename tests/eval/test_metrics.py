@@ -19,10 +19,10 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
+from transgan.errors import ConfigError
 from transgan.eval.extractors import FD_DIGITS, MissingWeightsError
 from transgan.eval.metrics import evaluate, frechet_distance
 from transgan.eval.sampling import balanced_labels, to_uint8
-from transgan.registry import ConfigError
 
 EXTRACTOR = "test-pool-16"
 RES = 16

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from transgan.registry import ConfigError, build_discriminator, build_generator
+from transgan.errors import ConfigError
+from transgan.registry import build_discriminator, build_generator
 
 SMALL = {"channel_base": 64, "channel_max": 8}
 

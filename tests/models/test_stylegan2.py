@@ -9,9 +9,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from transgan.errors import ConfigError
 from transgan.losses import GANLoss
 from transgan.models.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
-from transgan.registry import ConfigError, build_discriminator, build_generator
+from transgan.registry import build_discriminator, build_generator
 
 SMALL = dict(z_dim=16, w_dim=32, mapping_layers=2, channel_base=256, channel_max=32)
 

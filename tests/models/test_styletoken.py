@@ -9,11 +9,12 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from transgan.errors import ConfigError
 from transgan.losses import GANLoss
 from transgan.models.stylegan2 import StyleGAN2Discriminator
 from transgan.models.styletoken import StyleTokenGenerator, TokenStyleLayer
 from transgan.nn.style import StyleTokenAttention
-from transgan.registry import ConfigError, build_discriminator, build_generator
+from transgan.registry import build_discriminator, build_generator
 
 SMALL = dict(z_dim=16, w_dim=32, mapping_layers=2, channel_base=256, channel_max=32, num_style_tokens=4, head_dim=8)
 

@@ -295,7 +295,7 @@ def test_gradient_checkpointing_gives_the_same_output_and_gradients():
 
 
 def test_generator_rejects_bad_configuration():
-    from transgan.registry import ConfigError
+    from transgan.errors import ConfigError
 
     with pytest.raises(ConfigError, match="power of two"):
         small_generator(img_resolution=48)
@@ -418,7 +418,7 @@ def test_paper_presets_use_the_published_architecture():
 
 def test_styleswin_recipe_composes_with_the_published_values():
     from transgan.losses import build_loss
-    from transgan.registry import ConfigError
+    from transgan.errors import ConfigError
     from transgan.train.config import compose_config
 
     def compose(*overrides: str):

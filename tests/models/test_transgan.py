@@ -13,10 +13,11 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from transgan.errors import ConfigError
 from transgan.losses import GANLoss, gradient_penalty, ns_d_loss, r1_penalty, wgan_d_loss
 from transgan.models import transgan as T
 from transgan.nn import attention as A
-from transgan.registry import ConfigError, build_discriminator, build_generator
+from transgan.registry import build_discriminator, build_generator
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "model"
 PRESETS = (32, 64, 128, 256)

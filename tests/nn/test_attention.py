@@ -11,8 +11,8 @@ from timm.models.swin_transformer import SwinTransformerBlock
 from timm.models.swin_transformer import window_partition as timm_window_partition
 from timm.models.swin_transformer import window_reverse as timm_window_reverse
 
+from transgan.errors import ConfigError
 from transgan.nn import attention as A
-from transgan.registry import ConfigError
 
 B, H, D = 2, 3, 8
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from transgan.registry import ConfigError
+from transgan.errors import ConfigError
 from transgan.train.config import CONFIG_DIR, TrainConfig, compose_config
 
 RECIPES = sorted((CONFIG_DIR / "recipes").glob("*.yaml"))

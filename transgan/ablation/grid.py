@@ -20,7 +20,7 @@ from typing import Any, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from transgan.registry import ConfigError
+from transgan.errors import ConfigError
 from transgan.train.config import CONFIG_DIR, compose_config, validate_config
 
 ABLATION_CONFIG_DIR = CONFIG_DIR / "ablation"

@@ -21,7 +21,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from transgan.data.transforms import ImageDecoder, load_image
-from transgan.registry import ConfigError
+from transgan.errors import ConfigError
 
 log = logging.getLogger("transgan.data")
 

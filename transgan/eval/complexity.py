@@ -62,7 +62,7 @@ def dataset_classes(dataset_cfg: Any, resolution: int) -> int:
     if not dataset_cfg.get("conditional", False):
         return 0
     from transgan.data import build_dataset
-    from transgan.registry import ConfigError
+    from transgan.errors import ConfigError
 
     try:
         return int(build_dataset(dataset_cfg, resolution=resolution).num_classes)

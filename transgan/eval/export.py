@@ -23,7 +23,8 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
-from transgan.registry import ConfigError, build_generator
+from transgan.errors import ConfigError
+from transgan.registry import build_generator
 
 EXPORT_FORMAT = "transgan-generator-v1"
 WEIGHTS_FILE = "generator.safetensors"

@@ -23,7 +23,7 @@ import torch
 import torch_fidelity
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-from transgan.registry import ConfigError
+from transgan.errors import ConfigError
 
 FD_DIGITS = "fd-digits"
 

@@ -24,10 +24,10 @@ import torch_fidelity
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
+from transgan.errors import ConfigError
 from transgan.eval.extractors import (
     FD_DIGITS, MissingWeightsError, file_sha256, resolve_weights, verify_weights, weights_path_argument)
 from transgan.eval.sampling import GeneratorSource, LazyDataset, RealImages, check_truncation, dataset_labels
-from transgan.registry import ConfigError
 
 METRICS = ("fid", "kid", "isc", "prc")
 # torch-fidelity's result keys -> ours (eval.json)

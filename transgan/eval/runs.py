@@ -13,8 +13,8 @@ from typing import Any, Optional
 
 import torch.nn as nn
 
+from transgan.errors import CheckpointError, ConfigError
 from transgan.eval.export import GeneratorInfo, LoadedGenerator, is_export, load_exported_generator
-from transgan.registry import ConfigError
 
 log = logging.getLogger("transgan.eval")
 
@@ -37,7 +37,6 @@ def load_generator(state: dict[str, Any], network: str, num_classes: Optional[in
     from omegaconf import OmegaConf
 
     from transgan.registry import build_generator
-    from transgan.train.checkpoint import CheckpointError
 
     cfg = OmegaConf.create(state["config"])
     if num_classes is None:

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from torch_fidelity import GenerativeModelBase
 
+from transgan.errors import ConfigError
 from transgan.nn.style import mix_styles
-from transgan.registry import ConfigError
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:

@@ -21,8 +21,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from transgan.errors import ConfigError
 from transgan.nn.layers import ClassProjection, check_class_labels, class_planes
-from transgan.registry import ConfigError, register_discriminator, register_generator
+from transgan.registry import register_discriminator, register_generator
 
 
 def check_resolution(resolution: int, low: int, high: int) -> None:

@@ -33,9 +33,10 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from transgan.errors import ConfigError
 from transgan.nn.layers import EqualizedConv2d, EqualizedLinear, MinibatchStd, apply_spectral_norm, upsample2d
 from transgan.nn.style import MappingNetwork, StyledConv2d, StyleGenerator, ToRGB
-from transgan.registry import ConfigError, register_discriminator, register_generator
+from transgan.registry import register_discriminator, register_generator
 
 __all__ = ["stage_channels", "check_resolution", "LayerFactory", "SynthesisBlock", "SynthesisNetwork", "StyleGAN2Generator",
            "DiscriminatorBlock", "DiscriminatorEpilogue", "StyleGAN2Discriminator"]

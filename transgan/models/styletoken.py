@@ -29,10 +29,11 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from transgan.errors import ConfigError
 from transgan.models.stylegan2 import SynthesisNetwork, check_resolution
 from transgan.nn.layers import Blur2d, EqualizedConv2d, EqualizedLinear, NoiseInjection, leaky_relu_gain, upsample2d
 from transgan.nn.style import StyleGenerator, StyleTokenAttention
-from transgan.registry import ConfigError, register_generator
+from transgan.registry import register_generator
 
 __all__ = ["TokenStyleLayer", "StyleTokenGenerator"]
 

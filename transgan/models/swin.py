@@ -31,12 +31,13 @@ from einops import rearrange
 from timm.layers import Mlp, trunc_normal_
 from torch import Tensor
 
+from transgan.errors import ConfigError
 from transgan.models.stylegan2 import StyleGAN2Discriminator, check_resolution, stage_channels
 from transgan.nn.attention import Attention, RelativePositionBias, shifted_window_mask, window_partition, window_reverse
 from transgan.nn.layers import (EqualizedConv2d, apply_spectral_norm, checkpointed, downsample2d, fir_kernel,
                                 upsample2d)
 from transgan.nn.style import StyleGenerator, TokenAdaIN
-from transgan.registry import ConfigError, register_discriminator, register_generator
+from transgan.registry import register_discriminator, register_generator
 
 __all__ = [
     "sinusoidal_position_encoding", "haar_dwt", "haar_idwt", "DoubleWindowAttention", "TokenUpsample",

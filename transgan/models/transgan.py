@@ -44,9 +44,10 @@ from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
 from torch import Tensor
 
+from transgan.errors import ConfigError
 from transgan.nn.attention import KERNELS, Attention, GridAttention
 from transgan.nn.layers import checkpointed
-from transgan.registry import ConfigError, register_discriminator, register_generator
+from transgan.registry import register_discriminator, register_generator
 
 __all__ = [
     "Stage", "generator_stages", "discriminator_stages", "attention_window", "TransformerBlock",

@@ -40,7 +40,7 @@ from timm.models.swin_transformer import window_reverse as _timm_window_reverse
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from transgan.registry import ConfigError
+from transgan.errors import ConfigError
 
 __all__ = [
     "KERNELS", "CHUNK_SCORE_ELEMENTS", "scaled_dot_product", "chunked_attention", "math_attention",

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
-from transgan.registry import ConfigError
+from transgan.errors import ConfigError
 from transgan.serve.server import is_loopback_url
 
 MAX_REQUESTS = 5000

@@ -20,12 +20,10 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from transgan.errors import CheckpointError
+
 FORMAT = "transgan-checkpoint-v1"
 _NAME = re.compile(r"^step-(\d{9})\.pt$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used: missing, partial, unsafe, or from another model."""
 
 
 def checkpoint_path(run_dir: Path, step: int) -> Path:

@@ -24,7 +24,8 @@ import torch
 import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
-from transgan.registry import ConfigError, build_discriminator, build_generator
+from transgan.errors import ConfigError
+from transgan.registry import build_discriminator, build_generator
 from transgan.train import checkpoint as ckpt
 from transgan.train import faults
 from transgan.train.batches import BatchSource
