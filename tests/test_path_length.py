@@ -249,7 +249,7 @@ def test_training_run_saves_pl_mean_and_resume_continues_from_it(repo_root: Path
     import subprocess
     import sys
 
-    from transgan.train.checkpoint import load_checkpoint
+    from transgan.runs.checkpoint import load_checkpoint
 
     run = tmp_path / "run"
     common = ["model=stylegan2", "loss=ns_r1_pl", "train.n_critic=1", "train.batch_size=8", "train.ckpt_every=2",

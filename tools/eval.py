@@ -37,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from transgan.cli import run_cli  # noqa: E402
 from transgan.errors import ConfigError  # noqa: E402
-from transgan.eval.runs import find_checkpoint, load_generator  # noqa: E402  (shared with generate/serve)
+from transgan.runs.checkpoint import run_dir_of  # noqa: E402
+from transgan.runs.load import find_checkpoint, load_generator  # noqa: E402  (shared with generate/serve)
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 _TABLE = ["fid", "kid_mean", "kid_std", "isc_mean", "isc_std", "precision", "recall", "intra_fid"]
@@ -106,7 +107,7 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
 
     state = run_cfg = None
     if checkpoint is not None:
-        from transgan.train.checkpoint import load_checkpoint
+        from transgan.runs.checkpoint import load_checkpoint
 
         state = load_checkpoint(checkpoint)
         run_cfg = OmegaConf.create(state["config"])
@@ -138,7 +139,7 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
     results["protocol"].update(info)
 
     out = Path(args["out"]).expanduser() if args["out"] else (
-        (checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent) / "eval.json"
+        run_dir_of(checkpoint) / "eval.json"
         if checkpoint is not None else Path("eval.json"))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(_plain(results), indent=2) + "\n")

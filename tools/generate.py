@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from transgan.cli import run_cli  # noqa: E402
 from transgan.errors import ConfigError  # noqa: E402
-from transgan.eval.export import GeneratorInfo  # noqa: E402
+from transgan.runs.export import GeneratorInfo  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv: Sequence[str]) -> Path:
     """Do what the command line asks; return the main file or folder written."""
     from transgan.eval import generate as gen
-    from transgan.eval.export import export_generator
-    from transgan.eval.runs import load_source
+    from transgan.runs.export import export_generator
+    from transgan.runs.load import load_source
 
     args = build_parser().parse_args(argv)
     loaded = load_source(args.source, args.network)

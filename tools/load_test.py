@@ -48,7 +48,7 @@ def run(argv: Sequence[str]) -> bool:
     if args.url:
         result = run_load_test(args.url, **options)
     else:
-        from transgan.eval.runs import load_source
+        from transgan.runs.load import load_source
         from transgan.serve.app import create_app
         from transgan.serve.server import BackgroundServer
 

@@ -46,7 +46,7 @@ def run(argv: Sequence[str]) -> None:
     import torch
 
     from transgan.errors import ConfigError
-    from transgan.eval.runs import load_source
+    from transgan.runs.load import load_source
     from transgan.serve.app import ServeLimits, create_app
     from transgan.serve.server import is_loopback_host, serve_forever
 

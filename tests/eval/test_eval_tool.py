@@ -23,7 +23,7 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from tests.data.fixtures import make_celeba, make_flowers102
 from transgan.registry import GENERATORS, register_generator
-from transgan.train.checkpoint import FORMAT, checkpoint_path, save_atomic
+from transgan.runs.checkpoint import FORMAT, checkpoint_path, save_atomic
 from transgan.train.config import model_signature
 
 EXTRACTOR = "test-pool-tool"

@@ -17,13 +17,13 @@ from PIL import Image
 
 from tests.eval.run_fixtures import STYLE_CONFIG, tiny_digits_run, tiny_style_generator
 from transgan.errors import ConfigError
-from transgan.eval.export import GeneratorInfo, export_generator, load_exported_generator
 from transgan.eval.generate import memorization_report, parse_classes, parse_seeds, resolve_class, sample
-from transgan.eval.runs import load_run
 from transgan.eval.sampling import (
     interpolate, lerp, nearest_neighbours, seed_latents, slerp, style_mixing_grid, synthesize, to_uint8)
 from transgan.registry import build_generator
-from transgan.train.checkpoint import latest_checkpoint, load_checkpoint
+from transgan.runs.checkpoint import latest_checkpoint, load_checkpoint
+from transgan.runs.export import GeneratorInfo, export_generator, load_exported_generator
+from transgan.runs.load import load_run
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +145,7 @@ def test_a_run_loads_from_its_checkpoint_alone_when_the_data_is_gone(run_dir, mo
     def no_data(cfg):
         raise ConfigError("the dataset is gone")
 
-    import transgan.eval.runs as runs
+    import transgan.runs.load as runs
     monkeypatch.setattr(runs, "_dataset_listing", no_data)
     loaded = load_run(run_dir)  # neither the class count nor the names need the dataset
     assert loaded.info.num_classes == 10 and loaded.info.class_names == [str(d) for d in range(10)]
@@ -171,8 +171,8 @@ def test_export_load_generate_gives_the_runs_g_ema_images_in_a_process_without_t
 import sys, torch
 torch.set_num_threads({torch.get_num_threads()})  # same reduction order as this process: bit-for-bit images
 from safetensors.torch import save_file
-from transgan.eval.export import load_exported_generator
 from transgan.eval.generate import sample
+from transgan.runs.export import load_exported_generator
 loaded = load_exported_generator({str(out)!r})
 images = sample(loaded.G, {seeds}, {classes}, truncation=1.5)
 save_file({{"images": images}}, {str(tmp_path / 'images.safetensors')!r})

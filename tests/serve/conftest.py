@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.eval.run_fixtures import tiny_digits_run
-from transgan.eval.runs import load_run
+from transgan.runs.load import load_run
 from transgan.serve.app import ServeLimits, create_app
 from transgan.serve.server import BackgroundServer
 

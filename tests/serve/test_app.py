@@ -18,9 +18,9 @@ from PIL import Image
 from tests.eval.run_fixtures import STYLE_CONFIG, tiny_style_generator
 from tests.serve.conftest import LIMITS
 from transgan.errors import ConfigError
-from transgan.eval.export import GeneratorInfo, LoadedGenerator
 from transgan.eval.generate import sample
 from transgan.eval.sampling import to_rgb, to_uint8
+from transgan.runs.export import GeneratorInfo, LoadedGenerator
 from transgan.serve.app import create_app
 from transgan.serve.loadtest import percentile, run_load_test
 from transgan.serve.server import BackgroundServer, is_loopback_url

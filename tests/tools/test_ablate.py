@@ -17,7 +17,7 @@ from tests.data.fixtures import make_celeba
 from transgan.ablation import AblationError, compose_ablation, plan_grid, run_ablation
 from transgan.ablation.grid import outside_factor
 from transgan.ablation.report import COLUMNS
-from transgan.train.checkpoint import list_checkpoints
+from transgan.runs.checkpoint import list_checkpoints
 from transgan.train.config import compose_config
 
 

@@ -37,7 +37,8 @@ def _optimizer_tensors(opt):
 
 def main() -> int:
     """Install the spies, then run tools/train.py with the remaining arguments."""
-    from transgan.train import checkpoint, outputs
+    from transgan.runs import checkpoint
+    from transgan.train import outputs
     from transgan.train.trainer import Trainer
 
     probe_dir, argv = Path(sys.argv[1]), sys.argv[2:]

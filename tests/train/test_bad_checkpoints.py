@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from tests.train.test_checkpoint import _Evil
-from transgan.train.checkpoint import checkpoint_path
+from transgan.runs.checkpoint import checkpoint_path
 
 TINY = ["model=cwgan_gp", "model.resolution=16", "model.generator.channel_max=16", "model.discriminator.channel_max=16",
         "dataset=synthetic", "dataset.size=16", "train.batch_size=8", "train.n_critic=1", "train.device=cpu",

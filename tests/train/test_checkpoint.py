@@ -4,7 +4,7 @@ import pickle
 import pytest
 import torch
 
-from transgan.train import checkpoint as ckpt
+from transgan.runs import checkpoint as ckpt
 
 
 def test_save_is_atomic_and_listed(tmp_path):

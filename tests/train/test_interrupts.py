@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from tests.train.test_train_run import assert_same_tree
-from transgan.train.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint
+from transgan.runs.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint
 from transgan.train.config import compose_config
 from transgan.train.trainer import Trainer
 

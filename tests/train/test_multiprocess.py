@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.train.test_train_run import assert_same_tree
-from transgan.train.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint
+from transgan.runs.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint
 
 TINY = ["model=cwgan_gp", "model.resolution=16", "model.generator.channel_max=16", "model.discriminator.channel_max=16",
         "dataset=synthetic", "dataset.size=64", "train.batch_size=8", "train.n_critic=1", "train.ckpt_every=1",

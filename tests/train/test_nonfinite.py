@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from tests.train.test_train_run import assert_same_tree
+from transgan.runs.checkpoint import list_checkpoints
 from transgan.train.batches import BatchSource
-from transgan.train.checkpoint import list_checkpoints
 from transgan.train.config import compose_config
 from transgan.train.faults import step_if_finite
 from transgan.train.trainer import Trainer

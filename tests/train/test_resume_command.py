@@ -6,7 +6,7 @@ import importlib.util
 
 import pytest
 
-from transgan.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from transgan.runs.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 
 ORIGINAL = ["model=cwgan_gp", "dataset=digits", "loss=wgan_gp", "seed=0", "train.batch_size=8", "train.log_every=1",
             "train.sample_every=100", "train.eval_every=100", "train.ckpt_every=1", "dataset.num_workers=0"]

@@ -24,7 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 from transgan.ablation.grid import (TOOL_METRICS, AblationError, Cell, compose_ablation, fingerprint,
                                     plan_grid)
 from transgan.ablation.report import COLUMNS, CURVE_COLUMNS, markdown_table, plot_curves, write_csv
-from transgan.train import checkpoint as ckpt
+from transgan.runs import checkpoint as ckpt
+from transgan.runs.files import atomic_write_text
 from transgan.train.config import CONFIG_DIR
 
 ROOT = CONFIG_DIR.parent
@@ -349,6 +350,4 @@ def write_report(cfg: DictConfig, cells: Sequence[Cell], out_dir: Path) -> list[
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=1, default=str) + "\n")

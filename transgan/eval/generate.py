@@ -21,10 +21,10 @@ import torch
 import torch.nn as nn
 
 from transgan.errors import ConfigError
-from transgan.eval.export import GeneratorInfo, LoadedGenerator
 from transgan.eval.sampling import (
     interpolate, is_style_generator, nearest_neighbours, seed_latents, style_mixing_grid, synthesize,
     to_rgb, to_uint8, truncation_kind)
+from transgan.runs.export import GeneratorInfo, LoadedGenerator
 
 MAX_SEED = 2**32 - 1
 

@@ -28,6 +28,7 @@ from transgan.errors import ConfigError
 from transgan.eval.extractors import (
     FD_DIGITS, MissingWeightsError, file_sha256, resolve_weights, verify_weights, weights_path_argument)
 from transgan.eval.sampling import GeneratorSource, LazyDataset, RealImages, check_truncation, dataset_labels
+from transgan.runs.files import atomic_write_text
 
 METRICS = ("fid", "kid", "isc", "prc")
 # torch-fidelity's result keys -> ours (eval.json)
@@ -235,10 +236,7 @@ class _Reference:
                 "num_images": len(self._indices)}
 
     def _write_info(self) -> None:
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.cache_dir / f".{self.name}.json.{os.getpid()}"
-        tmp.write_text(json.dumps(self._info(), indent=1, default=str))
-        os.replace(tmp, self.cache_dir / f"{self.name}.json")
+        atomic_write_text(self.cache_dir / f"{self.name}.json", json.dumps(self._info(), indent=1, default=str))
 
 
 # ---------------------------------------------------------------------------- evaluation

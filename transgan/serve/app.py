@@ -32,9 +32,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from starlette.concurrency import run_in_threadpool
 
 from transgan.errors import ConfigError
-from transgan.eval.export import LoadedGenerator
 from transgan.eval.generate import describe, image_grid, png_bytes, resolve_class, sample, short_repr
 from transgan.eval.sampling import truncation_kind
+from transgan.runs.export import LoadedGenerator
 from transgan.serve.guard import MAX_BODY_BYTES, MAX_QUERY_BYTES, BodyTooLarge, SizeLimits
 from transgan.serve.page import SCRIPT, STYLE, render_page
 

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from transgan.errors import ConfigError
 from transgan.registry import build_discriminator, build_generator
-from transgan.train import checkpoint as ckpt
+from transgan.runs import checkpoint as ckpt
 from transgan.train import faults
 from transgan.train.batches import BatchSource
 from transgan.train.config import (check_choices_match_run, compose_config, is_choice, model_signature,

@@ -1,7 +1,7 @@
 """Loading a generator from what tools/train.py leaves behind: a run directory or one of its checkpoints.
 
 Shared by tools/eval.py, tools/generate.py and tools/serve.py. Checkpoints are read with
-``weights_only=True`` (``transgan.train.checkpoint.load_checkpoint``); the web app itself never
+``weights_only=True`` (``transgan.runs.checkpoint.load_checkpoint``); the web app itself never
 imports this module — tools/serve.py hands it an already loaded generator.
 """
 
@@ -14,14 +14,14 @@ from typing import Any, Optional
 import torch.nn as nn
 
 from transgan.errors import CheckpointError, ConfigError
-from transgan.eval.export import GeneratorInfo, LoadedGenerator, is_export, load_exported_generator
+from transgan.runs.export import GeneratorInfo, LoadedGenerator, is_export, load_exported_generator
 
 log = logging.getLogger("transgan.eval")
 
 
 def find_checkpoint(source: Path) -> Optional[Path]:
     """The checkpoint a source names (a file, or a run directory's newest), or None for an image folder."""
-    from transgan.train.checkpoint import latest_checkpoint
+    from transgan.runs.checkpoint import latest_checkpoint
 
     if source.is_file():
         return source
@@ -91,7 +91,7 @@ def load_run(source: Path, network: str = "G_ema") -> LoadedGenerator:
     """The ``network`` of a run directory's newest checkpoint (or of one checkpoint file), with its info."""
     from omegaconf import OmegaConf
 
-    from transgan.train.checkpoint import load_checkpoint
+    from transgan.runs.checkpoint import load_checkpoint, run_dir_of
 
     source = Path(source).expanduser()
     checkpoint = find_checkpoint(source)
@@ -101,13 +101,12 @@ def load_run(source: Path, network: str = "G_ema") -> LoadedGenerator:
     cfg = OmegaConf.create(state["config"])
     num_classes, names = run_classes(cfg, state.get("model", {}).get("num_classes"), state.get("class_names"))
     G = load_generator(state, network, num_classes=num_classes)
-    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
     info = GeneratorInfo(
         generator=OmegaConf.to_container(cfg.model.generator, resolve=True),
         img_resolution=int(cfg.model.resolution), img_channels=int(cfg.dataset.channels),
         num_classes=num_classes, class_names=names,
         dataset=OmegaConf.to_container(cfg.dataset, resolve=True),
-        source={"run": str(run_dir), "checkpoint": str(checkpoint), "step": int(state["progress"]["step"]),
+        source={"run": str(run_dir_of(checkpoint)), "checkpoint": str(checkpoint), "step": int(state["progress"]["step"]),
                 "network": network})
     return LoadedGenerator(G, info)
 

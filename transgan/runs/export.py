@@ -14,8 +14,6 @@ weights with safetensors — no pickle, no checkpoint, nothing from ``transgan.t
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -25,6 +23,7 @@ import torch.nn as nn
 
 from transgan.errors import ConfigError
 from transgan.registry import build_generator
+from transgan.runs.files import atomic_write, atomic_write_text
 
 EXPORT_FORMAT = "transgan-generator-v1"
 WEIGHTS_FILE = "generator.safetensors"
@@ -89,8 +88,8 @@ def export_generator(G: nn.Module, info: GeneratorInfo, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     config = json.dumps(info.to_json(), indent=2) + "\n"
     # save_model (not save_file) drops tensors that share storage and keeps the rest contiguous.
-    _atomic(out_dir / WEIGHTS_FILE, lambda tmp: save_model(G, tmp, metadata={"transgan": config}))
-    _atomic(out_dir / CONFIG_FILE, lambda tmp: Path(tmp).write_text(config))
+    atomic_write(out_dir / WEIGHTS_FILE, lambda tmp: save_model(G, str(tmp), metadata={"transgan": config}))
+    atomic_write_text(out_dir / CONFIG_FILE, config)
     return out_dir
 
 
@@ -130,15 +129,3 @@ def load_exported_generator(path: Path | str, device: torch.device | str = "cpu"
         raise ConfigError(f"{weights} does not fit the generator of {where}: {e}") from e
     return LoadedGenerator(G.to(device).eval().requires_grad_(False), info)
 
-
-def _atomic(path: Path, write: Any) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

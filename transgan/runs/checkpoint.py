@@ -8,10 +8,8 @@ flushed to disk and renamed, so a reader never sees a partial checkpoint.
 
 from __future__ import annotations
 
-import os
 import random
 import re
-import tempfile
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +19,7 @@ import numpy as np
 import torch
 
 from transgan.errors import CheckpointError
+from transgan.runs.files import atomic_write
 
 FORMAT = "transgan-checkpoint-v1"
 _NAME = re.compile(r"^step-(\d{9})\.pt$")
@@ -29,6 +28,12 @@ _NAME = re.compile(r"^step-(\d{9})\.pt$")
 def checkpoint_path(run_dir: Path, step: int) -> Path:
     """Where the checkpoint of ``step`` lives in ``run_dir``."""
     return Path(run_dir) / "checkpoints" / f"step-{step:09d}.pt"
+
+
+def run_dir_of(checkpoint: Path) -> Path:
+    """The run directory a checkpoint file belongs to (a file outside ``checkpoints/``: its folder)."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -51,24 +56,7 @@ def latest_checkpoint(run_dir: Path) -> Path:
 
 def save_atomic(state: dict[str, Any], path: Path) -> None:
     """Write ``state`` to ``path`` through a temporary file, fsync and rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # make the rename itself durable
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -92,7 +80,7 @@ def load_resume_checkpoint(path: Path, signature: dict[str, Any]) -> dict[str, A
     try:
         state = load_checkpoint(path)
     except CheckpointError as e:
-        older = [p for p in list_checkpoints(Path(path).parent.parent) if p != Path(path)]
+        older = [p for p in list_checkpoints(run_dir_of(path)) if p != Path(path)]
         hint = (f"; to continue from the previous checkpoint, move this file away (the newest older one is "
                 f"{older[-1].name})" if older else "")
         raise CheckpointError(f"{e}{hint}") from e
