@@ -8,7 +8,8 @@
 One case is (model, resolution, precision, compile). Each runs in a fresh process (its own
 Accelerate state, memory high-water mark and compile cache), which builds the real Trainer
 on the synthetic dataset (configs/dataset/synthetic.yaml: noise images held on the device, so
-data loading costs nothing) with the backbone's training recipe (RECIPES) and calls
+data loading costs nothing) with the backbone's training recipe (configs/recipes/<family>.yaml, as tools/train.py adds it;
+``--override experiment=<preset>`` measures a paper recipe instead) and calls
 ``Trainer.train_step()``, the step tools/train.py runs: n_critic D steps, the G step, and lazy
 regularization when due. Warm-up and timed windows are whole schedule periods
 (``Trainer.schedule_period``), so lazy regularization is amortized exactly.
@@ -59,19 +60,13 @@ import torch  # noqa: E402
 
 from tools.bench_memory import peak_rss_bytes, reset_peak_rss, status_bytes  # noqa: E402
 from transgan.eval.complexity import OpCounter  # noqa: E402
+from transgan.train.config import CONFIG_DIR, RECIPE_DIR, recipe_overrides  # noqa: E402
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 KEYS = ("model", "resolution", "precision", "compile", "batch", "device", "images_per_s", "peak_mem_bytes",
         "flops_per_step", "mfu")
 
-# The training recipe each backbone family is measured with (longest matching prefix of the preset).
-RECIPES: dict[str, list[str]] = {
-    "transgan": ["experiment=transgan_paper"],     # WGAN-GP + drift every D step, n_critic 4, DiffAugment
-    "swin_gan": ["experiment=styleswin_paper"],    # non-saturating, lazy R1 every 16, n_critic 1
-    "stylegan2": ["loss=ns_r1_pl", "train.n_critic=1"],  # + style mixing, lazy path length every 4
-    "styletoken": ["loss=hinge", "loss.r1_gamma=10", "loss.r1_interval=4", "train.n_critic=1"],
-    "cwgan_gp": ["loss=wgan_gp"],                  # GP every D step, n_critic 3
-}
+# Backbone families measured when --models is not given.
+FAMILIES = ["transgan", "swin_gan", "stylegan2", "styletoken", "cwgan_gp"]
 
 # Dense (no sparsity) bfloat16 tensor-core peaks from the vendors' data sheets, FLOP/s. The first
 # entry whose key is in torch.cuda.get_device_name() wins, so specific names come first.
@@ -93,10 +88,12 @@ def peak_bf16_flops(device_name: str) -> Optional[float]:
     return next((peak for key, peak in PEAK_BF16_FLOPS if key in device_name), None)
 
 
-def recipe(model: str) -> list[str]:
-    """Recipe overrides of the longest family name the preset starts with (none if unknown)."""
-    family = max((f for f in RECIPES if model.startswith(f)), key=len, default=None)
-    return list(RECIPES[family]) if family else []
+def recipe(model: str, overrides: list[str]) -> list[str]:
+    """The training recipe (configs/recipes/<family>.yaml) of the longest family name the preset starts
+    with, less the lines ``overrides`` decide (as tools/train.py applies it); none if there is none."""
+    families = [p.stem for p in (CONFIG_DIR / RECIPE_DIR).glob("*.yaml")]
+    family = max((f for f in families if model.startswith(f)), key=len, default=None)
+    return recipe_overrides("auto", {"model": family}, overrides, CONFIG_DIR) if family else []
 
 
 def model_overrides(model: str, resolution: Optional[int]) -> tuple[list[str], str]:
@@ -113,7 +110,7 @@ def case_overrides(case: dict[str, Any]) -> tuple[list[str], str]:
     """Every Hydra override of one case (recipe, model, data, schedule, precision), and the preset."""
     chosen, preset = model_overrides(case["model"], case["resolution"])
     bf16 = case["precision"] == "bf16"
-    out = [*recipe(case["model"]), *chosen,
+    out = [*chosen, "recipe=none",  # the family's recipe is added explicitly below, also for sized presets
            "dataset=synthetic", "dataset.channels=3", "dataset.conditional=false",
            f"dataset.size={max(2 * case['batch'], 16)}",
            f"train.batch_size={case['batch']}", f"train.mixed_precision={'bf16' if bf16 else 'no'}",
@@ -124,7 +121,8 @@ def case_overrides(case: dict[str, Any]) -> tuple[list[str], str]:
         out.append("train.device=cpu")
         if case["threads"]:
             out.append(f"train.cpu_threads={case['threads']}")
-    return out + list(case["overrides"]), preset
+    out += list(case["overrides"])
+    return recipe(case["model"], out) + out, preset
 
 
 class _NoModuleAttribution:
@@ -317,7 +315,7 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda but no CUDA device is available")
-    models = args.models or tiny.get("models") or list(RECIPES)
+    models = args.models or tiny.get("models") or FAMILIES
     resolutions = args.resolutions or ([None] if args.tiny else [64, 256])
     precisions = args.precisions or tiny.get("precisions") or ["fp32", "bf16"]
     compiles = [c == "on" for c in (args.compile or tiny.get("compile") or ["off"])]

@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+from omegaconf import OmegaConf
+
 from tools.bench_train import KEYS, PEAK_BF16_FLOPS, case_overrides, peak_bf16_flops
 
 
@@ -46,12 +48,18 @@ def test_peak_table_prefers_specific_names():
     assert all(peak > 0 for _, peak in PEAK_BF16_FLOPS)
 
 
-def test_sized_presets_and_recipes():
+def test_sized_presets_and_recipes(repo_root):
     base = dict(precision="bf16", compile=True, batch=8, device="cuda", threads=None, reg_precision="bf16",
                 overrides=["train.channels_last=false"])
     overrides, preset = case_overrides({**base, "model": "swin_gan", "resolution": 256})
     assert preset == "swin_gan_256" and "model=swin_gan_256" in overrides
-    assert "experiment=styleswin_paper" in overrides and "loss.reg_precision=bf16" in overrides
+    # The family's recipe is configs/recipes/swin_gan.yaml, less the keys the case sets (the batch).
+    lines = OmegaConf.load(repo_root / "configs" / "recipes" / "swin_gan.yaml").overrides
+    assert [o for o in lines if not o.startswith("train.batch_size=")] == overrides[:len(lines) - 1]
+    assert "train.batch_size=8" in overrides and "recipe=none" in overrides and "loss.reg_precision=bf16" in overrides
     assert overrides[-1] == "train.channels_last=false" and "train.compile=true" in overrides
     overrides, preset = case_overrides({**base, "model": "cwgan_gp", "resolution": 128})
     assert preset == "cwgan_gp" and "model.resolution=128" in overrides
+    overrides, _ = case_overrides({**base, "model": "transgan", "resolution": 64,
+                                   "overrides": ["experiment=transgan_paper"]})
+    assert overrides[0] == "model=transgan_64" and "experiment=transgan_paper" in overrides  # no recipe: the paper's
