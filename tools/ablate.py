@@ -1,44 +1,11 @@
-"""Attention versus convolution under an equal budget: ``python tools/ablate.py experiment=<preset> [key=value ...]``.
+"""``python tools/ablate.py ARGS`` = ``transgan-ablate ARGS``: see transgan/commands/ablate.py (``--help``)."""
 
-    python tools/ablate.py experiment=ablation_digits                 # CPU, digits 32x32, FD-digits
-    python tools/ablate.py experiment=ablation_celeba64 train_args='[dataset.root=/data/celeba]'
-    python tools/ablate.py experiment=ablation_digits seeds=[0] out_dir=/tmp/abl --dry-run
-
-Arguments are Hydra overrides of configs/ablation/config.yaml (presets in configs/ablation/
-experiment/): out_dir=, seeds=, budget.kind=images|steps|seconds, budget.value=, eval.*=,
-train_args=[...] (tools/train.py overrides shared by every cell), cells=[...] or
-generators=[...] discriminators=[...]. --dry-run composes and checks the grid (equal budget,
-every pairing buildable, evaluation weights present), prints the plan and runs nothing.
-
-Every cell is a ``tools/train.py`` run under out_dir/runs/; rerunning the same command skips
-finished cells and resumes interrupted ones. Writes out_dir/ablation.csv, curves.csv,
-ablation.md, quality_vs_images.png and quality_vs_time.png. See docs/ablation.md.
-"""
-
-from __future__ import annotations
-
-import logging
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from transgan.cli import run_cli  # noqa: E402
-
-
-def main(argv: list[str]) -> int:
-    """Run (or with --dry-run only plan) the ablation the overrides describe; return the exit status."""
-    from transgan.ablation import run_ablation
-
-    dry_run = "--dry-run" in argv
-    overrides = [a for a in argv if a != "--dry-run"]
-    def job() -> None:
-        out = run_ablation(overrides, dry_run=dry_run)
-        print(f"dry run: nothing ran; would write to {out}" if dry_run else f"done: {out}")
-
-    return run_cli(job, usage=__doc__, argv=argv)
-
+from transgan.commands.ablate import entry, main  # noqa: E402,F401  (main: for callers that load this file)
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(entry())

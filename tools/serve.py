@@ -1,75 +1,11 @@
-"""Serve a web page for conditional generation (class, truncation, seed, count -> image grid) and a JSON/PNG API.
+"""``python tools/serve.py ARGS`` = ``transgan-serve ARGS``: see transgan/commands/serve.py (``--help``)."""
 
-    python tools/serve.py SOURCE [--host 127.0.0.1] [--port 8000] [--max-count 64] [--threads N]
-                                 [--network G_ema] [--device cpu] [--title TEXT]
-
-  SOURCE     an exported generator (folder with generator.safetensors + generator.json, from
-             `python tools/generate.py export`), a run directory of tools/train.py or a checkpoint
-  --host     interface to listen on; the default 127.0.0.1 keeps the page on this machine
-  --threads  torch threads for generation (default: torch's choice)
-
-Then open http://127.0.0.1:8000/ . API: GET /api/info, POST /api/generate (JSON), GET
-/api/generate.png?class=3&seed=0&count=8 (see docs/serving.md). Ctrl-C stops the server.
-"""
-
-from __future__ import annotations
-
-import argparse
-import logging
 import sys
 from pathlib import Path
-from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from transgan.cli import run_cli  # noqa: E402
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The command line."""
-    from transgan.serve.server import DEFAULT_HOST
-
-    p = argparse.ArgumentParser(prog="tools/serve.py", description=__doc__.split("\n")[0])
-    p.add_argument("source", help="exported generator, run directory or checkpoint")
-    p.add_argument("--host", default=DEFAULT_HOST)
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max-count", type=int, default=64, help="most images per request")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--network", default="G_ema", choices=["G_ema", "G"])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--title", default=None)
-    return p
-
-
-def run(argv: Sequence[str]) -> None:
-    """Load the generator once and serve until interrupted."""
-    import torch
-
-    from transgan.errors import ConfigError
-    from transgan.runs.load import load_source
-    from transgan.serve.app import ServeLimits, create_app
-    from transgan.serve.server import is_loopback_host, serve_forever
-
-    args = build_parser().parse_args(argv)
-    if not 1 <= args.max_count <= 1024:
-        raise ConfigError(f"--max-count must be in 1..1024, got {args.max_count}")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    loaded = load_source(args.source, args.network)
-    loaded.G.to(args.device)
-    app = create_app(loaded, ServeLimits(max_count=args.max_count), title=args.title)
-    info = app.state.service.describe()
-    print(f"{info['description']}; serving on http://{args.host}:{args.port}/")
-    if not is_loopback_host(args.host):
-        print(f"warning: {args.host} is not a loopback address; other machines can reach this page", file=sys.stderr)
-    serve_forever(app, args.host, args.port)
-
-
-def main(argv: list[str]) -> int:
-    """Run the server; exit status 2 for bad input, with a message."""
-    return run_cli(lambda: run(argv), usage=__doc__, argv=argv)
-
+from transgan.commands.serve import entry, main  # noqa: E402,F401  (main: for callers that load this file)
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(entry())

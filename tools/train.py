@@ -1,40 +1,11 @@
-"""Train a GAN: ``accelerate launch tools/train.py model=<name> dataset=<name> ...``.
+"""``python tools/train.py ARGS`` = ``transgan-train ARGS``: see transgan/commands/train.py (``--help``)."""
 
-Arguments are Hydra overrides of configs/config.yaml (``key=value``, ``group=option``);
-``resume=<run dir>`` continues a run from its newest checkpoint. Every value is checked
-before the run directory is created; a bad one exits with status 2 and a message.
-SIGTERM or SIGINT stops at the next step boundary with a checkpoint, exit status 0; too
-many non-finite steps in a row (train.max_nonfinite_in_row) stop with status 3.
-"""
-
-from __future__ import annotations
-
-import logging
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from transgan.cli import run_cli  # noqa: E402
-
-
-def main(argv: list[str]) -> int:
-    """Compose the config, build the run, train; return the exit status."""
-    from transgan.train.trainer import Trainer, resolve_run
-
-    def run() -> None:
-        cfg, run_dir, resume_from = resolve_run(argv)
-        trainer = Trainer(cfg, run_dir, resume_from)
-        out = trainer.train()
-        if trainer.accelerator.is_main_process and trainer.stopped_by:
-            print(f"stopped by {trainer.stopped_by} at step {trainer.progress.step}, checkpoint saved; "
-                  f"continue with resume={out}")
-        elif trainer.accelerator.is_main_process:
-            print(f"done: {out}")
-
-    return run_cli(run, usage=__doc__, argv=argv)
-
+from transgan.commands.train import entry, main  # noqa: E402,F401  (main: for callers that load this file)
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(entry())

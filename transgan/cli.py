@@ -1,11 +1,12 @@
-"""Shared command-line behaviour of tools/: help text and clean errors for bad input."""
+"""Shared command-line behaviour of the commands (transgan/commands/): help text and clean errors for bad input."""
 
 from __future__ import annotations
 
+import logging
 import sys
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
-from transgan.errors import CheckpointError, ConfigError
+from transgan.errors import CheckpointError, ConfigError, NonFiniteError
 
 EXIT_NONFINITE = 3  # training stopped: too many non-finite steps in a row (docs/reliability.md)
 
@@ -15,8 +16,6 @@ def run_cli(job: Callable[[], None], usage: str, argv: Sequence[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(usage.strip())
         return 0
-    from transgan.train.faults import NonFiniteError
-
     try:
         job()
     except (ConfigError, CheckpointError, FileNotFoundError) as e:
@@ -26,3 +25,10 @@ def run_cli(job: Callable[[], None], usage: str, argv: Sequence[str]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_NONFINITE
     return 0
+
+
+def console_main(main: Callable[[list[str]], int], log_level: Optional[int] = logging.INFO) -> int:
+    """Run a command's ``main`` on this process's arguments, logging to stderr at ``log_level`` (None: as is)."""
+    if log_level is not None:
+        logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
+    return main(sys.argv[1:])

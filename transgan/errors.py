@@ -1,6 +1,7 @@
 """Exception types shared across the package; the bottom layer, importing nothing of transgan.
 
-A tool maps these to exit status 2 with one ``error:`` line (``transgan.cli.run_cli``).
+A command turns them into one ``error:`` line and exit status 2 (3 for :class:`NonFiniteError`);
+see ``transgan.cli.run_cli``.
 """
 
 from __future__ import annotations
@@ -12,3 +13,7 @@ class ConfigError(ValueError):
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: missing, partial, unsafe, or from another model."""
+
+
+class NonFiniteError(RuntimeError):
+    """Too many training steps in a row had a non-finite loss or gradient; the run stopped."""

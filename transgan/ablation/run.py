@@ -1,4 +1,4 @@
-"""Running an ablation grid: one ``tools/train.py`` process per cell and seed, resumable, then the report.
+"""Running an ablation grid: one training process (``transgan-train``) per cell and seed, resumable, then the report.
 
 Before any cell runs: every cell's config is composed and the equal-budget guard passes,
 every generator/discriminator pairing is built on the meta device (parameters, FLOPs), the
@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+import transgan
 from transgan.ablation.grid import (TOOL_METRICS, AblationError, Cell, compose_ablation, fingerprint,
                                     plan_grid)
 from transgan.ablation.report import COLUMNS, CURVE_COLUMNS, markdown_table, plot_curves, write_csv
@@ -28,7 +29,10 @@ from transgan.runs import checkpoint as ckpt
 from transgan.runs.files import atomic_write_text
 from transgan.train.config import CONFIG_DIR
 
-ROOT = CONFIG_DIR.parent
+# The commands run as modules of this same copy of transgan (installed or a checkout), never as files.
+TRAIN_COMMAND = ["-m", "transgan.commands.train"]
+EVAL_COMMAND = ["-m", "transgan.commands.eval"]
+PACKAGE_PARENT = Path(transgan.__file__).resolve().parents[1]
 MARKER = "ablation_cell.json"      # in a cell's run dir: fingerprint, row and curve of a finished cell
 ATTEMPTS = "ablation_attempts.jsonl"  # in a cell's run dir: one line per training process
 EVAL_DIR = "ablation_eval"         # in a cell's run dir: tools/eval.py results per checkpoint
@@ -193,18 +197,19 @@ def _launcher(cfg: DictConfig) -> list[str]:
 
 
 def run_process(cmd: Sequence[str], log_path: Path) -> dict[str, Any]:
-    """Run ``cmd`` from the checkout root, output appended to ``log_path``; return rc, wall time and peak RSS.
+    """Run ``cmd`` (importing this transgan), output appended to ``log_path``; return rc, wall time and peak RSS.
 
     The peak RSS is that of the process tree (the launcher and the training process it waits
     for), from ``wait4``'s resource usage of this child alone.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_PARENT), os.environ.get("PYTHONPATH")]))}
     t0 = time.perf_counter()
     with open(log_path, "a") as log:
         log.write(f"$ {' '.join(cmd)}\n")
         log.flush()
-        proc = subprocess.Popen(list(cmd), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(list(cmd), env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             _, status, usage = os.wait4(proc.pid, 0)
         except BaseException:
@@ -235,7 +240,7 @@ def run_cell(cell: Cell, cfg: DictConfig, log_path: Path, echo: Callable[[str], 
                 shutil.rmtree(cell.run_dir)  # started but never checkpointed: start again from nothing
             echo(f"training (log: {log_path})")
             args = cell.overrides
-        attempt = run_process([*_launcher(cfg), "tools/train.py", *args], log_path)
+        attempt = run_process([*_launcher(cfg), *TRAIN_COMMAND, *args], log_path)
         if cell.run_dir.is_dir():
             with open(cell.run_dir / ATTEMPTS, "a") as f:
                 f.write(json.dumps({**attempt, "resumed": bool(found)}) + "\n")
@@ -259,7 +264,7 @@ def evaluate_checkpoints(cell: Cell, cfg: DictConfig, log_path: Path, echo: Call
         if out.is_file():
             continue
         echo(f"evaluating {path.name}")
-        res = run_process([sys.executable, "tools/eval.py", str(path), *eval_tool_args(cfg), f"out={out}"], log_path)
+        res = run_process([sys.executable, *EVAL_COMMAND, str(path), *eval_tool_args(cfg), f"out={out}"], log_path)
         if res["rc"] != 0:
             raise AblationError(f"tools/eval.py exited with status {res['rc']} on {path}; last lines of "
                                 f"{log_path}:\n" + _tail(log_path))

@@ -15,7 +15,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from transgan.errors import ConfigError
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+# The package's configs: in a checkout transgan/configs links to the repository's configs/, and an
+# installed package holds a copy (package data), so composing never depends on where the source is.
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 @dataclasses.dataclass

@@ -22,6 +22,8 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn as nn
 
+from transgan.errors import NonFiniteError  # noqa: F401  (raised here as faults.NonFiniteError)
+
 log = logging.getLogger("transgan.train")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -30,10 +32,6 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # statistics and the style mapping's w_avg. A NaN batch would otherwise poison them for good
 # (G_ema copies G's buffers and runs in eval mode on the running statistics).
 RUNNING_BUFFERS = ("running_mean", "running_var", "num_batches_tracked", "w_avg")
-
-
-class NonFiniteError(RuntimeError):
-    """Too many training steps in a row had a non-finite loss or gradient; the run stopped."""
 
 
 class StopSignals:

@@ -1,0 +1,189 @@
+"""Evaluate a generator: FID, KID, IS, precision/recall (and intra-class FID) through torch-fidelity.
+
+    python tools/eval.py <run dir | checkpoint.pt | image folder> [eval=<preset>] [key=value ...]
+
+  <run dir>        a tools/train.py run directory: its newest checkpoint, G_ema weights
+  <checkpoint.pt>  one checkpoint of a run (checkpoints/step-<n>.pt)
+  <image folder>   image files already generated (needs dataset=<name> for the reference)
+
+  eval=<preset>         a protocol from configs/eval/ (celeba64, flowers102_64, flowers102_128,
+                        flowers102_256, cifar10_32, digits); default: digits on the digits
+                        dataset, otherwise the plain defaults (Inception, 50k samples, train split)
+  eval.<key>=<value>    change one protocol key, e.g. eval.num_samples=10000,
+                        eval.allow_unverified_weights=true (weights not matching the published sha256),
+                        eval.inception_weights=/path/weights-inception-2015-12-05-6726825d.pth,
+                        eval.vgg16_weights=..., eval.network=G, eval.intra_fid=true,
+                        eval.metrics=[fid,kid], eval.cache_dir=..., eval.device=cpu
+  dataset=<name>        reference dataset config from configs/dataset/ (default: the run's)
+  dataset.<key>=<value> change the reference dataset config, e.g. dataset.root=/data/celeba
+  out=<file>            where to write the results (default: <run dir>/eval.json, ./eval.json
+                        for a folder)
+
+Prints a table and writes every number with the full protocol (extractor, weights
+file hash, number of samples, split, resize, seed, truncation) to eval.json. Missing
+extractor weights fail at once, before any image is generated, naming the file to place.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from transgan.cli import console_main, run_cli
+from transgan.errors import ConfigError
+from transgan.runs.checkpoint import run_dir_of
+from transgan.runs.load import find_checkpoint, load_generator  # (shared with generate/serve)
+from transgan.train.config import CONFIG_DIR
+
+_TABLE = ["fid", "kid_mean", "kid_std", "isc_mean", "isc_std", "precision", "recall", "intra_fid"]
+
+
+def parse_args(argv: Sequence[str]) -> dict[str, Any]:
+    """Split the command line into the source, the preset, and the eval/dataset/out overrides."""
+    args: dict[str, Any] = {"source": None, "preset": None, "dataset": None, "eval": [], "dataset_overrides": [],
+                            "out": None}
+    for a in argv:
+        if "=" not in a:
+            if args["source"] is not None:
+                raise ConfigError(f"one source only (a run directory, checkpoint or folder); got {args['source']} "
+                                  f"and {a}")
+            args["source"] = a
+            continue
+        key, value = a.split("=", 1)
+        if key == "eval":
+            args["preset"] = value
+        elif key == "dataset":
+            args["dataset"] = value
+        elif key == "out":
+            args["out"] = value
+        elif key.startswith("eval."):
+            args["eval"].append(f"{key[5:]}={value}")
+        elif key.startswith("dataset."):
+            args["dataset_overrides"].append(f"{key[8:]}={value}")
+        else:
+            raise ConfigError(f"unknown argument {a!r}; expected eval=, eval.<key>=, dataset=, dataset.<key>= or out=")
+    if args["source"] is None:
+        raise ConfigError("give what to evaluate: a run directory, a checkpoint file or a folder of images")
+    return args
+
+
+def load_preset(name: str) -> Any:
+    """A protocol preset from configs/eval/<name>.yaml."""
+    from omegaconf import OmegaConf
+
+    path = CONFIG_DIR / "eval" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (CONFIG_DIR / "eval").glob("*.yaml"))
+        raise ConfigError(f"unknown eval preset {name!r}; available: {known}")
+    return OmegaConf.load(path)
+
+
+def load_dataset_config(name: str) -> Any:
+    """A dataset config from configs/dataset/<name>.yaml."""
+    from omegaconf import OmegaConf
+
+    path = CONFIG_DIR / "dataset" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (CONFIG_DIR / "dataset").glob("*.yaml"))
+        raise ConfigError(f"unknown dataset {name!r}; available: {known}")
+    return OmegaConf.load(path)
+
+
+def run(argv: Sequence[str]) -> dict[str, Any]:
+    """Evaluate what the command line names; print the table, write eval.json, return the results."""
+    from omegaconf import OmegaConf
+
+    from transgan.eval.metrics import eval_config, evaluate, protocol_weights
+
+    args = parse_args(argv)
+    source = Path(args["source"]).expanduser()
+    checkpoint = find_checkpoint(source)
+
+    state = run_cfg = None
+    if checkpoint is not None:
+        from transgan.runs.checkpoint import load_checkpoint
+
+        state = load_checkpoint(checkpoint)
+        run_cfg = OmegaConf.create(state["config"])
+    if args["dataset"]:
+        dataset_cfg = load_dataset_config(args["dataset"])
+        dataset_cfg.resolution = None  # the group's ${model.resolution}; the protocol gives the resolution
+    elif run_cfg is not None:
+        dataset_cfg = run_cfg.dataset
+    else:
+        raise ConfigError(f"{source} is a folder of images: name the reference with dataset=<name>")
+    try:
+        dataset_cfg = OmegaConf.merge(dataset_cfg, OmegaConf.from_dotlist(args["dataset_overrides"]))
+        eval_overrides = OmegaConf.from_dotlist(args["eval"])
+    except Exception as e:
+        raise ConfigError(f"bad override: {e}") from e
+
+    preset = args["preset"] or ("digits" if dataset_cfg.get("name") == "digits" else None)
+    cfg = eval_config(load_preset(preset) if preset else None, **OmegaConf.to_container(eval_overrides))
+
+    protocol_weights(cfg)  # a missing weights file fails now, before the checkpoint is even built
+    info: dict[str, Any] = {"source": str(source), "preset": preset}
+    if checkpoint is not None:
+        target: Any = load_generator(state, cfg.network)
+        info.update(checkpoint=str(checkpoint), step=state["progress"]["step"],
+                    images_seen=state["progress"]["images_seen"])
+    else:
+        target = source
+    results = evaluate(target, dataset_cfg, cfg)
+    results["protocol"].update(info)
+
+    out = Path(args["out"]).expanduser() if args["out"] else (
+        run_dir_of(checkpoint) / "eval.json"
+        if checkpoint is not None else Path("eval.json"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(_plain(results), indent=2) + "\n")
+    print(format_table(results))
+    print(f"wrote {out}")
+    return results
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """The metrics and the protocol's main facts as an aligned text table."""
+    p = results["protocol"]
+    rows = [(k, f"{results[k]:.4f}") for k in _TABLE if k in results]
+    rows += [("extractor", str(p["extractor"])),
+             ("weights sha256", (p["weights_sha256"] or "(no weights file)")[:16]),
+             ("samples", str(p["num_samples"])),
+             ("reference", f"{p['dataset']} / {p['split']} ({p['reference_images']} images)"),
+             ("resolution", f"{p['resolution']}x{p['resolution']}"),
+             ("seed", str(p["seed"])),
+             ("truncation", str(p["truncation_psi"]))]
+    if p.get("checkpoint"):
+        rows.append(("checkpoint", f"{p['checkpoint']} ({p.get('network')})"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _plain(x: Any) -> Any:
+    """JSON-safe copy: non-finite floats become strings."""
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    return x
+
+
+def main(argv: list[str]) -> int:
+    """Run the evaluation; return the exit status (2 for bad input, with a message)."""
+    return run_cli(lambda: run(argv), usage=__doc__, argv=argv)
+
+
+
+def entry() -> int:
+    """The ``transgan-eval`` console command (and ``python tools/eval.py``)."""
+    return console_main(main, logging.INFO)
+
+
+if __name__ == "__main__":
+    sys.exit(entry())
