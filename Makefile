@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # Extra pip arguments for torch, e.g. TORCH="torch==2.14.1 torchvision==0.29.1" to pin a local build.
 TORCH ?= torch torchvision
 
-.PHONY: install train test bench clean
+.PHONY: install train test lint bench clean
 
 install: $(VENV)/.installed
 
@@ -17,10 +17,13 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 train: install
-	$(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no --num_cpu_threads_per_process $$(nproc) tools/train.py $(ARGS)
+	$(VENV)/bin/accelerate launch --config_file accelerate.yaml --num_cpu_threads_per_process $$(nproc) tools/train.py $(ARGS)
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install  # the import contracts in setup.cfg: imports point down the layers of docs/architecture.md
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) build *.egg-info

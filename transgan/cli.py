@@ -27,8 +27,11 @@ def run_cli(job: Callable[[], None], usage: str, argv: Sequence[str]) -> int:
     return 0
 
 
-def console_main(main: Callable[[list[str]], int], log_level: Optional[int] = logging.INFO) -> int:
-    """Run a command's ``main`` on this process's arguments, logging to stderr at ``log_level`` (None: as is)."""
-    if log_level is not None:
-        logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
-    return main(sys.argv[1:])
+def console_entry(main: Callable[[list[str]], int], log_level: Optional[int] = logging.INFO) -> Callable[[], int]:
+    """A command's console-script function: log to stderr at ``log_level`` (None: as is), run ``main(argv)``."""
+    def entry() -> int:
+        if log_level is not None:
+            logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
+        return main(sys.argv[1:])
+
+    return entry

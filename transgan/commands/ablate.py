@@ -17,10 +17,9 @@ ablation.md, quality_vs_images.png and quality_vs_time.png. See docs/ablation.md
 
 from __future__ import annotations
 
-import logging
 import sys
 
-from transgan.cli import console_main, run_cli
+from transgan.cli import console_entry, run_cli
 
 
 def main(argv: list[str]) -> int:
@@ -36,10 +35,7 @@ def main(argv: list[str]) -> int:
     return run_cli(job, usage=__doc__, argv=argv)
 
 
-
-def entry() -> int:
-    """The ``transgan-ablate`` console command (and ``python tools/ablate.py``)."""
-    return console_main(main, logging.INFO)
+entry = console_entry(main)  # the ``transgan-ablate`` console script; tools/ablate.py runs it too
 
 
 if __name__ == "__main__":

@@ -27,13 +27,12 @@ extractor weights fail at once, before any image is generated, naming the file t
 from __future__ import annotations
 
 import json
-import logging
 import math
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from transgan.cli import console_main, run_cli
+from transgan.cli import console_entry, run_cli
 from transgan.errors import ConfigError
 from transgan.runs.checkpoint import run_dir_of
 from transgan.runs.load import find_checkpoint, load_generator  # (shared with generate/serve)
@@ -73,23 +72,22 @@ def parse_args(argv: Sequence[str]) -> dict[str, Any]:
 
 def load_preset(name: str) -> Any:
     """A protocol preset from configs/eval/<name>.yaml."""
-    from omegaconf import OmegaConf
-
-    path = CONFIG_DIR / "eval" / f"{name}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in (CONFIG_DIR / "eval").glob("*.yaml"))
-        raise ConfigError(f"unknown eval preset {name!r}; available: {known}")
-    return OmegaConf.load(path)
+    return _load_option("eval", name, "eval preset")
 
 
 def load_dataset_config(name: str) -> Any:
     """A dataset config from configs/dataset/<name>.yaml."""
+    return _load_option("dataset", name, "dataset")
+
+
+def _load_option(group: str, name: str, what: str) -> Any:
+    """configs/<group>/<name>.yaml; an unknown name fails naming the available ones."""
     from omegaconf import OmegaConf
 
-    path = CONFIG_DIR / "dataset" / f"{name}.yaml"
+    path = CONFIG_DIR / group / f"{name}.yaml"
     if not path.is_file():
-        known = sorted(p.stem for p in (CONFIG_DIR / "dataset").glob("*.yaml"))
-        raise ConfigError(f"unknown dataset {name!r}; available: {known}")
+        known = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+        raise ConfigError(f"unknown {what} {name!r}; available: {known}")
     return OmegaConf.load(path)
 
 
@@ -179,10 +177,7 @@ def main(argv: list[str]) -> int:
     return run_cli(lambda: run(argv), usage=__doc__, argv=argv)
 
 
-
-def entry() -> int:
-    """The ``transgan-eval`` console command (and ``python tools/eval.py``)."""
-    return console_main(main, logging.INFO)
+entry = console_entry(main)  # the ``transgan-eval`` console script; tools/eval.py runs it too
 
 
 if __name__ == "__main__":

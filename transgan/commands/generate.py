@@ -24,12 +24,11 @@ Exit status 2 with a message for bad input (unknown class, missing files, wrong 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from transgan.cli import console_main, run_cli
+from transgan.cli import console_entry, run_cli
 from transgan.errors import ConfigError
 from transgan.runs.export import GeneratorInfo
 
@@ -160,10 +159,7 @@ def main(argv: list[str]) -> int:
     return run_cli(lambda: run(argv), usage=__doc__, argv=argv)
 
 
-
-def entry() -> int:
-    """The ``transgan-generate`` console command (and ``python tools/generate.py``)."""
-    return console_main(main, logging.INFO)
+entry = console_entry(main)  # the ``transgan-generate`` console script; tools/generate.py runs it too
 
 
 if __name__ == "__main__":

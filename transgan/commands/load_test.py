@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from transgan.cli import console_main, run_cli
+from transgan.cli import console_entry, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,10 +65,7 @@ def main(argv: list[str]) -> int:
     return status if status or not ok else (0 if ok[0] else 1)
 
 
-
-def entry() -> int:
-    """The ``transgan-load-test`` console command (and ``python tools/load_test.py``)."""
-    return console_main(main, logging.WARNING)
+entry = console_entry(main, logging.WARNING)  # the ``transgan-load-test`` console script; tools/load_test.py runs it too
 
 
 if __name__ == "__main__":

@@ -74,10 +74,7 @@ def main(argv: Sequence[str]) -> int:
     return 0
 
 
-
-def entry() -> int:
-    """The ``transgan-model-stats`` console command (and ``python tools/model_stats.py``)."""
-    return console_main(main, None)
+entry = console_entry(main, None)  # the ``transgan-model-stats`` console script; tools/model_stats.py runs it too
 
 
 if __name__ == "__main__":

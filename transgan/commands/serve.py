@@ -15,11 +15,10 @@ Then open http://127.0.0.1:8000/ . API: GET /api/info, POST /api/generate (JSON)
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from typing import Sequence
 
-from transgan.cli import console_main, run_cli
+from transgan.cli import console_entry, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,10 +66,7 @@ def main(argv: list[str]) -> int:
     return run_cli(lambda: run(argv), usage=__doc__, argv=argv)
 
 
-
-def entry() -> int:
-    """The ``transgan-serve`` console command (and ``python tools/serve.py``)."""
-    return console_main(main, logging.INFO)
+entry = console_entry(main)  # the ``transgan-serve`` console script; tools/serve.py runs it too
 
 
 if __name__ == "__main__":

@@ -11,10 +11,9 @@ many non-finite steps in a row (train.max_nonfinite_in_row) stop with status 3.
 
 from __future__ import annotations
 
-import logging
 import sys
 
-from transgan.cli import console_main, run_cli
+from transgan.cli import console_entry, run_cli
 
 
 def main(argv: list[str]) -> int:
@@ -34,10 +33,7 @@ def main(argv: list[str]) -> int:
     return run_cli(run, usage=__doc__, argv=argv)
 
 
-
-def entry() -> int:
-    """The ``transgan-train`` console command (and ``python tools/train.py``)."""
-    return console_main(main, logging.INFO)
+entry = console_entry(main)  # the ``transgan-train`` console script; tools/train.py runs it too
 
 
 if __name__ == "__main__":
