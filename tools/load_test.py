@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from transgan.commands.load_test import entry, main  # noqa: E402,F401  (main: for callers that load this file)
+from transgan.commands.load_test import *  # noqa: E402,F401,F403  (entry, main...: for callers that load this file)
 
 if __name__ == "__main__":
     sys.exit(entry())

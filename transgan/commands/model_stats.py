@@ -20,8 +20,9 @@ import json
 import sys
 from typing import Any, Optional, Sequence
 
+from transgan.cli import console_entry
 from transgan.errors import ConfigError
-from transgan.eval.complexity import count_parameters, dataset_classes, forward_flops, measure_models  # noqa: E402,F401
+from transgan.eval.complexity import count_parameters, dataset_classes, forward_flops, measure_models  # noqa: F401
 
 
 def model_stats(overrides: Sequence[str], num_classes: Optional[int] = None) -> dict[str, Any]:
