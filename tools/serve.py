@@ -1,12 +1,13 @@
 """Serve a web page for conditional generation (class, truncation, seed, count -> image grid) and a JSON/PNG API.
 
     python tools/serve.py SOURCE [--host 127.0.0.1] [--port 8000] [--max-count 64] [--threads N]
-                                 [--network G_ema] [--device cpu] [--title TEXT]
+                                 [--network G_ema] [--device cpu] [--title TEXT] [--attention KERNEL]
 
   SOURCE     an exported generator (folder with generator.safetensors + generator.json, from
              `python tools/generate.py export`), a run directory of tools/train.py or a checkpoint
   --host     interface to listen on; the default 127.0.0.1 keeps the page on this machine
   --threads  torch threads for generation (default: torch's choice)
+  --attention attention kernel (auto, sdpa, xformers, math, chunked) instead of the run's model.attention
 
 Then open http://127.0.0.1:8000/ . API: GET /api/info, POST /api/generate (JSON), GET
 /api/generate.png?class=3&seed=0&count=8 (see docs/serving.md). Ctrl-C stops the server.
@@ -27,6 +28,7 @@ from transgan.cli import run_cli  # noqa: E402
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
+    from transgan.nn.attention import KERNELS
     from transgan.serve.server import DEFAULT_HOST
 
     p = argparse.ArgumentParser(prog="tools/serve.py", description=__doc__.split("\n")[0])
@@ -38,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--network", default="G_ema", choices=["G_ema", "G"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--title", default=None)
+    p.add_argument("--attention", default=None, choices=KERNELS,
+                   help="attention kernel instead of the run's model.attention")
     return p
 
 
@@ -55,7 +59,7 @@ def run(argv: Sequence[str]) -> None:
         raise ConfigError(f"--max-count must be in 1..1024, got {args.max_count}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    loaded = load_source(args.source, args.network)
+    loaded = load_source(args.source, args.network, attention=args.attention)
     loaded.G.to(args.device)
     app = create_app(loaded, ServeLimits(max_count=args.max_count), title=args.title)
     info = app.state.service.describe()
