@@ -29,3 +29,18 @@ def fresh_accelerate_state():
 
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
+
+
+@pytest.fixture
+def kernels_run(monkeypatch) -> list[str]:
+    """The attention kernels the dispatcher runs during the test, in call order (math, chunked, sdpa)."""
+    from transgan.nn import attention
+
+    calls: list[str] = []
+    for name, function in {"math": "math_attention", "chunked": "chunked_attention", "sdpa": "_sdpa_attention"}.items():
+        def spy(*args, _name=name, _original=getattr(attention, function), **kwargs):
+            calls.append(_name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(attention, function, spy)
+    return calls
