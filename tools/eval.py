@@ -137,7 +137,8 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
     if checkpoint is not None:
         target: Any = load_generator(state, cfg.network, attention=args["attention"])
         info.update(checkpoint=str(checkpoint), step=state["progress"]["step"],
-                    images_seen=state["progress"]["images_seen"])
+                    images_seen=state["progress"]["images_seen"],
+                    attention=getattr(target, "attention_kernel", None))
     else:
         target = source
     results = evaluate(target, dataset_cfg, cfg)

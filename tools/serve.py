@@ -19,7 +19,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
@@ -45,23 +45,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run(argv: Sequence[str]) -> None:
-    """Load the generator once and serve until interrupted."""
+def build_app(args: argparse.Namespace) -> Any:
+    """The web app for parsed arguments: the generator loaded once, with the run's attention kernel."""
     import torch
 
     from transgan.eval.runs import load_source
     from transgan.registry import ConfigError
     from transgan.serve.app import ServeLimits, create_app
-    from transgan.serve.server import is_loopback_host, serve_forever
 
-    args = build_parser().parse_args(argv)
     if not 1 <= args.max_count <= 1024:
         raise ConfigError(f"--max-count must be in 1..1024, got {args.max_count}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     loaded = load_source(args.source, args.network, attention=args.attention)
     loaded.G.to(args.device)
-    app = create_app(loaded, ServeLimits(max_count=args.max_count), title=args.title)
+    return create_app(loaded, ServeLimits(max_count=args.max_count), title=args.title)
+
+
+def run(argv: Sequence[str]) -> None:
+    """Load the generator once and serve until interrupted."""
+    from transgan.serve.server import is_loopback_host, serve_forever
+
+    args = build_parser().parse_args(argv)
+    app = build_app(args)
     info = app.state.service.describe()
     print(f"{info['description']}; serving on http://{args.host}:{args.port}/")
     if not is_loopback_host(args.host):
