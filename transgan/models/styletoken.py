@@ -29,7 +29,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from transgan.models.stylegan2 import SynthesisNetwork, check_resolution
+from transgan.models.common import check_resolution
+from transgan.models.stylegan2 import SynthesisNetwork
 from transgan.nn.attention import check_kernel
 from transgan.nn.layers import Blur2d, EqualizedConv2d, EqualizedLinear, NoiseInjection, leaky_relu_gain, upsample2d
 from transgan.nn.style import StyleGenerator, StyleTokenAttention

@@ -28,13 +28,14 @@ from typing import Optional
 import torch
 import torch.nn as nn
 from einops import rearrange
-from timm.layers import Mlp, trunc_normal_
+from timm.layers import Mlp
 from torch import Tensor
 
-from transgan.models.stylegan2 import StyleGAN2Discriminator, check_resolution, stage_channels
+from transgan.models.common import check_resolution, stage_channels
+from transgan.models.stylegan2 import StyleGAN2Discriminator
 from transgan.nn.attention import Attention, check_kernel
 from transgan.nn.layers import (EqualizedConv2d, apply_spectral_norm, checkpointed, downsample2d, fir_kernel,
-                                upsample2d)
+                                init_linear_like_vit, upsample2d)
 from transgan.nn.style import StyleGenerator, TokenAdaIN
 from transgan.nn.windows import RelativePositionBias, shifted_window_mask, windowed_attention
 from transgan.registry import ConfigError, register_discriminator, register_generator
@@ -282,7 +283,8 @@ class SwinGenerator(StyleGenerator):
                       stage_heads(c, head_dim, min_heads), window, w_dim, img_channels, depth=depth,
                       mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, spe=spe, kernel=self.attention_kernel)
             for i, (r, c) in enumerate(zip(resolutions, channels))])
-        self.stages.apply(_init_like_styleswin)
+        # StyleSwin's initialization of the synthesis layers (the mapping and AdaIN layers keep theirs).
+        self.stages.apply(init_linear_like_vit)
 
     def synthesis(self, ws: Tensor, noise_mode: str = "random") -> Tensor:
         """ws [B, num_ws, w_dim] -> images [B, img_channels, R, R]. StyleSwin has no noise: ``noise_mode`` is unused."""
@@ -299,14 +301,6 @@ class SwinGenerator(StyleGenerator):
             if stage.upsample is not None:
                 x = stage.upsample(x)
         return img
-
-
-def _init_like_styleswin(m: nn.Module) -> None:
-    """StyleSwin's initialization of the synthesis layers (the mapping and AdaIN layers keep theirs)."""
-    if isinstance(m, nn.Linear):
-        trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
 
 
 # ----------------------------------------------------------------------------- discriminator

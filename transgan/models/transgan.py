@@ -45,7 +45,7 @@ from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
 from torch import Tensor
 
 from transgan.nn.attention import Attention, check_kernel
-from transgan.nn.layers import checkpointed
+from transgan.nn.layers import checkpointed, init_linear_like_vit
 from transgan.nn.windows import GridAttention
 from transgan.registry import ConfigError, register_discriminator, register_generator
 
@@ -438,9 +438,6 @@ class TransGANDiscriminator(nn.Module):
 
 
 def _init_vit(m: nn.Module) -> None:
-    if isinstance(m, nn.Linear):
-        trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.Conv2d):
+    init_linear_like_vit(m)
+    if isinstance(m, nn.Conv2d):
         nn.init.xavier_uniform_(m.weight)

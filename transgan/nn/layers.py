@@ -1,4 +1,4 @@
-"""Small building blocks shared by the backbones (imports torch only).
+"""Small building blocks shared by the backbones (imports torch and timm only).
 
 Sections (each appended by the engineer who needs it; keep them independent):
 
@@ -8,6 +8,7 @@ Sections (each appended by the engineer who needs it; keep them independent):
   ``NoiseInjection``.
 - class conditioning: ``check_class_labels``, ``class_planes`` (one-hot constant planes),
   ``ClassProjection`` (the projection discriminator's class term).
+- initialization: ``init_linear_like_vit`` (ViT's trunc-normal Linear layers; TransGAN, StyleSwin).
 - activation checkpointing: ``checkpointed`` (recomputes under the forward's context variables).
 """
 
@@ -21,6 +22,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import trunc_normal_
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
@@ -276,6 +278,17 @@ class ClassProjection(nn.Module):
     def forward(self, h: Tensor, c: Tensor) -> Tensor:
         """Features h [B, dim] and labels c [B] -> [B]."""
         return (self.embed(c) * h).sum(dim=1)
+
+
+# ----------------------------------------------------------------------------- initialization
+
+def init_linear_like_vit(m: nn.Module) -> None:
+    """ViT's initialization of a Linear layer (trunc-normal weights, std 0.02, zero bias); other modules
+    are left alone. For ``module.apply``."""
+    if isinstance(m, nn.Linear):
+        trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
 
 
 # ----------------------------------------------------------------------------- activation checkpointing

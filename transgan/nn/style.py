@@ -43,7 +43,7 @@ Also used from transgan/nn/layers.py: ``EqualizedLinear``, ``NoiseInjection``, `
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -401,6 +401,13 @@ def mix_styles(ws: Tensor, ws_mix: Tensor, crossover: int | Tensor) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- generator base class
+
+def is_style_generator(G: Callable) -> bool:
+    """True for generators with the style contract (``G.mapping``/``G.synthesis``), also inside a DDP wrapper:
+    truncation, style mixing and path length act on their ws."""
+    plain = getattr(G, "module", G)  # the module inside a DistributedDataParallel (or similar) wrapper
+    return hasattr(plain, "mapping") and hasattr(plain, "synthesis")
+
 
 class StyleGenerator(nn.Module):
     """Base of style-based generators: ``G(z, c) = synthesis(mapping(z, c))``.
