@@ -19,6 +19,16 @@ def repo_root() -> Path:
     return ROOT
 
 
+def load_tool(name: str):
+    """tools/<name>.py loaded as a module (the tools are scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"transgan_tools_{name}", ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(autouse=True)
 def fresh_accelerate_state():
     """Each test builds its Accelerator from scratch: accelerate keeps one process-wide state

@@ -7,7 +7,6 @@ checkpoint loading, the real dataset loaders, torch-fidelity, eval.json — is t
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
+from tests.conftest import load_tool
 from tests.data.fixtures import make_celeba, make_flowers102
 from tests.eval.run_fixtures import tiny_math_attention_run
 from transgan.registry import GENERATORS, register_generator
@@ -84,11 +84,8 @@ def tiny_generator():
 
 
 @pytest.fixture(scope="module")
-def eval_tool(repo_root):
-    spec = importlib.util.spec_from_file_location("transgan_tools_eval", repo_root / "tools" / "eval.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def eval_tool():
+    return load_tool("eval")
 
 
 def write_run(run: Path, dataset: dict, resolution: int, num_classes: int, step: int = 4) -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -15,6 +14,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
+from tests.conftest import load_tool
 from tests.eval.run_fixtures import STYLE_CONFIG, tiny_digits_run, tiny_math_attention_run, tiny_style_generator
 from transgan.eval.export import GeneratorInfo, export_generator, load_exported_generator
 from transgan.eval.generate import memorization_report, parse_classes, parse_seeds, resolve_class, sample
@@ -245,11 +245,8 @@ def test_memorization_report_lists_the_true_nearest_training_images(run_dir, tmp
 
 
 @pytest.fixture(scope="module")
-def generate_tool(repo_root):
-    spec = importlib.util.spec_from_file_location("transgan_tools_generate", repo_root / "tools" / "generate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def generate_tool():
+    return load_tool("generate")
 
 
 def test_generate_tool_writes_grids_files_and_an_export(run_dir, tmp_path, generate_tool, capsys):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import http.client
-import importlib.util
 import io
 import json
 import threading
@@ -16,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.conftest import load_tool
 from tests.eval.run_fixtures import STYLE_CONFIG, tiny_math_attention_run, tiny_style_generator
 from tests.serve.conftest import LIMITS
 from transgan.eval.export import GeneratorInfo, LoadedGenerator
@@ -257,11 +257,8 @@ def test_oversized_bodies_and_queries_are_refused_before_parsing(digits_server):
 
 
 @pytest.fixture(scope="module")
-def serve_tool(repo_root):
-    spec = importlib.util.spec_from_file_location("transgan_tools_serve", repo_root / "tools" / "serve.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def serve_tool():
+    return load_tool("serve")
 
 
 def test_serving_a_math_run_generates_with_math_unless_overridden(tmp_path_factory, serve_tool, kernels_run):

@@ -14,9 +14,10 @@ def check_resolution(resolution: int, low: int = 16, high: int = 1024) -> int:
     return resolution
 
 
-def stage_channels(resolution: int, channel_base: int, channel_max: int) -> int:
-    """Feature channels at a resolution: min(channel_base / resolution, channel_max) (StyleGAN2's schedule)."""
-    channels = min(channel_base // resolution, channel_max)
+def stage_channels(resolution: int, channel_base: int, channel_max: int, floor: int = 0) -> int:
+    """Feature channels at a resolution: min(channel_base / resolution, channel_max) (StyleGAN2's schedule),
+    raised to ``floor``; a ConfigError if that leaves none."""
+    channels = max(min(channel_base // resolution, channel_max), floor)
     if channels < 1:
         raise ConfigError(f"channel_base={channel_base} leaves no channels at resolution {resolution}")
     return channels

@@ -73,13 +73,13 @@ class ConvGenerator(nn.Module):
             cond_dim = embed_dim
         elif num_classes:
             cond_dim = num_classes
-        c4 = stage_channels(4, channel_base, channel_max)
+        c4 = stage_channels(4, channel_base, channel_max, floor=1)  # the baseline keeps >= 1 channel at any channel_base
         self.fc = nn.Linear(z_dim + cond_dim, c4 * 16)
         self.fc_norm = nn.BatchNorm2d(c4) if norm == "batch" else nn.Identity()
         blocks, res, ch = [], 4, c4
         while res < img_resolution:
             res *= 2
-            out = stage_channels(res, channel_base, channel_max)
+            out = stage_channels(res, channel_base, channel_max, floor=1)
             blocks += [nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
                        nn.Conv2d(ch, out, 3, padding=1),
                        nn.BatchNorm2d(out) if norm == "batch" else nn.Identity(),
@@ -120,7 +120,7 @@ class ConvCritic(nn.Module):
         layers, res, ch = [], img_resolution, img_channels + extra
         while res > 4:
             res //= 2
-            out = stage_channels(res, channel_base, channel_max)
+            out = stage_channels(res, channel_base, channel_max, floor=1)
             layers += [nn.Conv2d(ch, out, 3, stride=2, padding=1), critic_norm(norm, out), nn.LeakyReLU(0.2)]
             ch = out
         self.features = nn.Sequential(*layers)
