@@ -1,4 +1,4 @@
-"""Attention kernels against the math reference, and window / grid layouts against timm's Swin."""
+"""Attention kernels against the math reference (the dispatcher and the chunked op of nn/ops.py), and the module."""
 
 from __future__ import annotations
 
@@ -7,9 +7,6 @@ import warnings
 
 import pytest
 import torch
-from timm.models.swin_transformer import SwinTransformerBlock
-from timm.models.swin_transformer import window_partition as timm_window_partition
-from timm.models.swin_transformer import window_reverse as timm_window_reverse
 
 from transgan.nn import attention as A
 from transgan.nn import ops

@@ -73,7 +73,8 @@ class ConvGenerator(nn.Module):
             cond_dim = embed_dim
         elif num_classes:
             cond_dim = num_classes
-        c4 = stage_channels(4, channel_base, channel_max, floor=1)  # the baseline keeps >= 1 channel at any channel_base
+        # The baseline keeps at least one channel per stage at any channel_base (floor=1).
+        c4 = stage_channels(4, channel_base, channel_max, floor=1)
         self.fc = nn.Linear(z_dim + cond_dim, c4 * 16)
         self.fc_norm = nn.BatchNorm2d(c4) if norm == "batch" else nn.Identity()
         blocks, res, ch = [], 4, c4

@@ -156,7 +156,6 @@ def _xformers_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, sc
     return out.transpose(1, 2)
 
 
-
 # --- dispatcher ---------------------------------------------------------------------------------
 
 def scaled_dot_product(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None, scale: float | None = None,
