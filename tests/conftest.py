@@ -19,6 +19,16 @@ def repo_root() -> Path:
     return ROOT
 
 
+def load_tool(name: str):
+    """tools/<name>.py loaded as a module (the tools are scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"transgan_tools_{name}", ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(autouse=True)
 def fresh_accelerate_state():
     """Each test builds its Accelerator from scratch: accelerate keeps one process-wide state
@@ -29,3 +39,18 @@ def fresh_accelerate_state():
 
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
+
+
+@pytest.fixture
+def kernels_run(monkeypatch) -> list[str]:
+    """The attention kernels the dispatcher runs during the test, in call order (math, chunked, sdpa)."""
+    from transgan.nn import attention
+
+    calls: list[str] = []
+    for name, function in {"math": "math_attention", "chunked": "chunked_attention", "sdpa": "_sdpa_attention"}.items():
+        def spy(*args, _name=name, _original=getattr(attention, function), **kwargs):
+            calls.append(_name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(attention, function, spy)
+    return calls

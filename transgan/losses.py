@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from transgan.nn.attention import double_backward_safe
+from transgan.nn.style import is_style_generator
 
 from transgan.errors import ConfigError
 
@@ -268,7 +269,7 @@ class GANLoss:
     def _generate(self, G: Callable, z: Tensor, c: Optional[Tensor],
                   return_ws: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """run_G: images from z (with style mixing for style-based generators), and their ws if asked."""
-        if not _is_style_generator(G):
+        if not is_style_generator(G):
             if return_ws:
                 raise TypeError(f"path-length regularization needs a style-based generator (G.mapping, "
                                 f"G.synthesis, see transgan/nn/style.py); {type(_unwrap(G)).__name__} is not one")
@@ -385,11 +386,6 @@ def _identity(x: Tensor) -> Tensor:
 def _unwrap(G: Callable) -> Callable:
     """The module inside a DistributedDataParallel (or similar) wrapper."""
     return getattr(G, "module", G)
-
-
-def _is_style_generator(G: Callable) -> bool:
-    plain = _unwrap(G)
-    return hasattr(plain, "mapping") and hasattr(plain, "synthesis")
 
 
 def build_loss(cfg: Mapping[str, Any]) -> GANLoss:

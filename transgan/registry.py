@@ -41,8 +41,10 @@ def register_discriminator(name: str) -> Callable[[T], T]:
     return _register(DISCRIMINATORS, "discriminator", name)
 
 
-def _build(table: dict[str, type[nn.Module]], kind: str, cfg: Mapping[str, Any], **shape: Any) -> nn.Module:
+def _build(table: dict[str, type[nn.Module]], kind: str, cfg: Mapping[str, Any], attention: str | None,
+           **shape: Any) -> nn.Module:
     import transgan.models  # noqa: F401  (importing the package registers every backbone)
+    from transgan.nn.attention import check_kernel
 
     cfg = dict(cfg)
     name = cfg.pop("name", None)
@@ -50,6 +52,11 @@ def _build(table: dict[str, type[nn.Module]], kind: str, cfg: Mapping[str, Any],
         raise ConfigError(f"unknown {kind} {name!r}; registered: {sorted(table)}")
     cls = table[name]
     params = inspect.signature(cls.__init__).parameters
+    if attention is not None:
+        # The run's kernel (model.attention) for backbones with attention whose config names none.
+        check_kernel(attention, "model.attention")
+        if "attention_kernel" in params and cfg.get("attention_kernel") is None:
+            cfg["attention_kernel"] = attention
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     unknown = [k for k in cfg if k not in params and not takes_any]
     if unknown:
@@ -63,13 +70,20 @@ def _build(table: dict[str, type[nn.Module]], kind: str, cfg: Mapping[str, Any],
         raise ConfigError(f"{kind} {name!r}: {e}") from e
 
 
-def build_generator(cfg: Mapping[str, Any], img_resolution: int, img_channels: int, num_classes: int) -> nn.Module:
-    """Build the generator named by ``cfg.name`` with the remaining keys as keyword arguments."""
-    return _build(GENERATORS, "generator", cfg, img_resolution=img_resolution,
+def build_generator(cfg: Mapping[str, Any], img_resolution: int, img_channels: int, num_classes: int,
+                    attention: str | None = None) -> nn.Module:
+    """Build the generator named by ``cfg.name`` with the remaining keys as keyword arguments.
+
+    ``attention`` (the config's ``model.attention``) is the kernel of a backbone with attention
+    whose ``attention_kernel`` is null; the network carries it from construction.
+    """
+    return _build(GENERATORS, "generator", cfg, attention, img_resolution=img_resolution,
                   img_channels=img_channels, num_classes=num_classes)
 
 
-def build_discriminator(cfg: Mapping[str, Any], img_resolution: int, img_channels: int, num_classes: int) -> nn.Module:
-    """Build the discriminator named by ``cfg.name`` with the remaining keys as keyword arguments."""
-    return _build(DISCRIMINATORS, "discriminator", cfg, img_resolution=img_resolution,
+def build_discriminator(cfg: Mapping[str, Any], img_resolution: int, img_channels: int, num_classes: int,
+                        attention: str | None = None) -> nn.Module:
+    """Build the discriminator named by ``cfg.name`` with the remaining keys as keyword arguments
+    (``attention`` as for :func:`build_generator`)."""
+    return _build(DISCRIMINATORS, "discriminator", cfg, attention, img_resolution=img_resolution,
                   img_channels=img_channels, num_classes=num_classes)

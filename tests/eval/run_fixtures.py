@@ -1,8 +1,10 @@
-"""Small generators for the generation and serving tests: a real run directory written by the Trainer,
+"""Small generators for the generation and serving tests: real run directories written by the Trainer,
 and a tiny StyleGAN2 built through the registry.
 
-The run is made once per test session (two training steps of a 16x16 cwgan_gp on digits, about
-10 s on two cores) and shared by tests/eval/test_generate.py and tests/serve/.
+Each run is made once per test session and shared by tests/eval and tests/serve: two training
+steps of a 16x16 cwgan_gp on digits (about 10 s on two cores), and one step of a 16x16 TransGAN
+trained with ``model.attention=math`` (about 5 s), whose kernel evaluation, generation and
+serving must rebuild (the ``kernels_run`` fixture of tests/conftest.py records the kernels that ran).
 """
 
 from __future__ import annotations
@@ -18,21 +20,36 @@ TINY_RUN = ["model=cwgan_gp", "dataset=digits", "model.resolution=16", "train.ba
             "train.max_steps=2", "train.eval_samples_per_class=2", "train.log_every=1", "train.cpu_threads=1"]
 
 
-def tiny_digits_run(tmp_path_factory) -> Path:
-    """A tools/train.py run directory (config.yaml + checkpoint) of a conditional digits model, made once."""
-    if "digits" not in _RUNS:
+MATH_RUN = ["model=transgan", "model.attention=math", "dataset=digits", "model.resolution=16",
+            "model.generator.bottom_resolution=4", "train.batch_size=8", "train.n_critic=1", "train.max_steps=1",
+            "train.eval_samples_per_class=1", "train.log_every=1", "train.cpu_threads=1"]
+
+
+def _train_once(key: str, overrides: list[str], tmp_path_factory) -> Path:
+    """A tools/train.py run directory (config.yaml + checkpoint) for ``overrides``, made once per session."""
+    if key not in _RUNS:
         from transgan.train.config import compose_config
         from transgan.train.trainer import Trainer
 
-        run = tmp_path_factory.mktemp("tiny_digits_run") / "run"
-        cfg, _ = compose_config([*TINY_RUN, f"hydra.run.dir={run}"])
+        run = tmp_path_factory.mktemp(f"tiny_{key}_run") / "run"
+        cfg, _ = compose_config([*overrides, f"hydra.run.dir={run}"])
         threads = torch.get_num_threads()
         try:
             Trainer(cfg, str(run)).train()
         finally:
             torch.set_num_threads(threads)  # the Trainer sets torch's threads; leave other tests as they were
-        _RUNS["digits"] = run
-    return _RUNS["digits"]
+        _RUNS[key] = run
+    return _RUNS[key]
+
+
+def tiny_digits_run(tmp_path_factory) -> Path:
+    """A run directory of a conditional digits model (cwgan_gp), made once."""
+    return _train_once("digits", TINY_RUN, tmp_path_factory)
+
+
+def tiny_math_attention_run(tmp_path_factory) -> Path:
+    """A run directory of a conditional digits TransGAN trained with ``model.attention=math``, made once."""
+    return _train_once("math_attention", MATH_RUN, tmp_path_factory)
 
 
 STYLE_CONFIG = {"name": "stylegan2", "z_dim": 16, "w_dim": 16, "mapping_layers": 2, "channel_base": 256,

@@ -7,7 +7,6 @@ checkpoint loading, the real dataset loaders, torch-fidelity, eval.json — is t
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -21,7 +20,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
+from tests.conftest import load_tool
 from tests.data.fixtures import make_celeba, make_flowers102
+from tests.eval.run_fixtures import tiny_math_attention_run
 from transgan.registry import GENERATORS, register_generator
 from transgan.runs.checkpoint import FORMAT, checkpoint_path, save_atomic
 from transgan.train.config import model_signature
@@ -83,11 +84,8 @@ def tiny_generator():
 
 
 @pytest.fixture(scope="module")
-def eval_tool(repo_root):
-    spec = importlib.util.spec_from_file_location("transgan_tools_eval", repo_root / "tools" / "eval.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def eval_tool():
+    return load_tool("eval")
 
 
 def write_run(run: Path, dataset: dict, resolution: int, num_classes: int, step: int = 4) -> Path:
@@ -319,3 +317,20 @@ def test_prc_alone_on_an_inception_preset_reports_vgg16(tmp_path, repo_root, eva
     assert p["extractors"] == {"vgg16": ["prc"]}
     assert "shipped" not in printed and digest[:16] in printed
     assert [line.split()[-1] for line in printed.splitlines() if line.startswith("extractor")] == ["vgg16"]
+
+
+def test_evaluating_a_math_run_uses_math_unless_overridden(tmp_path_factory, tmp_path, eval_tool, kernels_run,
+                                                            capsys):
+    run = tiny_math_attention_run(tmp_path_factory)
+    out = tmp_path / "eval.json"
+    assert eval_tool.main([str(run), *small(tmp_path), "eval.metrics=[fid]", f"out={out}"]) == 0
+    assert kernels_run and set(kernels_run) == {"math"}
+    assert json.loads(out.read_text())["protocol"]["attention"] == "math"
+    kernels_run.clear()
+    assert eval_tool.main([str(run), *small(tmp_path), "eval.metrics=[fid]", "model.attention=chunked",
+                           f"out={out}"]) == 0
+    assert kernels_run and set(kernels_run) == {"chunked"}
+    assert json.loads(out.read_text())["protocol"]["attention"] == "chunked"
+    capsys.readouterr()
+    assert eval_tool.main([str(run), "model.attention=flash", f"out={out}"]) == 2
+    assert "model.attention must be one of" in capsys.readouterr().err

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -15,13 +14,14 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from tests.eval.run_fixtures import STYLE_CONFIG, tiny_digits_run, tiny_style_generator
+from tests.conftest import load_tool
+from tests.eval.run_fixtures import STYLE_CONFIG, tiny_digits_run, tiny_math_attention_run, tiny_style_generator
 from transgan.errors import ConfigError
 from transgan.eval.generate import memorization_report, parse_classes, parse_seeds, resolve_class, sample
 from transgan.eval.sampling import (
     interpolate, lerp, nearest_neighbours, seed_latents, slerp, style_mixing_grid, synthesize, to_uint8)
 from transgan.registry import build_generator
-from transgan.runs.checkpoint import latest_checkpoint, load_checkpoint
+from transgan.runs.checkpoint import latest_checkpoint, load_checkpoint, save_atomic
 from transgan.runs.export import GeneratorInfo, export_generator, load_exported_generator
 from transgan.runs.load import load_run
 
@@ -246,11 +246,8 @@ def test_memorization_report_lists_the_true_nearest_training_images(run_dir, tmp
 
 
 @pytest.fixture(scope="module")
-def generate_tool(repo_root):
-    spec = importlib.util.spec_from_file_location("transgan_tools_generate", repo_root / "tools" / "generate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def generate_tool():
+    return load_tool("generate")
 
 
 def test_generate_tool_writes_grids_files_and_an_export(run_dir, tmp_path, generate_tool, capsys):
@@ -284,3 +281,47 @@ def test_synthesize_leaves_batchnorm_statistics_and_mode_alone(run_dir):
     synthesize(G, seed_latents([0, 1], G.z_dim), torch.tensor([0, 1]))
     assert G.training
     assert all(torch.equal(before[k], v) for k, v in G.state_dict().items())
+
+
+# ----------------------------------------------------------------------------- the run's attention kernel
+
+def test_generating_from_a_math_run_uses_math_and_the_export_records_it(tmp_path_factory, tmp_path, generate_tool,
+                                                                         kernels_run):
+    run = tiny_math_attention_run(tmp_path_factory)
+    loaded = load_run(run)
+    assert loaded.G.attention_kernel == "math" and loaded.info.attention == "math"
+
+    assert generate_tool.main(["images", str(run), "--classes", "1,7", "--seeds", "0-1",
+                               "--out", str(tmp_path / "grid.png")]) == 0
+    assert kernels_run and set(kernels_run) == {"math"}
+    kernels_run.clear()
+    assert generate_tool.main(["images", str(run), "--seeds", "0", "--attention", "chunked",
+                               "--out", str(tmp_path / "chunked.png")]) == 0
+    assert kernels_run and set(kernels_run) == {"chunked"}
+
+    assert generate_tool.main(["export", str(run), "--out", str(tmp_path / "exp")]) == 0
+    recorded = json.loads((tmp_path / "exp" / "generator.json").read_text())
+    assert recorded["attention"] == "math"
+    kernels_run.clear()
+    assert generate_tool.main(["images", str(tmp_path / "exp"), "--seeds", "0", "--out", str(tmp_path / "e.png")]) == 0
+    assert kernels_run and set(kernels_run) == {"math"}
+    assert load_exported_generator(tmp_path / "exp", attention="sdpa").G.attention_kernel == "sdpa"
+
+    # An export written before the kernel was recorded: the backbone's default.
+    del recorded["attention"]
+    (tmp_path / "exp" / "generator.json").write_text(json.dumps(recorded))
+    old_export = load_exported_generator(tmp_path / "exp")
+    assert old_export.G.attention_kernel == "auto" and old_export.info.attention is None
+
+
+def test_a_checkpoint_without_a_recorded_kernel_still_loads(tmp_path_factory, tmp_path):
+    state = load_checkpoint(latest_checkpoint(tiny_math_attention_run(tmp_path_factory)))
+    cfg = OmegaConf.create(state["config"])
+    del cfg.model["attention"]
+    state["config"] = OmegaConf.to_yaml(cfg)  # as the trainer writes it, less model.attention
+    save_atomic(state, tmp_path / "old.pt")
+    old = load_run(tmp_path / "old.pt")
+    assert old.G.attention_kernel == "auto" and old.info.attention is None
+    for name, tensor in old.G.state_dict().items():
+        assert torch.equal(tensor, state["G_ema"][name]), name
+    assert load_run(tmp_path / "old.pt", attention="math").G.attention_kernel == "math"

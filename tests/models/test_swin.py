@@ -408,7 +408,7 @@ def test_paper_presets_use_the_published_architecture():
     assert (g.z_dim, g.w_dim, g.mapping_layers, g.mapping_lr_multiplier) == (512, 512, 8, 0.01)
     assert (g.window, g.head_dim, g.min_heads, g.depth, g.mlp_ratio, g.spe) == (8, 32, 4, 2, 4.0, True)
     # StyleSwin 256 widths (G_channel_multiplier 2): 512 up to 64x64, then 256, 128.
-    from transgan.models.stylegan2 import stage_channels
+    from transgan.models.common import stage_channels
 
     assert [stage_channels(r, g.channel_base, g.channel_max) for r in (4, 8, 16, 32, 64, 128, 256)] == [
         512, 512, 512, 512, 512, 256, 128]

@@ -34,10 +34,11 @@ def small_G(num_classes: int = 10, **kw) -> T.TransGANGenerator:
     return T.TransGANGenerator(16, 1, num_classes, **{**opts, **kw})
 
 
+SMALL_D = dict(patch_size=2, embed_dims=(12, 4), depths=(1, 1), num_heads=2, global_attention_tokens=32, grid_size=4)
+
+
 def small_D(num_classes: int = 10, **kw) -> T.TransGANDiscriminator:
-    opts = dict(patch_size=2, embed_dims=(12, 4), depths=(1, 1), num_heads=2, global_attention_tokens=32,
-                grid_size=4)
-    return T.TransGANDiscriminator(16, 1, num_classes, **{**opts, **kw})
+    return T.TransGANDiscriminator(16, 1, num_classes, **{**SMALL_D, **kw})
 
 
 # ----------------------------------------------------------------------------- the CIFAR preset vs the public code
@@ -289,7 +290,7 @@ def test_bad_config_fails_at_construction_with_a_clear_message(kind, options, me
 
 def test_gradient_penalty_runs_on_the_safe_kernel_and_matches_the_math_kernel(monkeypatch):
     torch.manual_seed(0)
-    D_auto = small_D(attention_kernel=None)
+    D_auto = small_D(attention_kernel=None)   # null: the default setting, auto
     D_math = small_D(attention_kernel="math")
     D_math.load_state_dict(D_auto.state_dict())
     real, fake = torch.randn(4, 1, 16, 16), torch.randn(4, 1, 16, 16)
@@ -309,10 +310,9 @@ def test_gradient_penalty_runs_on_the_safe_kernel_and_matches_the_math_kernel(mo
         grads = torch.autograd.grad(gp, list(D.parameters()), allow_unused=True)  # e.g. the head bias
         return gp, [torch.zeros_like(p) if g is None else g for p, g in zip(D.parameters(), grads)]
 
-    with A.attention_kernel("auto"):   # the run's default dispatch: sdpa on CPU outside the penalty
-        q = torch.randn(1, 2, 4, 4)
-        assert A.resolve_kernel(None, q) in ("sdpa", "xformers")
-        gp_auto, grads_auto = gp_grads(D_auto)
+    assert D_auto.attention_kernel == "auto"
+    assert A.resolve_kernel(D_auto.attention_kernel, torch.randn(1, 2, 4, 4)) == "sdpa"  # outside the penalty
+    gp_auto, grads_auto = gp_grads(D_auto)
     n_attention = sum(len(s) for s in D_auto.stages) + len(D_auto.last_blocks)
     assert len(chunked_calls) == n_attention      # every attention of the penalty pass ran chunked
     chunked_calls.clear()
@@ -331,16 +331,15 @@ def _penalized_d_loss(D, penalty: str, real, fake, c, eps):
     return ns_d_loss(D(real, c), D(fake, c)) + 0.5 * r1_penalty(D, real, c).mean()
 
 
-CPU_KERNELS = [k for k in A.KERNELS if k != "xformers"]   # xformers needs CUDA
-
-
 @pytest.mark.parametrize("penalty", ["wgan_gp", "r1"])
-@pytest.mark.parametrize("kernel", CPU_KERNELS)
+@pytest.mark.parametrize("kernel", A.KERNELS)   # xformers runs as sdpa off CUDA
 def test_activation_checkpointing_trains_like_the_plain_discriminator_under_penalties(kernel, penalty):
     """The recomputation re-enters the penalty pass's kernel choice, so the saved tensors match."""
     torch.manual_seed(0)
-    plain = small_D(attention_kernel=kernel)
-    checkpointed = small_D(attention_kernel=kernel, gradient_checkpointing=True)
+    plain = build_discriminator({"name": "transgan", **SMALL_D}, 16, 1, 10, attention=kernel)
+    checkpointed = build_discriminator({"name": "transgan", **SMALL_D, "gradient_checkpointing": True}, 16, 1, 10,
+                                       attention=kernel)
+    assert plain.attention_kernel == checkpointed.attention_kernel == kernel
     checkpointed.load_state_dict(plain.state_dict())
     optimizers = [torch.optim.Adam(D.parameters(), lr=1e-3, betas=(0.0, 0.99)) for D in (plain, checkpointed)]
     for _ in range(2):
@@ -396,11 +395,7 @@ def test_training_tool_refuses_a_bad_transgan_config_before_writing(repo_root, t
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     run_dir = tmp_path / "run"
-    kernel = A.get_default_kernel()
-    try:
-        code = tool.main(["model=transgan", "model.generator.grid_size=12", f"hydra.run.dir={run_dir}"])
-    finally:
-        A.set_default_kernel(kernel)  # the trainer sets the process-wide kernel from model.attention
+    code = tool.main(["model=transgan", "model.generator.grid_size=12", f"hydra.run.dir={run_dir}"])
     err = capsys.readouterr().err
     assert code == 2 and "grid_size=12" in err
     assert not run_dir.exists()

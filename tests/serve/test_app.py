@@ -15,7 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.eval.run_fixtures import STYLE_CONFIG, tiny_style_generator
+from tests.conftest import load_tool
+from tests.eval.run_fixtures import STYLE_CONFIG, tiny_math_attention_run, tiny_style_generator
 from tests.serve.conftest import LIMITS
 from transgan.errors import ConfigError
 from transgan.eval.generate import sample
@@ -253,3 +254,20 @@ def test_oversized_bodies_and_queries_are_refused_before_parsing(digits_server):
     # Just under the limits still works.
     assert post_raw(digits_server.url + "api/generate", b'{"class": 1}' + b" " * 60000)[0] == 200
     assert call(digits_server.url + "api/generate.png?class=1&size=16&" + "seed=0&" * 1)[0] == 200
+
+
+@pytest.fixture(scope="module")
+def serve_tool():
+    return load_tool("serve")
+
+
+def test_serving_a_math_run_generates_with_math_unless_overridden(tmp_path_factory, serve_tool, kernels_run):
+    run = str(tiny_math_attention_run(tmp_path_factory))
+    for argv, kernel in (([run], "math"), ([run, "--attention", "chunked"], "chunked")):
+        app = serve_tool.build_app(serve_tool.build_parser().parse_args(argv))
+        assert app.state.service.G.attention_kernel == kernel
+        kernels_run.clear()
+        with BackgroundServer(app) as server:
+            status, body, _ = call(server.url + "api/generate", {"class": 3, "seed": 0, "count": 2})
+        assert status == 200 and len(json.loads(body)["images"]) == 2
+        assert kernels_run and set(kernels_run) == {kernel}

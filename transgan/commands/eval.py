@@ -16,6 +16,8 @@
                         eval.metrics=[fid,kid], eval.cache_dir=..., eval.device=cpu
   dataset=<name>        reference dataset config from configs/dataset/ (default: the run's)
   dataset.<key>=<value> change the reference dataset config, e.g. dataset.root=/data/celeba
+  model.attention=<k>   attention kernel (auto, sdpa, xformers, math, chunked) instead of the
+                        run's own model.attention
   out=<file>            where to write the results (default: <run dir>/eval.json, ./eval.json
                         for a folder)
 
@@ -34,6 +36,7 @@ from typing import Any, Sequence
 
 from transgan.cli import console_entry, run_cli
 from transgan.errors import ConfigError
+from transgan.nn.attention import check_kernel
 from transgan.runs.checkpoint import run_dir_of
 from transgan.runs.load import find_checkpoint, load_generator  # (shared with generate/serve)
 from transgan.train.config import CONFIG_DIR
@@ -44,7 +47,7 @@ _TABLE = ["fid", "kid_mean", "kid_std", "isc_mean", "isc_std", "precision", "rec
 def parse_args(argv: Sequence[str]) -> dict[str, Any]:
     """Split the command line into the source, the preset, and the eval/dataset/out overrides."""
     args: dict[str, Any] = {"source": None, "preset": None, "dataset": None, "eval": [], "dataset_overrides": [],
-                            "out": None}
+                            "out": None, "attention": None}
     for a in argv:
         if "=" not in a:
             if args["source"] is not None:
@@ -59,12 +62,15 @@ def parse_args(argv: Sequence[str]) -> dict[str, Any]:
             args["dataset"] = value
         elif key == "out":
             args["out"] = value
+        elif key == "model.attention":
+            args["attention"] = check_kernel(value, "model.attention")
         elif key.startswith("eval."):
             args["eval"].append(f"{key[5:]}={value}")
         elif key.startswith("dataset."):
             args["dataset_overrides"].append(f"{key[8:]}={value}")
         else:
-            raise ConfigError(f"unknown argument {a!r}; expected eval=, eval.<key>=, dataset=, dataset.<key>= or out=")
+            raise ConfigError(f"unknown argument {a!r}; expected eval=, eval.<key>=, dataset=, dataset.<key>=, "
+                              "model.attention= or out=")
     if args["source"] is None:
         raise ConfigError("give what to evaluate: a run directory, a checkpoint file or a folder of images")
     return args
@@ -126,9 +132,10 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
     protocol_weights(cfg)  # a missing weights file fails now, before the checkpoint is even built
     info: dict[str, Any] = {"source": str(source), "preset": preset}
     if checkpoint is not None:
-        target: Any = load_generator(state, cfg.network)
+        target: Any = load_generator(state, cfg.network, attention=args["attention"])
         info.update(checkpoint=str(checkpoint), step=state["progress"]["step"],
-                    images_seen=state["progress"]["images_seen"])
+                    images_seen=state["progress"]["images_seen"],
+                    attention=getattr(target, "attention_kernel", None))
     else:
         target = source
     results = evaluate(target, dataset_cfg, cfg)

@@ -17,6 +17,8 @@ report, and export for serving.
   --truncation psi in w space for style generators (1 = none); for the others the |z| threshold
                beyond which latent entries are redrawn (default: none)
   --seeds      integers and ranges: 0-7,12. Every image is a function of (class, seed, truncation).
+  --attention  attention kernel (auto, sdpa, xformers, math, chunked) instead of the one the run
+               was trained with (its model.attention, recorded in checkpoints and exports)
 
 Exit status 2 with a message for bad input (unknown class, missing files, wrong model kind).
 """
@@ -31,6 +33,7 @@ from typing import Any, Optional, Sequence
 from transgan.cli import console_entry, run_cli
 from transgan.errors import ConfigError
 from transgan.runs.export import GeneratorInfo
+from transgan.nn.attention import KERNELS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("source", help="run directory, checkpoint file or exported generator")
         p.add_argument("--network", default="G_ema", choices=["G_ema", "G"], help="which weights of a checkpoint")
         p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+        p.add_argument("--attention", default=None, choices=KERNELS,
+                       help="attention kernel instead of the run's model.attention")
         return p
 
     p = command("images", "a grid of classes x seeds (or one file per image)")
@@ -95,7 +100,7 @@ def run(argv: Sequence[str]) -> Path:
     from transgan.runs.load import load_source
 
     args = build_parser().parse_args(argv)
-    loaded = load_source(args.source, args.network)
+    loaded = load_source(args.source, args.network, attention=args.attention)
     G, info = loaded.G.to(args.device), loaded.info
     print(gen.describe(info, G))
     out = Path(args.out).expanduser()

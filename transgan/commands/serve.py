@@ -1,12 +1,13 @@
 """Serve a web page for conditional generation (class, truncation, seed, count -> image grid) and a JSON/PNG API.
 
     python tools/serve.py SOURCE [--host 127.0.0.1] [--port 8000] [--max-count 64] [--threads N]
-                                 [--network G_ema] [--device cpu] [--title TEXT]
+                                 [--network G_ema] [--device cpu] [--title TEXT] [--attention KERNEL]
 
   SOURCE     an exported generator (folder with generator.safetensors + generator.json, from
              `python tools/generate.py export`), a run directory of tools/train.py or a checkpoint
   --host     interface to listen on; the default 127.0.0.1 keeps the page on this machine
   --threads  torch threads for generation (default: torch's choice)
+  --attention attention kernel (auto, sdpa, xformers, math, chunked) instead of the run's model.attention
 
 Then open http://127.0.0.1:8000/ . API: GET /api/info, POST /api/generate (JSON), GET
 /api/generate.png?class=3&seed=0&count=8 (see docs/serving.md). Ctrl-C stops the server.
@@ -16,13 +17,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
 from transgan.cli import console_entry, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
+    from transgan.nn.attention import KERNELS
     from transgan.serve.server import DEFAULT_HOST
 
     p = argparse.ArgumentParser(prog="tools/serve.py", description=__doc__.split("\n")[0])
@@ -34,26 +36,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--network", default="G_ema", choices=["G_ema", "G"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--title", default=None)
+    p.add_argument("--attention", default=None, choices=KERNELS,
+                   help="attention kernel instead of the run's model.attention")
     return p
 
 
-def run(argv: Sequence[str]) -> None:
-    """Load the generator once and serve until interrupted."""
+def build_app(args: argparse.Namespace) -> Any:
+    """The web app for parsed arguments: the generator loaded once, with the run's attention kernel."""
     import torch
 
     from transgan.errors import ConfigError
     from transgan.runs.load import load_source
     from transgan.serve.app import ServeLimits, create_app
-    from transgan.serve.server import is_loopback_host, serve_forever
 
-    args = build_parser().parse_args(argv)
     if not 1 <= args.max_count <= 1024:
         raise ConfigError(f"--max-count must be in 1..1024, got {args.max_count}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    loaded = load_source(args.source, args.network)
+    loaded = load_source(args.source, args.network, attention=args.attention)
     loaded.G.to(args.device)
-    app = create_app(loaded, ServeLimits(max_count=args.max_count), title=args.title)
+    return create_app(loaded, ServeLimits(max_count=args.max_count), title=args.title)
+
+
+def run(argv: Sequence[str]) -> None:
+    """Load the generator once and serve until interrupted."""
+    from transgan.serve.server import is_loopback_host, serve_forever
+
+    args = build_parser().parse_args(argv)
+    app = build_app(args)
     info = app.state.service.describe()
     print(f"{info['description']}; serving on http://{args.host}:{args.port}/")
     if not is_loopback_host(args.host):

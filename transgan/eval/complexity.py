@@ -3,8 +3,8 @@
 FLOPs are those of one forward pass on one image, counted by ``torch.utils.flop_counter``
 (a multiply-add = 2 FLOPs; MACs = FLOPs / 2, the unit of thop-style counters). Networks are
 built on the meta device, so nothing is allocated and the largest presets cost no memory;
-attention runs on the ``math`` kernel so its matrix products are counted whatever kernel
-a run would use. "attention" is the FLOPs of batched matmuls: the q k^T and a v products
+they are built with the ``math`` attention kernel so its matrix products are counted whatever
+kernel a run would use. "attention" is the FLOPs of batched matmuls: the q k^T and a v products
 (and any other bmm, e.g. an einsum, a backbone may run).
 """
 
@@ -47,10 +47,8 @@ def count_parameters(module: nn.Module) -> int:
 
 
 def forward_flops(module: nn.Module, *inputs: Any) -> dict[str, int]:
-    """FLOPs of ``module(*inputs)``: total and the attention products (batched matmuls)."""
-    from transgan.nn.attention import attention_kernel
-
-    with attention_kernel("math"), FlopCounterMode(display=False) as counter:
+    """FLOPs of ``module(*inputs)``: total and the attention products (batched matmuls of the ``math`` kernel)."""
+    with FlopCounterMode(display=False) as counter:
         module(*inputs)
     per_op = {str(op): int(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
     return {"total": int(counter.get_total_flops()),
@@ -75,7 +73,10 @@ def measure_models(generator: Mapping[str, Any], discriminator: Mapping[str, Any
     """Build G and D from their configs on the meta device; return parameters and FLOPs per image of each."""
     from transgan.registry import build_discriminator, build_generator
 
-    shape = dict(img_resolution=resolution, img_channels=channels, num_classes=num_classes)
+    shape = dict(img_resolution=resolution, img_channels=channels, num_classes=num_classes, attention="math")
+    # Without their own kernel setting, the networks take ``attention`` (math) from the builder.
+    generator, discriminator = ({k: v for k, v in dict(net).items() if k != "attention_kernel"}
+                                for net in (generator, discriminator))
     with torch.device("meta"):
         # requires_grad_(False) rather than no_grad(): the FLOP counter's module tracker hooks
         # tensors that need gradients, and no_grad() leaves some of those without a grad_fn.

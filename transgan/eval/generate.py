@@ -22,8 +22,8 @@ import torch.nn as nn
 
 from transgan.errors import ConfigError
 from transgan.eval.sampling import (
-    interpolate, is_style_generator, nearest_neighbours, seed_latents, style_mixing_grid, synthesize,
-    to_rgb, to_uint8, truncation_kind)
+    interpolate, nearest_neighbours, seed_latents, style_mixing_grid, synthesize, to_rgb, to_uint8, truncation_kind)
+from transgan.nn.style import is_style_generator
 from transgan.runs.export import GeneratorInfo, LoadedGenerator
 
 MAX_SEED = 2**32 - 1

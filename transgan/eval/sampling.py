@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 from torch_fidelity import GenerativeModelBase
 
 from transgan.errors import ConfigError
-from transgan.nn.style import mix_styles
+from transgan.nn.style import is_style_generator, mix_styles
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -179,11 +179,6 @@ def dataset_labels(dataset: Dataset) -> np.ndarray:
 # ----------------------------------------------------------------------------- images from seeds
 # Everything below is shared by tools/generate.py and the web app (transgan/serve): a seed names one
 # latent for ever, so a grid, a strip or a served image can be reproduced from its seed alone.
-
-def is_style_generator(G: nn.Module) -> bool:
-    """True for generators with ``G.mapping``/``G.synthesis`` (truncation and mixing act on their ws)."""
-    return hasattr(G, "mapping") and hasattr(G, "synthesis")
-
 
 def truncation_kind(G: nn.Module) -> str:
     """``"psi"`` (w-space truncation) for style generators, ``"z_threshold"`` (resampled z) for the others."""

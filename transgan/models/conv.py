@@ -22,19 +22,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from transgan.errors import ConfigError
+from transgan.models.common import check_resolution, stage_channels
 from transgan.nn.layers import ClassProjection, check_class_labels, class_planes
 from transgan.registry import register_discriminator, register_generator
-
-
-def check_resolution(resolution: int, low: int, high: int) -> None:
-    """Refuse resolutions that are not a power of two in [low, high]."""
-    if resolution < low or resolution > high or resolution & (resolution - 1):
-        raise ConfigError(f"resolution {resolution} is not a power of two in {low}..{high}")
-
-
-def channels_at(resolution: int, channel_base: int, channel_max: int) -> int:
-    """Feature maps at a resolution: min(channel_base / resolution, channel_max)."""
-    return max(1, min(channel_base // resolution, channel_max))
 
 
 def critic_norm(kind: str, channels: int) -> nn.Module:
@@ -84,13 +74,14 @@ class ConvGenerator(nn.Module):
             cond_dim = embed_dim
         elif num_classes:
             cond_dim = num_classes
-        c4 = channels_at(4, channel_base, channel_max)
+        # The baseline keeps at least one channel per stage at any channel_base (floor=1).
+        c4 = stage_channels(4, channel_base, channel_max, floor=1)
         self.fc = nn.Linear(z_dim + cond_dim, c4 * 16)
         self.fc_norm = nn.BatchNorm2d(c4) if norm == "batch" else nn.Identity()
         blocks, res, ch = [], 4, c4
         while res < img_resolution:
             res *= 2
-            out = channels_at(res, channel_base, channel_max)
+            out = stage_channels(res, channel_base, channel_max, floor=1)
             blocks += [nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
                        nn.Conv2d(ch, out, 3, padding=1),
                        nn.BatchNorm2d(out) if norm == "batch" else nn.Identity(),
@@ -131,7 +122,7 @@ class ConvCritic(nn.Module):
         layers, res, ch = [], img_resolution, img_channels + extra
         while res > 4:
             res //= 2
-            out = channels_at(res, channel_base, channel_max)
+            out = stage_channels(res, channel_base, channel_max, floor=1)
             layers += [nn.Conv2d(ch, out, 3, stride=2, padding=1), critic_norm(norm, out), nn.LeakyReLU(0.2)]
             ch = out
         self.features = nn.Sequential(*layers)

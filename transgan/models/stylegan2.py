@@ -34,27 +34,13 @@ import torch.nn as nn
 from torch import Tensor
 
 from transgan.errors import ConfigError
+from transgan.models.common import check_resolution, stage_channels
 from transgan.nn.layers import EqualizedConv2d, EqualizedLinear, MinibatchStd, apply_spectral_norm, upsample2d
 from transgan.nn.style import MappingNetwork, StyledConv2d, StyleGenerator, ToRGB
 from transgan.registry import register_discriminator, register_generator
 
-__all__ = ["stage_channels", "check_resolution", "LayerFactory", "SynthesisBlock", "SynthesisNetwork", "StyleGAN2Generator",
+__all__ = ["LayerFactory", "SynthesisBlock", "SynthesisNetwork", "StyleGAN2Generator",
            "DiscriminatorBlock", "DiscriminatorEpilogue", "StyleGAN2Discriminator"]
-
-
-def check_resolution(resolution: int, low: int = 16, high: int = 1024) -> int:
-    """The image side, a power of two in [low, high]; a ConfigError otherwise."""
-    if not isinstance(resolution, int) or resolution < low or resolution > high or resolution & (resolution - 1):
-        raise ConfigError(f"resolution must be a power of two in [{low}, {high}], got {resolution!r}")
-    return resolution
-
-
-def stage_channels(resolution: int, channel_base: int, channel_max: int) -> int:
-    """Feature channels at a resolution: min(channel_base / resolution, channel_max)."""
-    channels = min(channel_base // resolution, channel_max)
-    if channels < 1:
-        raise ConfigError(f"channel_base={channel_base} leaves no channels at resolution {resolution}")
-    return channels
 
 
 def _check_shape(x: Tensor, shape: tuple, who: str) -> None:

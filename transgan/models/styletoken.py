@@ -30,7 +30,9 @@ import torch.nn as nn
 from torch import Tensor
 
 from transgan.errors import ConfigError
-from transgan.models.stylegan2 import SynthesisNetwork, check_resolution
+from transgan.models.common import check_resolution
+from transgan.models.stylegan2 import SynthesisNetwork
+from transgan.nn.attention import check_kernel
 from transgan.nn.layers import Blur2d, EqualizedConv2d, EqualizedLinear, NoiseInjection, leaky_relu_gain, upsample2d
 from transgan.nn.style import StyleGenerator, StyleTokenAttention
 from transgan.registry import register_generator
@@ -42,14 +44,15 @@ class TokenStyleLayer(nn.Module):
     """One synthesis layer: [bilinear x2 + blur] -> style by cross-attention -> conv3x3 -> noise -> bias -> lrelu."""
 
     def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, up: bool = False,
-                 w_index: int = 0, num_style_tokens: int = 8, head_dim: int = 32) -> None:
+                 w_index: int = 0, num_style_tokens: int = 8, head_dim: int = 32, kernel: str = "auto") -> None:
         super().__init__()
         if in_channels > head_dim and in_channels % head_dim:
             raise ConfigError(f"styletoken: {in_channels} channels do not split into heads of head_dim={head_dim}")
         heads = max(1, in_channels // head_dim)
         self.up, self.resolution, self.w_index = up, resolution, w_index
         self.blur = Blur2d() if up else None
-        self.modulation = StyleTokenAttention(in_channels, w_dim, resolution * resolution, num_style_tokens, heads)
+        self.modulation = StyleTokenAttention(in_channels, w_dim, resolution * resolution, num_style_tokens, heads,
+                                              kernel=kernel)
         self.conv = EqualizedConv2d(in_channels, out_channels, 3, bias=False)
         self.noise = NoiseInjection(resolution)
         self.bias = nn.Parameter(torch.zeros(out_channels))
@@ -77,14 +80,17 @@ class StyleTokenGenerator(StyleGenerator):
     def __init__(self, img_resolution: int, img_channels: int, num_classes: int, z_dim: int = 512, w_dim: int = 512,
                  mapping_layers: int = 8, mapping_lr_multiplier: float = 0.01, w_avg_beta: float = 0.995,
                  embed_dim: Optional[int] = None, channel_base: int = 32768, channel_max: int = 512,
-                 num_style_tokens: int = 32, head_dim: int = 64) -> None:
+                 num_style_tokens: int = 32, head_dim: int = 64, attention_kernel: Optional[str] = None) -> None:
         check_resolution(img_resolution)
         if num_style_tokens < 1 or head_dim < 1:
             raise ConfigError(f"styletoken needs num_style_tokens >= 1 and head_dim >= 1, "
                               f"got {num_style_tokens}, {head_dim}")
-        layer = partial(TokenStyleLayer, num_style_tokens=num_style_tokens, head_dim=head_dim)
+        # null is the run's model.attention, filled in by the registry's builder.
+        kernel = check_kernel(attention_kernel or "auto", "styletoken: attention_kernel")
+        layer = partial(TokenStyleLayer, num_style_tokens=num_style_tokens, head_dim=head_dim, kernel=kernel)
         synthesis = SynthesisNetwork(w_dim, img_resolution, img_channels, channel_base, channel_max, layer=layer)
         super().__init__(z_dim, w_dim, synthesis.num_ws, num_classes, img_resolution, img_channels,
                          mapping_layers=mapping_layers, mapping_lr_multiplier=mapping_lr_multiplier,
                          w_avg_beta=w_avg_beta, embed_dim=embed_dim)
         self.synthesis = synthesis
+        self.attention_kernel = kernel

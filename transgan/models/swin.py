@@ -28,15 +28,17 @@ from typing import Optional
 import torch
 import torch.nn as nn
 from einops import rearrange
-from timm.layers import Mlp, trunc_normal_
+from timm.layers import Mlp
 from torch import Tensor
 
 from transgan.errors import ConfigError
-from transgan.models.stylegan2 import StyleGAN2Discriminator, check_resolution, stage_channels
-from transgan.nn.attention import Attention, RelativePositionBias, shifted_window_mask, window_partition, window_reverse
+from transgan.models.common import check_resolution, stage_channels
+from transgan.models.stylegan2 import StyleGAN2Discriminator
+from transgan.nn.attention import Attention, check_kernel
 from transgan.nn.layers import (EqualizedConv2d, apply_spectral_norm, checkpointed, downsample2d, fir_kernel,
-                                upsample2d)
+                                init_linear_like_vit, upsample2d)
 from transgan.nn.style import StyleGenerator, TokenAdaIN
+from transgan.nn.windows import RelativePositionBias, shifted_window_mask, windowed_attention
 from transgan.registry import register_discriminator, register_generator
 
 __all__ = [
@@ -113,7 +115,7 @@ class DoubleWindowAttention(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int, resolution: int, window: int, qkv_bias: bool = True,
-                 qk_scale: Optional[float] = None, kernel: Optional[str] = None) -> None:
+                 qk_scale: Optional[float] = None, kernel: str = "auto") -> None:
         super().__init__()
         if num_heads < 2 or num_heads % 2:
             raise ValueError(f"double attention splits the heads in two halves: num_heads must be even, "
@@ -154,25 +156,11 @@ class DoubleWindowAttention(nn.Module):
 
     def _windowed(self, qkv: list[Tensor], bias: Tensor, shift: int) -> Tensor:
         """Attention of some heads inside (shifted) windows: q, k, v [B, h', N, d] -> [B, N, h' d]."""
-        R, w = self.resolution, self.window
-        B, heads, _, d = qkv[0].shape
-        maps = [rearrange(t, "b h (y x) d -> b y x (h d)", y=R) for t in qkv]
-        if shift:
-            maps = [torch.roll(t, shifts=(-shift, -shift), dims=(1, 2)) for t in maps]
-        q, k, v = (rearrange(window_partition(t, w), "bw n (h d) -> bw h n d", h=heads) for t in maps)
-        if shift:
-            # The mask differs per window: fold the windows into the heads so the [nW * h', n, n]
-            # bias broadcasts over the batch instead of being copied B times.
-            n_w, n = self.shift_mask.shape[0], w * w
-            bias = (self.shift_mask[:, None] + bias[None]).reshape(n_w * heads, n, n)
-            q, k, v = (t.reshape(B, n_w * heads, n, d) for t in (q, k, v))
-            out = self.attn.attend(q, k, v, bias=bias).reshape(B * n_w, heads, n, d)
-        else:
-            out = self.attn.attend(q, k, v, bias=bias)
-        out = window_reverse(rearrange(out, "bw h n d -> bw n (h d)"), w, R, R)
-        if shift:
-            out = torch.roll(out, shifts=(shift, shift), dims=(1, 2))
-        return out.reshape(B, R * R, heads * d)
+        R = self.resolution
+        q, k, v = (t.unflatten(2, (R, R)) for t in qkv)
+        out = windowed_attention(self.attn.attend, q, k, v, self.window, shift, bias,
+                                 self.shift_mask if shift else None)
+        return rearrange(out, "b h y x d -> b (y x) (h d)")
 
     def forward(self, x: Tensor) -> Tensor:
         """Tokens [B, N, C] -> [B, N, C]."""
@@ -221,7 +209,7 @@ class StyleSwinBlock(nn.Module):
     """One StyleSwin block, steered by its own w: AdaIN -> double attention, AdaIN -> MLP, both residual."""
 
     def __init__(self, dim: int, num_heads: int, resolution: int, window: int, w_dim: int, mlp_ratio: float = 4.0,
-                 qkv_bias: bool = True, qk_scale: Optional[float] = None, kernel: Optional[str] = None) -> None:
+                 qkv_bias: bool = True, qk_scale: Optional[float] = None, kernel: str = "auto") -> None:
         super().__init__()
         self.norm1 = TokenAdaIN(dim, w_dim)
         self.attn = DoubleWindowAttention(dim, num_heads, resolution, window, qkv_bias=qkv_bias, qk_scale=qk_scale,
@@ -249,7 +237,7 @@ class SwinStage(nn.Module):
 
     def __init__(self, resolution: int, dim: int, out_dim: Optional[int], num_heads: int, window: int, w_dim: int,
                  img_channels: int, depth: int = 2, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 spe: bool = True, kernel: Optional[str] = None) -> None:
+                 spe: bool = True, kernel: str = "auto") -> None:
         super().__init__()
         self.resolution = resolution
         self.blocks = nn.ModuleList([StyleSwinBlock(dim, num_heads, resolution, window, w_dim, mlp_ratio=mlp_ratio,
@@ -289,18 +277,15 @@ class SwinGenerator(StyleGenerator):
                          mapping_layers=mapping_layers, mapping_lr_multiplier=mapping_lr_multiplier,
                          w_avg_beta=w_avg_beta, embed_dim=embed_dim)
         self.depth, self.gradient_checkpointing = depth, bool(gradient_checkpointing)
+        self.attention_kernel = check_kernel(attention_kernel or "auto", "swin_gan: attention_kernel")
         self.const = nn.Parameter(torch.randn(16, channels[0]))  # 4 x 4 tokens
         self.stages = nn.ModuleList([
             SwinStage(r, c, channels[i + 1] if i + 1 < len(resolutions) else None,
                       stage_heads(c, head_dim, min_heads), window, w_dim, img_channels, depth=depth,
-                      mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, spe=spe, kernel=attention_kernel)
+                      mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, spe=spe, kernel=self.attention_kernel)
             for i, (r, c) in enumerate(zip(resolutions, channels))])
-        self.stages.apply(_init_like_styleswin)
-
-    def _block(self, block: StyleSwinBlock, x: Tensor, w: Tensor) -> Tensor:
-        if self.gradient_checkpointing and torch.is_grad_enabled():
-            return checkpointed(block, x, w)
-        return block(x, w)
+        # StyleSwin's initialization of the synthesis layers (the mapping and AdaIN layers keep theirs).
+        self.stages.apply(init_linear_like_vit)
 
     def synthesis(self, ws: Tensor, noise_mode: str = "random") -> Tensor:
         """ws [B, num_ws, w_dim] -> images [B, img_channels, R, R]. StyleSwin has no noise: ``noise_mode`` is unused."""
@@ -311,20 +296,12 @@ class SwinGenerator(StyleGenerator):
         img = None
         for stage in self.stages:
             for block in stage.blocks:
-                x = self._block(block, x, next(ws_per_block))
+                x = checkpointed(block, x, next(ws_per_block), enabled=self.gradient_checkpointing)
             rgb = rearrange(stage.to_rgb(x), "b (y x) c -> b c y x", y=stage.resolution)
             img = rgb if img is None else upsample2d(img) + rgb
             if stage.upsample is not None:
                 x = stage.upsample(x)
         return img
-
-
-def _init_like_styleswin(m: nn.Module) -> None:
-    """StyleSwin's initialization of the synthesis layers (the mapping and AdaIN layers keep theirs)."""
-    if isinstance(m, nn.Linear):
-        trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
 
 
 # ----------------------------------------------------------------------------- discriminator

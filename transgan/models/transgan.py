@@ -45,8 +45,9 @@ from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
 from torch import Tensor
 
 from transgan.errors import ConfigError
-from transgan.nn.attention import KERNELS, Attention, GridAttention
-from transgan.nn.layers import checkpointed
+from transgan.nn.attention import Attention, check_kernel
+from transgan.nn.layers import checkpointed, init_linear_like_vit
+from transgan.nn.windows import GridAttention
 from transgan.registry import register_discriminator, register_generator
 
 __all__ = [
@@ -188,12 +189,6 @@ def _check_choice(value: str, choices: Sequence[str], name: str, where: str) -> 
     return value
 
 
-def _check_kernel(kernel: Optional[str], where: str) -> Optional[str]:
-    if kernel is not None and kernel not in KERNELS:
-        raise ConfigError(f"{where}: attention_kernel must be null or one of {list(KERNELS)}, got {kernel!r}")
-    return kernel
-
-
 # ----------------------------------------------------------------------------- blocks
 
 def _norm(kind: str, dim: int) -> nn.Module:
@@ -211,7 +206,7 @@ class TransformerBlock(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, resolution: Optional[int] = None, window: Optional[int] = None,
                  mlp_ratio: float = 4.0, qkv_bias: bool = False, rel_pos: bool = True, norm: str = "layer",
-                 drop_path: float = 0.0, kernel: Optional[str] = None) -> None:
+                 drop_path: float = 0.0, kernel: str = "auto") -> None:
         super().__init__()
         self.resolution = resolution
         self.norm1 = _norm(norm, dim)
@@ -255,18 +250,11 @@ class PositionEmbedding(nn.Module):
         return x + self.embedding.to(x.dtype)
 
 
-class _BlockRunner(nn.Module):
-    """Shared by G and D: run a stage's blocks, with optional activation checkpointing."""
-
-    gradient_checkpointing: bool = False
-
-    def _run(self, blocks: nn.ModuleList, x: Tensor) -> Tensor:
-        for block in blocks:
-            if self.gradient_checkpointing and torch.is_grad_enabled():
-                x = checkpointed(block, x)
-            else:
-                x = block(x)
-        return x
+def run_blocks(blocks: nn.ModuleList, x: Tensor, gradient_checkpointing: bool = False) -> Tensor:
+    """Run a stage's blocks in order, each checkpointed when ``gradient_checkpointing`` is on."""
+    for block in blocks:
+        x = checkpointed(block, x, enabled=gradient_checkpointing)
+    return x
 
 
 def _drop_path_rates(depths: Sequence[int], rate: float) -> list[list[float]]:
@@ -283,7 +271,7 @@ def _drop_path_rates(depths: Sequence[int], rate: float) -> list[list[float]]:
 # ----------------------------------------------------------------------------- generator
 
 @register_generator("transgan")
-class TransGANGenerator(_BlockRunner):
+class TransGANGenerator(nn.Module):
     """TransGAN generator (module docstring). ``G(z, c) -> images [B, C, R, R]`` in [-1, 1].
 
     ``upsample`` is one mode for every stage transition or a list with one per transition;
@@ -306,7 +294,8 @@ class TransGANGenerator(_BlockRunner):
                               f"{z_dim}, {img_channels}, {num_classes}")
         _check_choice(pos_embed, POS_EMBEDS, "pos_embed", where)
         _check_choice(norm, NORMS, "norm", where)
-        kernel = _check_kernel(attention_kernel, where)
+        # null (the config's default) is the run's model.attention, filled in by the registry's builder.
+        self.attention_kernel = kernel = check_kernel(attention_kernel or "auto", f"{where}: attention_kernel")
         self.stages_plan = generator_stages(img_resolution, embed_dim, bottom_resolution, depths, num_heads, upsample,
                                             global_attention_tokens, grid_size, mlp_ratio)
         self.z_dim, self.num_classes = int(z_dim), int(num_classes)
@@ -356,7 +345,7 @@ class TransGANGenerator(_BlockRunner):
         for i, (blocks, pos) in enumerate(zip(self.stages, self.pos_embeds)):
             if i > 0:
                 x = self._upsample(x, self.stages_plan[i - 1].resolution, self.upsample_modes[i - 1])
-            x = self._run(blocks, pos(x))
+            x = run_blocks(blocks, pos(x), self.gradient_checkpointing)
         R = self.img_resolution
         return torch.tanh(self.to_image(rearrange(x, "b (y x) c -> b c y x", y=R)))
 
@@ -364,7 +353,7 @@ class TransGANGenerator(_BlockRunner):
 # ----------------------------------------------------------------------------- discriminator
 
 @register_discriminator("transgan")
-class TransGANDiscriminator(_BlockRunner):
+class TransGANDiscriminator(nn.Module):
     """TransGAN's multi-scale ViT discriminator (module docstring). ``D(x, c) -> logits [B]``.
 
     ``embed_dims[s]`` is the width of the scale-s patch embedding (patch size
@@ -385,7 +374,8 @@ class TransGANDiscriminator(_BlockRunner):
                               f"{img_channels}, {num_classes}, {last_depth}")
         _check_choice(pos_embed, POS_EMBEDS, "pos_embed", where)
         _check_choice(norm, NORMS, "norm", where)
-        kernel = _check_kernel(attention_kernel, where)
+        # null (the config's default) is the run's model.attention, filled in by the registry's builder.
+        self.attention_kernel = kernel = check_kernel(attention_kernel or "auto", f"{where}: attention_kernel")
         self.stages_plan = discriminator_stages(img_resolution, patch_size, embed_dims, depths, num_heads,
                                                 global_attention_tokens, grid_size, mlp_ratio)
         self.num_classes = int(num_classes)
@@ -429,9 +419,9 @@ class TransGANDiscriminator(_BlockRunner):
                 # Average-pool the finer stage to this scale's grid and concatenate its patches.
                 pooled = F.avg_pool2d(rearrange(h, "b (y x) c -> b c y x", y=2 * plan.resolution), 2)
                 tokens = torch.cat([rearrange(pooled, "b c y x -> b (y x) c"), tokens], dim=-1)
-            h = self._run(blocks, pos(tokens))
+            h = run_blocks(blocks, pos(tokens), self.gradient_checkpointing)
         h = torch.cat([self.cls_token.to(h.dtype).expand(h.shape[0], -1, -1), h], dim=1)
-        return self.norm(self._run(self.last_blocks, h)[:, 0])
+        return self.norm(run_blocks(self.last_blocks, h, self.gradient_checkpointing)[:, 0])
 
     def forward(self, x: Tensor, c: Optional[Tensor] = None) -> Tensor:
         """Images [B, C, R, R] (and class labels c [B], int64) -> logits [B]."""
@@ -449,9 +439,6 @@ class TransGANDiscriminator(_BlockRunner):
 
 
 def _init_vit(m: nn.Module) -> None:
-    if isinstance(m, nn.Linear):
-        trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.Conv2d):
+    init_linear_like_vit(m)
+    if isinstance(m, nn.Conv2d):
         nn.init.xavier_uniform_(m.weight)

@@ -1,4 +1,4 @@
-"""Small building blocks shared by the backbones (imports torch only).
+"""Small building blocks shared by the backbones (imports torch and timm only).
 
 Sections (each appended by the engineer who needs it; keep them independent):
 
@@ -8,6 +8,7 @@ Sections (each appended by the engineer who needs it; keep them independent):
   ``NoiseInjection``.
 - class conditioning: ``check_class_labels``, ``class_planes`` (one-hot constant planes),
   ``ClassProjection`` (the projection discriminator's class term).
+- initialization: ``init_linear_like_vit`` (ViT's trunc-normal Linear layers; TransGAN, StyleSwin).
 - activation checkpointing: ``checkpointed`` (recomputes under the forward's context variables).
 """
 
@@ -21,8 +22,11 @@ from typing import Callable, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import trunc_normal_
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
+
+from transgan.nn.ops import depthwise_filter
 
 
 # ----------------------------------------------------------------------------- style-based layers
@@ -83,57 +87,17 @@ def fir_kernel(taps: Sequence[float] = (1, 3, 3, 1)) -> Tensor:
     return f / f.sum()
 
 
-class _DepthwiseFilter(torch.autograd.Function):
-    """Depthwise convolution by a fixed filter, whose gradient is the adjoint filter (:class:`_DepthwiseFilterT`).
-
-    ATen's double backward of a grouped convolution loops over the groups (one convolution per
-    channel, e.g. 512 launches per blur in every R1 / path-length pass) to form a gradient for the
-    filter, which is a constant here. With the adjoint as an autograd function of its own, every
-    order of gradient is one grouped convolution and no filter gradient is formed.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, stride: int) -> Tensor:  # noqa: D102
-        ctx.save_for_backward(weight)
-        ctx.stride, ctx.in_size = stride, x.shape[-2:]
-        return F.conv2d(x, weight.to(x.dtype), stride=stride, groups=weight.shape[0])
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # noqa: D102
-        (weight,) = ctx.saved_tensors
-        return _DepthwiseFilterT.apply(grad, weight, ctx.stride, ctx.in_size), None, None
-
-
-class _DepthwiseFilterT(torch.autograd.Function):
-    """The adjoint of :class:`_DepthwiseFilter`, a transposed convolution back to ``size``; differentiates to it."""
-
-    @staticmethod
-    def forward(ctx, y: Tensor, weight: Tensor, stride: int, size: tuple[int, int]) -> Tensor:  # noqa: D102
-        ctx.save_for_backward(weight)
-        ctx.stride = stride
-        k = weight.shape[-2:]
-        # The rows/columns the strided forward never reached get zero gradient.
-        extra = [n - (m - 1) * stride - kk for n, m, kk in zip(size, y.shape[-2:], k)]
-        return F.conv_transpose2d(y, weight.to(y.dtype), stride=stride, output_padding=tuple(extra),
-                                  groups=weight.shape[0])
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:  # noqa: D102
-        (weight,) = ctx.saved_tensors
-        return _DepthwiseFilter.apply(grad, weight, ctx.stride), None, None, None
-
-
 def blur2d(x: Tensor, kernel: Tensor, padding: tuple[int, int] | int = 0, stride: int = 1) -> Tensor:
     """Depthwise 2-D filter of [B, C, H, W] by ``kernel`` [k, k]; ``padding`` (before, after) on both axes.
 
     Differentiable to any order at the cost of one grouped convolution per order (see
-    :class:`_DepthwiseFilter`); the filter itself gets no gradient.
+    :func:`transgan.nn.ops.depthwise_filter`); the filter itself gets no gradient.
     """
     p0, p1 = (padding, padding) if isinstance(padding, int) else padding
     C = x.shape[1]
     x = F.pad(x, (p0, p1, p0, p1))
     weight = kernel.flip((0, 1)).to(device=x.device)[None, None].expand(C, 1, *kernel.shape)
-    return _DepthwiseFilter.apply(x, weight, stride)
+    return depthwise_filter(x, weight, stride)
 
 
 def upsample2d(x: Tensor) -> Tensor:
@@ -316,17 +280,30 @@ class ClassProjection(nn.Module):
         return (self.embed(c) * h).sum(dim=1)
 
 
+# ----------------------------------------------------------------------------- initialization
+
+def init_linear_like_vit(m: nn.Module) -> None:
+    """ViT's initialization of a Linear layer (trunc-normal weights, std 0.02, zero bias); other modules
+    are left alone. For ``module.apply``."""
+    if isinstance(m, nn.Linear):
+        trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
 # ----------------------------------------------------------------------------- activation checkpointing
 
-def checkpointed(fn: Callable[..., Tensor], *args: Tensor) -> Tensor:
-    """``fn(*args)`` with activation checkpointing: backward recomputes it under the forward's context.
+def checkpointed(fn: Callable[..., Tensor], *args: Tensor, enabled: bool = True) -> Tensor:
+    """``fn(*args)``, with activation checkpointing when ``enabled`` and gradients are on: backward
+    recomputes it under the forward's context.
 
-    The attention kernel a call runs depends on context variables (``double_backward_safe``,
-    ``attention_kernel``); backward runs outside the penalty pass that set them, so a recomputation
-    in the ambient context could pick another kernel and save tensors of other shapes
-    (``CheckpointError``). Non-reentrant checkpointing also serves gradients of gradients (R1,
-    WGAN-GP, path length).
+    The attention kernel a call runs depends on a context variable (``double_backward_safe``);
+    backward runs outside the penalty pass that set it, so a recomputation in the ambient context
+    could pick another kernel and save tensors of other shapes (``CheckpointError``).
+    Non-reentrant checkpointing also serves gradients of gradients (R1, WGAN-GP, path length).
     """
+    if not (enabled and torch.is_grad_enabled()):
+        return fn(*args)
     return checkpoint(fn, *args, use_reentrant=False,
                       context_fn=lambda: (nullcontext(), _ReenteredContext(contextvars.copy_context())))
 

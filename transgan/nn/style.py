@@ -43,7 +43,7 @@ Also used from transgan/nn/layers.py: ``EqualizedLinear``, ``NoiseInjection``, `
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
-from transgan.nn.attention import scaled_dot_product
+from transgan.nn.attention import check_kernel, scaled_dot_product
 from transgan.nn.layers import EqualizedLinear, NoiseInjection, leaky_relu_gain, upsample2d
 
 __all__ = [
@@ -334,7 +334,7 @@ class StyleTokenAttention(nn.Module):
     """
 
     def __init__(self, dim: int, w_dim: int, num_tokens: int, num_style_tokens: int = 8, num_heads: int = 1,
-                 eps: float = 1e-5) -> None:
+                 eps: float = 1e-5, kernel: str = "auto") -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"StyleTokenAttention: dim {dim} is not divisible by num_heads {num_heads}")
@@ -342,6 +342,7 @@ class StyleTokenAttention(nn.Module):
             raise ValueError(f"StyleTokenAttention needs num_tokens >= 1 and num_style_tokens >= 1, "
                              f"got {num_tokens}, {num_style_tokens}")
         self.dim, self.w_dim, self.num_heads, self.eps = dim, w_dim, num_heads, eps
+        self.kernel = check_kernel(kernel)
         self.num_tokens, self.num_style_tokens = num_tokens, num_style_tokens
         self.affine = EqualizedLinear(w_dim, num_style_tokens * dim, bias_init=1.0)  # w -> style tokens
         self.pos = nn.Parameter(torch.zeros(num_tokens, dim))
@@ -362,7 +363,7 @@ class StyleTokenAttention(nn.Module):
         q = rearrange(self.to_q(h + self.pos.to(h.dtype)), "b n (h d) -> b h n d", h=self.num_heads)
         k = rearrange(self.keys.to(h.dtype), "t (h d) -> h t d", h=self.num_heads).expand(x.shape[0], -1, -1, -1)
         v = rearrange(self.style_tokens(w).to(h.dtype), "b t (h d) -> b h t d", h=self.num_heads)
-        style = rearrange(scaled_dot_product(q, k, v), "b h n d -> b n (h d)")
+        style = rearrange(scaled_dot_product(q, k, v, kernel=self.kernel), "b h n d -> b n (h d)")
         return h * style
 
     def extra_repr(self) -> str:
@@ -400,6 +401,13 @@ def mix_styles(ws: Tensor, ws_mix: Tensor, crossover: int | Tensor) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- generator base class
+
+def is_style_generator(G: Callable) -> bool:
+    """True for generators with the style contract (``G.mapping``/``G.synthesis``), also inside a DDP wrapper:
+    truncation, style mixing and path length act on their ws."""
+    plain = getattr(G, "module", G)  # the module inside a DistributedDataParallel (or similar) wrapper
+    return hasattr(plain, "mapping") and hasattr(plain, "synthesis")
+
 
 class StyleGenerator(nn.Module):
     """Base of style-based generators: ``G(z, c) = synthesis(mapping(z, c))``.

@@ -5,7 +5,11 @@ An export is a folder with two files::
     generator.safetensors   the state dict of G_ema (parameters and buffers: w_avg, constant noise,
                             BatchNorm statistics); the JSON config is also stored in its header
     generator.json          {"format", "generator": {name, options...}, "img_resolution",
-                             "img_channels", "num_classes", "class_names", "dataset", "source"}
+                             "img_channels", "num_classes", "class_names", "dataset", "source",
+                             "attention"}
+
+``attention`` is the run's attention kernel (``model.attention``); an export written before it was
+recorded has none and rebuilds with the backbone's default (``auto``).
 
 :func:`load_exported_generator` rebuilds the network through the backbone registry and loads the
 weights with safetensors — no pickle, no checkpoint, nothing from ``transgan.train`` is imported.
@@ -41,6 +45,7 @@ class GeneratorInfo:
     class_names: list[str] = field(default_factory=list)
     dataset: Optional[dict[str, Any]] = None   # the training dataset's config (nearest-neighbour reports)
     source: dict[str, Any] = field(default_factory=dict)  # run directory, checkpoint, step, network
+    attention: Optional[str] = None    # the run's attention kernel (model.attention); None: the default
 
     def __post_init__(self) -> None:
         if not self.class_names:
@@ -59,7 +64,8 @@ class GeneratorInfo:
         """Parse generator.json; a wrong format or missing key fails with a message naming ``where``."""
         if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
             raise ConfigError(f"{where} is not a transgan generator export (format {EXPORT_FORMAT!r} expected)")
-        keys = {"generator", "img_resolution", "img_channels", "num_classes", "class_names", "dataset", "source"}
+        keys = {"generator", "img_resolution", "img_channels", "num_classes", "class_names", "dataset", "source",
+                "attention"}
         missing = {"generator", "img_resolution", "img_channels", "num_classes"} - set(data)
         if missing:
             raise ConfigError(f"{where} lacks {sorted(missing)}")
@@ -77,7 +83,8 @@ class LoadedGenerator:
 def build_from_info(info: GeneratorInfo) -> nn.Module:
     """An untrained generator of the architecture ``info`` describes."""
     return build_generator(info.generator, img_resolution=int(info.img_resolution),
-                           img_channels=int(info.img_channels), num_classes=int(info.num_classes))
+                           img_channels=int(info.img_channels), num_classes=int(info.num_classes),
+                           attention=info.attention)
 
 
 def export_generator(G: nn.Module, info: GeneratorInfo, out_dir: Path) -> Path:
@@ -99,8 +106,10 @@ def is_export(path: Path) -> bool:
     return (path.is_dir() and (path / WEIGHTS_FILE).is_file()) or (path.is_file() and path.suffix == ".safetensors")
 
 
-def load_exported_generator(path: Path | str, device: torch.device | str = "cpu") -> LoadedGenerator:
-    """Rebuild and load an exported generator from its folder or its ``.safetensors`` file."""
+def load_exported_generator(path: Path | str, device: torch.device | str = "cpu",
+                            attention: Optional[str] = None) -> LoadedGenerator:
+    """Rebuild and load an exported generator from its folder or its ``.safetensors`` file
+    (``attention``: a kernel instead of the recorded one)."""
     from safetensors import safe_open
     from safetensors.torch import load_model
 
@@ -122,6 +131,8 @@ def load_exported_generator(path: Path | str, device: torch.device | str = "cpu"
     except json.JSONDecodeError as e:
         raise ConfigError(f"{where} is not valid JSON: {e}") from e
     info = GeneratorInfo.from_json(data, where)
+    if attention is not None:
+        info.attention = attention
     G = build_from_info(info)
     try:
         load_model(G, str(weights), strict=True, device="cpu")

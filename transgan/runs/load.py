@@ -32,8 +32,13 @@ def find_checkpoint(source: Path) -> Optional[Path]:
     return None
 
 
-def load_generator(state: dict[str, Any], network: str, num_classes: Optional[int] = None) -> nn.Module:
-    """Build the run's generator from a loaded checkpoint and load its ``network`` weights (G_ema or G)."""
+def load_generator(state: dict[str, Any], network: str, num_classes: Optional[int] = None,
+                   attention: Optional[str] = None) -> nn.Module:
+    """Build the run's generator from a loaded checkpoint and load its ``network`` weights (G_ema or G).
+
+    Its attention kernel is ``attention`` if given, else the run's (``model.attention`` of the
+    recorded config; the backbone's default where an older config has none).
+    """
     from omegaconf import OmegaConf
 
     from transgan.registry import build_generator
@@ -46,7 +51,8 @@ def load_generator(state: dict[str, Any], network: str, num_classes: Optional[in
             recorded = state.get("model", {}).get("num_classes")
             num_classes = int(recorded if recorded is not None else _dataset_num_classes(cfg))
     G = build_generator(cfg.model.generator, img_resolution=int(cfg.model.resolution),
-                        img_channels=int(cfg.dataset.channels), num_classes=num_classes)
+                        img_channels=int(cfg.dataset.channels), num_classes=num_classes,
+                        attention=attention or cfg.model.get("attention"))
     if network not in state:
         raise CheckpointError(f"the checkpoint holds no {network} weights")
     G.load_state_dict(state[network])
@@ -87,8 +93,9 @@ def run_classes(cfg: Any, recorded: Optional[int] = None,
     return num_classes, (names if len(names) == num_classes else [str(k) for k in range(num_classes)])
 
 
-def load_run(source: Path, network: str = "G_ema") -> LoadedGenerator:
-    """The ``network`` of a run directory's newest checkpoint (or of one checkpoint file), with its info."""
+def load_run(source: Path, network: str = "G_ema", attention: Optional[str] = None) -> LoadedGenerator:
+    """The ``network`` of a run directory's newest checkpoint (or of one checkpoint file), with its info
+    (``attention``: a kernel instead of the run's)."""
     from omegaconf import OmegaConf
 
     from transgan.runs.checkpoint import load_checkpoint, run_dir_of
@@ -100,22 +107,24 @@ def load_run(source: Path, network: str = "G_ema") -> LoadedGenerator:
     state = load_checkpoint(checkpoint)
     cfg = OmegaConf.create(state["config"])
     num_classes, names = run_classes(cfg, state.get("model", {}).get("num_classes"), state.get("class_names"))
-    G = load_generator(state, network, num_classes=num_classes)
+    G = load_generator(state, network, num_classes=num_classes, attention=attention)
     info = GeneratorInfo(
         generator=OmegaConf.to_container(cfg.model.generator, resolve=True),
         img_resolution=int(cfg.model.resolution), img_channels=int(cfg.dataset.channels),
         num_classes=num_classes, class_names=names,
         dataset=OmegaConf.to_container(cfg.dataset, resolve=True),
         source={"run": str(run_dir_of(checkpoint)), "checkpoint": str(checkpoint), "step": int(state["progress"]["step"]),
-                "network": network})
+                "network": network},
+        attention=attention or cfg.model.get("attention"))
     return LoadedGenerator(G, info)
 
 
-def load_source(source: Path | str, network: str = "G_ema") -> LoadedGenerator:
-    """A generator from an export (folder or .safetensors), a run directory or a checkpoint file."""
+def load_source(source: Path | str, network: str = "G_ema", attention: Optional[str] = None) -> LoadedGenerator:
+    """A generator from an export (folder or .safetensors), a run directory or a checkpoint file, with
+    the attention kernel it was trained with, or ``attention`` instead."""
     source = Path(source).expanduser()
     if is_export(source):
         if network != "G_ema":
             raise ConfigError(f"an export holds only G_ema; network={network} needs the run directory")
-        return load_exported_generator(source)
-    return load_run(source, network)
+        return load_exported_generator(source, attention=attention)
+    return load_run(source, network, attention)

@@ -105,19 +105,20 @@ class Trainer:
         from transgan.augment import DiffAugment
         from transgan.data import build_dataset
         from transgan.losses import build_loss, lazy_regularization_hparams
-        from transgan.nn.attention import set_default_kernel
 
         self.cfg, t = cfg, cfg.train
         # Everything that can refuse the config runs before the run directory exists.
-        set_default_kernel(cfg.model.get("attention", "auto"))
         self.dataset = build_dataset(cfg.dataset, resolution=int(cfg.model.resolution))
         self.loss = build_loss(cfg.loss)
         self.num_classes = self.dataset.num_classes if cfg.dataset.get("conditional", False) else 0
         shape = dict(img_resolution=int(cfg.model.resolution), img_channels=self.dataset.channels,
                      num_classes=self.num_classes)
         torch.manual_seed(cfg.seed)  # identical initial weights on every process
-        G = build_generator(cfg.model.generator, **shape)
-        D = build_discriminator(cfg.model.discriminator, **shape)
+        # The networks carry the run's attention kernel from construction (penalty passes switch to
+        # a twice-differentiable one inside nn.attention.double_backward_safe).
+        attention = cfg.model.get("attention")
+        G = build_generator(cfg.model.generator, **shape, attention=attention)
+        D = build_discriminator(cfg.model.discriminator, **shape, attention=attention)
         state = None
         if resume_from is not None:
             state = ckpt.load_resume_checkpoint(resume_from, model_signature(cfg, self.num_classes))
