@@ -51,7 +51,7 @@ from transgan.registry import ConfigError, register_discriminator, register_gene
 
 __all__ = [
     "Stage", "generator_stages", "discriminator_stages", "attention_window", "TransformerBlock",
-    "PositionEmbedding", "TransGANGenerator", "TransGANDiscriminator",
+    "PositionEmbedding", "run_blocks", "TransGANGenerator", "TransGANDiscriminator",
 ]
 
 IntOrList = Union[int, Sequence[int]]
