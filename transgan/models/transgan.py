@@ -52,7 +52,7 @@ from transgan.registry import register_discriminator, register_generator
 
 __all__ = [
     "Stage", "generator_stages", "discriminator_stages", "attention_window", "TransformerBlock",
-    "PositionEmbedding", "TransGANGenerator", "TransGANDiscriminator",
+    "PositionEmbedding", "run_blocks", "TransGANGenerator", "TransGANDiscriminator",
 ]
 
 IntOrList = Union[int, Sequence[int]]
