@@ -10,15 +10,18 @@ report, and export for serving.
     python tools/generate.py nn      SOURCE [--classes ...] [--seeds 0-3] [--k 5] [--features fd-digits|
                                             inception-v3-compat|pixels] [--weights FILE] [--dataset-root DIR]
                                             [--out nn.png]                                   (+ nn.json)
-    python tools/generate.py export  SOURCE --out DIR [--network G_ema]
+    python tools/generate.py export  SOURCE --out DIR [--network G_ema] [--force]
 
   SOURCE       a run directory of tools/train.py (its newest checkpoint), one checkpoint file, or an
                exported generator (a folder with generator.safetensors + generator.json, or the file)
   --truncation psi in w space for style generators (1 = none); for the others the |z| threshold
                beyond which latent entries are redrawn (default: none)
   --seeds      integers and ranges: 0-7,12. Every image is a function of (class, seed, truncation).
+  --size       pixels per image side in the output, 1..4096
+  --force      (export) replace an existing export in DIR; without it an existing one is refused
 
-Exit status 2 with a message for bad input (unknown class, missing files, wrong model kind).
+Exit status 2 with one `error:` line for bad input (unknown class, missing or corrupt files, a
+checkpoint whose config does not fit its weights, an unavailable --device, an existing export).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from typing import Any, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from transgan.cli import run_cli  # noqa: E402
+from transgan.cli import resolve_device, run_cli  # noqa: E402
 from transgan.eval.export import GeneratorInfo  # noqa: E402
 from transgan.registry import ConfigError  # noqa: E402
 
@@ -88,7 +91,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("export", "G_ema as safetensors + JSON config, for tools/serve.py")
     p.add_argument("--out", required=True, help="folder to write generator.safetensors and generator.json into")
+    p.add_argument("--force", action="store_true", help="replace an export already in --out")
     return parser
+
+
+MAX_SIZE = 4096
+
+
+def check_output(args: argparse.Namespace) -> None:
+    """Output options that can be refused before the model is loaded: --size, and export's --out."""
+    from transgan.eval.export import CONFIG_FILE, WEIGHTS_FILE
+
+    size = getattr(args, "size", None)
+    if size is not None and not 1 <= size <= MAX_SIZE:
+        raise ConfigError(f"--size must be in 1..{MAX_SIZE} pixels, got {size}")
+    if args.command == "export":
+        out = Path(args.out).expanduser()
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--out {out} is a file; export writes a folder (give a new or empty folder)")
+        existing = [name for name in (WEIGHTS_FILE, CONFIG_FILE) if (out / name).exists()]
+        if existing and not args.force:
+            raise ConfigError(f"--out {out} already holds an export ({', '.join(existing)}); "
+                              "add --force to replace it")
 
 
 def run(argv: Sequence[str]) -> Path:
@@ -98,8 +122,10 @@ def run(argv: Sequence[str]) -> Path:
     from transgan.eval.runs import load_source
 
     args = build_parser().parse_args(argv)
+    check_output(args)
+    device = resolve_device(args.device)
     loaded = load_source(args.source, args.network)
-    G, info = loaded.G.to(args.device), loaded.info
+    G, info = loaded.G.to(device), loaded.info
     print(gen.describe(info, G))
     out = Path(args.out).expanduser()
 
