@@ -80,7 +80,8 @@ def run(argv: Sequence[str]) -> None:
         limits = ServeLimits(max_count=args.max_count, batch_images=args.batch)
         app = create_app(loaded, limits, title=args.title, allowed_hosts=allowed)
         info = app.state.service.describe()
-        print(f"{info['description']}; serving on http://{args.host}:{sock.getsockname()[1]}/")
+        # Flushed: tools/load_test.py --compare-batching reads the URL (and its port 0's choice) from a pipe.
+        print(f"{info['description']}; serving on http://{args.host}:{sock.getsockname()[1]}/", flush=True)
         if not is_loopback_host(args.host):
             print(f"warning: {args.host} is not a loopback address; other machines can reach this page",
                   file=sys.stderr)

@@ -27,7 +27,7 @@ READ_TIMEOUT_S = 10.0  # a request's head and body must arrive within this (a ge
 SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"x-content-type-options", b"nosniff"),
     (b"content-security-policy", b"default-src 'none'; script-src 'self'; style-src 'self'; "
-                                 b"img-src 'self' data: blob:; connect-src 'self'; form-action 'none'; "
+                                 b"img-src 'self' data:; connect-src 'self'; form-action 'none'; "
                                  b"base-uri 'none'; frame-ancestors 'none'"),
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"no-referrer"),
