@@ -105,6 +105,12 @@ def compare_batching(args: argparse.Namespace, options: dict[str, Any]) -> tuple
             result = run_load_test(url, **options)
             print(f"-- {name} server (--batch {batch}):\n{result.summary()}")
             results[name] = result.to_json()
+            if name == "unbatched":
+                # The same requests refused before the model: what HTTP, parsing and the clients cost alone.
+                ceiling = run_load_test(url, **{**options, "refused": True})
+                print(f"-- HTTP ceiling (the same load answered 422 before the model): "
+                      f"{ceiling.requests_per_s:.1f} requests/s, p50 {ceiling.p50_ms:.1f} ms")
+                results["http_ceiling"] = ceiling.to_json()
             if name == "batched":
                 under = run_under_load(url, probes=args.probes, clients=args.clients, truncation=args.truncation,
                                        time_limit_s=args.time_limit)

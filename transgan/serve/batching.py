@@ -54,6 +54,7 @@ class BatchStats:
     calls: int = 0
     images: int = 0
     largest_call: int = 0
+    busy_s: float = 0.0  # wall time inside the model
 
 
 class Batcher:
@@ -142,6 +143,7 @@ class Batcher:
         for truncation, group in groups.items():
             seeds = [seed for job, a, b in group for seed in job.seeds[a:b]]
             classes = [c for job, a, b in group for c in job.classes[a:b]]
+            start = time.perf_counter()
             try:
                 images = self.sampler(self.G, seeds, classes, truncation)
             except Exception as e:  # the model's failure is each job's, not the worker's
@@ -149,6 +151,8 @@ class Batcher:
                     if not job.future.done():
                         job.future.set_exception(e)
                 continue
+            finally:
+                self.stats.busy_s += time.perf_counter() - start
             self.stats.calls += 1
             self.stats.images += len(seeds)
             self.stats.largest_call = max(self.stats.largest_call, len(seeds))

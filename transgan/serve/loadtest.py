@@ -104,9 +104,10 @@ def largest_request(info: dict[str, Any]) -> tuple[int, Optional[int]]:
 def run_load_test(url: str, requests: int = 500, clients: int = 8, images_per_request: int = 1,
                   truncation: Optional[float] = None, time_limit_s: float = 300.0,
                   timeout_s: float = 60.0, size: Optional[int] = None,
-                  stop: Optional[threading.Event] = None) -> LoadTestResult:
+                  stop: Optional[threading.Event] = None, refused: bool = False) -> LoadTestResult:
     """Send ``requests`` generation requests from ``clients`` threads to the app at ``url`` (loopback);
-    ``stop``, when given, ends the test early once set (a background load)."""
+    ``stop``, when given, ends the test early once set (a background load). ``refused``: requests the
+    server answers 422 before the model (seed -1), so the figures are the HTTP path's own ceiling."""
     _check(url, requests, clients, time_limit_s)
     parts = urlsplit(url)
     base = parts.path.rstrip("/")
@@ -129,7 +130,8 @@ def run_load_test(url: str, requests: int = 500, clients: int = 8, images_per_re
         conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout_s)
         try:
             while (i := take()) is not None:
-                body: dict[str, Any] = {"seed": i, "count": images_per_request, "truncation": truncation}
+                body: dict[str, Any] = {"seed": -1 if refused else i, "count": images_per_request,
+                                        "truncation": truncation}
                 if size is not None:
                     body["size"] = size
                 if num_classes:
@@ -142,7 +144,9 @@ def run_load_test(url: str, requests: int = 500, clients: int = 8, images_per_re
                     payload = response.read()
                     elapsed = (time.perf_counter() - start) * 1000
                     problem = None
-                    if response.status != 200:
+                    if refused:
+                        problem = None if response.status == 422 else f"request {i}: HTTP {response.status}, not 422"
+                    elif response.status != 200:
                         problem = f"request {i}: HTTP {response.status} {payload[:200]!r}"
                     elif len(json.loads(payload).get("images", [])) != images_per_request:
                         problem = f"request {i}: wrong number of images"
