@@ -190,10 +190,10 @@ def test_big_hostile_bodies_do_not_stall_the_event_loop(digits_server):
 
     def load() -> None:
         status, answer, _ = post_raw(digits_server.url + "api/generate", body)
-        assert status == 422 and len(answer) < 1000
+        assert status == 422 and len(answer) < 1000 and b"fields; a request has at most" in answer
 
     times = latencies_while(load, lambda: call(digits_server.url + "api/info"))
-    assert len(times) > 10 and percentile(times, 50) < 200 and percentile(times, 95) < 1000, times
+    assert len(times) > 10 and percentile(times, 50) < 100 and percentile(times, 95) < 500, times
 
 
 def test_a_small_request_is_not_starved_by_queued_large_ones(digits_server):
