@@ -24,7 +24,8 @@ def resolve_device(name: str) -> "torch.device":
         raise ConfigError(f"--device {name!r} is not a torch device (cpu, cuda, cuda:1, mps)") from None
     if device.type == "cuda" and (not torch.cuda.is_available()
                                   or (device.index or 0) >= torch.cuda.device_count()):
-        raise ConfigError(f"--device {name}: no such CUDA GPU here ({torch.cuda.device_count()} visible); use --device cpu")
+        raise ConfigError(f"--device {name}: no such CUDA GPU here ({torch.cuda.device_count()} visible); "
+                          "use --device cpu")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"--device {name}: MPS is not available here; use --device cpu")
     if device.type not in ("cpu", "cuda", "mps"):

@@ -144,7 +144,8 @@ def test_a_full_server_answers_503_with_retry_after_and_serves_the_rest(budget_s
         while service.budget.in_flight < service.budget.capacity and time.monotonic() < deadline:
             time.sleep(0.01)
         status, body, headers = call(budget_server.url + "api/generate", {"class": 1, "count": 1})
-        assert status == 503 and {k.lower(): v for k, v in headers.items()}["retry-after"] == "1" and "busy" in json.loads(body)["detail"]
+        retry_after = {k.lower(): v for k, v in headers.items()}["retry-after"]
+        assert status == 503 and retry_after == "1" and "busy" in json.loads(body)["detail"]
         assert call(budget_server.url + "api/info")[0] == 200  # the constant answers are not queued
     finally:
         gate.set()
