@@ -31,6 +31,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, Iterator, Optional, Sequence, Union
 
+import anyio
+import anyio.to_thread
 import pydantic_core
 import torch
 from fastapi import FastAPI, Query, Request
@@ -208,6 +210,7 @@ class GenerationService:
 
 
 INLINE_PARSE_BYTES = 2048
+ENCODE_THREADS = 1
 INLINE_ENCODE_PIXELS = 4 * 64 * 64  # PNG-encoded on the event loop (~0.5 ms) rather than in the thread pool
 MAX_ERRORS_SHOWN = 3  # a body with thousands of bad keys gets a short answer, not one line per key
 
@@ -250,6 +253,15 @@ def create_app(loaded: LoadedGenerator, limits: ServeLimits = ServeLimits(), tit
     """The web app for one loaded generator (kept in memory for the app's life); ``allowed_hosts``: the Host
     header values it answers (port ignored), the names the bound address is reached by."""
     service = GenerationService(loaded, limits, title)
+    limiter: list[anyio.CapacityLimiter] = []
+
+    async def encode_large(function: Any, *args: Any) -> Any:
+        # Large answers are encoded ENCODE_THREADS at a time: PIL holds the GIL for much of an encoding, and
+        # eight at once would keep the event loop (and the small requests it serves) waiting for it.
+        if not limiter:
+            limiter.append(anyio.CapacityLimiter(ENCODE_THREADS))
+        return await anyio.to_thread.run_sync(function, *args, limiter=limiter[0])
+
     info = service.describe()
     page = render_page(info)
     # No /docs or /redoc: they load scripts from a CDN. The OpenAPI schema stays under /api/.
@@ -312,7 +324,7 @@ def create_app(loaded: LoadedGenerator, limits: ServeLimits = ServeLimits(), tit
             if pixels <= INLINE_ENCODE_PIXELS:
                 items = _encode_json(images, c, seeds, request.size)
             else:
-                items = await run_in_threadpool(_encode_json, images, c, seeds, request.size)
+                items = await encode_large(_encode_json, images, c, seeds, request.size)
         # A Response, not a dict: FastAPI would walk the dict again (jsonable_encoder) for nothing.
         return JSONResponse({"images": items, "truncation": request.truncation, "truncation_kind": service.kind,
                              "elapsed_ms": (time.perf_counter() - start) * 1000})
@@ -333,7 +345,7 @@ def create_app(loaded: LoadedGenerator, limits: ServeLimits = ServeLimits(), tit
         with service.budget.hold(service.pixels(request)):
             images, _, _ = await service.generate(request)
             cols = request.cols or math.ceil(math.sqrt(len(images)))
-            data = await run_in_threadpool(_encode_grid, images, cols, request.size)
+            data = await encode_large(_encode_grid, images, cols, request.size)
         return Response(data, media_type="image/png")
 
     def _encode_grid(images: torch.Tensor, cols: int, size: Optional[int]) -> bytes:
