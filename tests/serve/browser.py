@@ -43,14 +43,38 @@ def headless_chromium(profile_dir: Path, width: int = 1000, height: int = 720) -
         driver.quit()
 
 
+def wait_for_grid(driver: Any, count: int, seeds: Optional[list[int]] = None, timeout_s: float = 30.0) -> list[Any]:
+    """The grid's <img>s once it shows ``count`` decoded images (with these seeds, when given) and the
+    buttons are enabled again."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def grid_ready(d: Any) -> Any:
+        images = d.find_elements(By.CSS_SELECTOR, "#grid img")
+        loaded = d.execute_script("return Array.from(document.querySelectorAll('#grid img'))"
+                                  ".every(i => i.complete && i.naturalWidth > 0) && "
+                                  "!document.getElementById('generate').disabled;")
+        if len(images) != count or not loaded:
+            return False
+        if seeds is not None and [int(i.get_attribute("data-seed")) for i in images] != seeds:
+            return False
+        return images
+
+    return WebDriverWait(driver, timeout_s).until(grid_ready)
+
+
 def generate_on_page(driver: Any, url: str, class_name: Optional[str], seed: int, count: int,
                      truncation: Optional[float] = None, screenshot: Optional[Path] = None,
                      timeout_s: float = 30.0) -> list[Any]:
-    """Open the page, choose the class, type seed and count, press Generate; return the grid's <img>s."""
+    """Open the page, wait for its first-load images, choose the class, type seed and count, press Generate;
+    return the grid's <img>s."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
     driver.get(url)
+    WebDriverWait(driver, timeout_s).until(
+        lambda d: d.execute_script("return document.getElementById('grid').dataset.ready === 'true' && "
+                                   "!document.getElementById('generate').disabled;"))
     if class_name is not None:
         Select(driver.find_element(By.ID, "class")).select_by_visible_text(class_name)
     for field, value in (("seed", seed), ("count", count)):
@@ -61,14 +85,7 @@ def generate_on_page(driver: Any, url: str, class_name: Optional[str], seed: int
         driver.execute_script("const s = document.getElementById('truncation'); s.value = arguments[0];"
                               "s.dispatchEvent(new Event('input'));", str(truncation))
     driver.find_element(By.ID, "generate").click()
-
-    def grid_ready(d: Any) -> Any:
-        images = d.find_elements(By.CSS_SELECTOR, "#grid img")
-        loaded = d.execute_script("return Array.from(document.querySelectorAll('#grid img'))"
-                                  ".every(i => i.complete && i.naturalWidth > 0);")
-        return images if len(images) == count and loaded else False
-
-    images = WebDriverWait(driver, timeout_s).until(grid_ready)
+    images = wait_for_grid(driver, count, list(range(seed, seed + count)), timeout_s)
     if screenshot is not None:
         screenshot.parent.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(screenshot))

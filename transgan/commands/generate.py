@@ -10,7 +10,7 @@ report, and export for serving.
     python tools/generate.py nn      SOURCE [--classes ...] [--seeds 0-3] [--k 5] [--features fd-digits|
                                             inception-v3-compat|pixels] [--weights FILE] [--dataset-root DIR]
                                             [--out nn.png]                                   (+ nn.json)
-    python tools/generate.py export  SOURCE --out DIR [--network G_ema]
+    python tools/generate.py export  SOURCE --out DIR [--network G_ema] [--force]
 
   SOURCE       a run directory of tools/train.py (its newest checkpoint), one checkpoint file, or an
                exported generator (a folder with generator.safetensors + generator.json, or the file)
@@ -19,8 +19,11 @@ report, and export for serving.
   --seeds      integers and ranges: 0-7,12. Every image is a function of (class, seed, truncation).
   --attention  attention kernel (auto, sdpa, xformers, math, chunked) instead of the one the run
                was trained with (its model.attention, recorded in checkpoints and exports)
+  --size       pixels per image side in the output, 1..4096
+  --force      (export) replace an existing export in DIR; without it an existing one is refused
 
-Exit status 2 with a message for bad input (unknown class, missing files, wrong model kind).
+Exit status 2 with one `error:` line for bad input (unknown class, missing or corrupt files, a
+checkpoint whose config does not fit its weights, an unavailable --device, an existing export).
 """
 
 from __future__ import annotations
@@ -30,10 +33,10 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from transgan.cli import console_entry, run_cli
+from transgan.cli import console_entry, resolve_device, run_cli
 from transgan.errors import ConfigError
-from transgan.runs.export import GeneratorInfo
 from transgan.nn.attention import KERNELS
+from transgan.runs.export import GeneratorInfo
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,7 +93,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("export", "G_ema as safetensors + JSON config, for tools/serve.py")
     p.add_argument("--out", required=True, help="folder to write generator.safetensors and generator.json into")
+    p.add_argument("--force", action="store_true", help="replace an export already in --out")
     return parser
+
+
+MAX_SIZE = 4096
+
+
+def check_output(args: argparse.Namespace) -> None:
+    """Output options that can be refused before the model is loaded: --size, and export's --out."""
+    from transgan.runs.export import CONFIG_FILE, WEIGHTS_FILE
+
+    size = getattr(args, "size", None)
+    if size is not None and not 1 <= size <= MAX_SIZE:
+        raise ConfigError(f"--size must be in 1..{MAX_SIZE} pixels, got {size}")
+    if args.command == "export":
+        out = Path(args.out).expanduser()
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--out {out} is a file; export writes a folder (give a new or empty folder)")
+        existing = [name for name in (WEIGHTS_FILE, CONFIG_FILE) if (out / name).exists()]
+        if existing and not args.force:
+            raise ConfigError(f"--out {out} already holds an export ({', '.join(existing)}); "
+                              "add --force to replace it")
 
 
 def run(argv: Sequence[str]) -> Path:
@@ -100,8 +124,10 @@ def run(argv: Sequence[str]) -> Path:
     from transgan.runs.load import load_source
 
     args = build_parser().parse_args(argv)
+    check_output(args)
+    device = resolve_device(args.device)
     loaded = load_source(args.source, args.network, attention=args.attention)
-    G, info = loaded.G.to(args.device), loaded.info
+    G, info = loaded.G.to(device), loaded.info
     print(gen.describe(info, G))
     out = Path(args.out).expanduser()
 

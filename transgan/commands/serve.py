@@ -2,12 +2,19 @@
 
     python tools/serve.py SOURCE [--host 127.0.0.1] [--port 8000] [--max-count 64] [--threads N]
                                  [--network G_ema] [--device cpu] [--title TEXT] [--attention KERNEL]
+                                 [--batch 16] [--allowed-host NAME ...]
 
   SOURCE     an exported generator (folder with generator.safetensors + generator.json, from
              `python tools/generate.py export`), a run directory of tools/train.py or a checkpoint
   --host     interface to listen on; the default 127.0.0.1 keeps the page on this machine
   --threads  torch threads for generation (default: torch's choice)
   --attention attention kernel (auto, sdpa, xformers, math, chunked) instead of the run's model.attention
+  --batch    images per model call, gathered from concurrent requests (1 = no batching)
+  --allowed-host  a Host name the page is reached by (repeatable); default: the loopback names for a
+             loopback --host, else the --host address. Requests with another Host get 400.
+
+The port is taken and the device checked before the model is loaded; every failure is one
+`error:` line and exit status 2.
 
 Then open http://127.0.0.1:8000/ . API: GET /api/info, POST /api/generate (JSON), GET
 /api/generate.png?class=3&seed=0&count=8 (see docs/serving.md). Ctrl-C stops the server.
@@ -19,7 +26,7 @@ import argparse
 import sys
 from typing import Any, Sequence
 
-from transgan.cli import console_entry, run_cli
+from transgan.cli import console_entry, resolve_device, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,37 +45,66 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--title", default=None)
     p.add_argument("--attention", default=None, choices=KERNELS,
                    help="attention kernel instead of the run's model.attention")
+    p.add_argument("--batch", type=int, default=16, help="images per model call (1 = no batching)")
+    p.add_argument("--allowed-host", action="append", default=None, help="a Host name of the page (repeatable)")
     return p
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse out-of-range options before anything is bound or loaded."""
+    from transgan.errors import ConfigError
+
+    if not 1 <= args.max_count <= 1024:
+        raise ConfigError(f"--max-count must be in 1..1024, got {args.max_count}")
+    if not 1 <= args.batch <= 256:
+        raise ConfigError(f"--batch must be in 1..256, got {args.batch}")
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port must be in 0..65535, got {args.port}")
+    if args.threads is not None and not 1 <= args.threads <= 1024:
+        raise ConfigError(f"--threads must be in 1..1024, got {args.threads}")
 
 
 def build_app(args: argparse.Namespace) -> Any:
     """The web app for parsed arguments: the generator loaded once, with the run's attention kernel."""
     import torch
 
-    from transgan.errors import ConfigError
     from transgan.runs.load import load_source
     from transgan.serve.app import ServeLimits, create_app
+    from transgan.serve.server import allowed_hosts_for
 
-    if not 1 <= args.max_count <= 1024:
-        raise ConfigError(f"--max-count must be in 1..1024, got {args.max_count}")
+    check_args(args)
+    allowed = args.allowed_host or allowed_hosts_for(args.host)
+    device = resolve_device(args.device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     loaded = load_source(args.source, args.network, attention=args.attention)
-    loaded.G.to(args.device)
-    return create_app(loaded, ServeLimits(max_count=args.max_count), title=args.title)
+    loaded.G.to(device)
+    limits = ServeLimits(max_count=args.max_count, batch_images=args.batch)
+    return create_app(loaded, limits, title=args.title, allowed_hosts=allowed)
 
 
 def run(argv: Sequence[str]) -> None:
     """Load the generator once and serve until interrupted."""
-    from transgan.serve.server import is_loopback_host, serve_forever
+    from transgan.serve.server import allowed_hosts_for, bind_socket, is_loopback_host, serve_forever
 
     args = build_parser().parse_args(argv)
-    app = build_app(args)
-    info = app.state.service.describe()
-    print(f"{info['description']}; serving on http://{args.host}:{args.port}/")
-    if not is_loopback_host(args.host):
-        print(f"warning: {args.host} is not a loopback address; other machines can reach this page", file=sys.stderr)
-    serve_forever(app, args.host, args.port)
+    check_args(args)
+    if not args.allowed_host:
+        allowed_hosts_for(args.host)  # a --host that needs --allowed-host fails before the bind
+    resolve_device(args.device)
+    # The port first: a taken one fails at once, not after the model load.
+    sock = bind_socket(args.host, args.port)
+    try:
+        app = build_app(args)
+        info = app.state.service.describe()
+        # Flushed: tools/load_test.py --compare-batching reads the URL (and its port 0's choice) from a pipe.
+        print(f"{info['description']}; serving on http://{args.host}:{sock.getsockname()[1]}/", flush=True)
+        if not is_loopback_host(args.host):
+            print(f"warning: {args.host} is not a loopback address; other machines can reach this page",
+                  file=sys.stderr)
+        serve_forever(app, sock)
+    finally:
+        sock.close()
 
 
 def main(argv: list[str]) -> int:

@@ -30,6 +30,7 @@ from transgan.registry import build_generator
 from transgan.runs.files import atomic_write, atomic_write_text
 
 EXPORT_FORMAT = "transgan-generator-v1"
+MAX_GENERATOR_BYTES = 4 * 2**30  # parameters + buffers; the largest registered configs are well under 1 GB
 WEIGHTS_FILE = "generator.safetensors"
 CONFIG_FILE = "generator.json"
 
@@ -48,6 +49,15 @@ class GeneratorInfo:
     attention: Optional[str] = None    # the run's attention kernel (model.attention); None: the default
 
     def __post_init__(self) -> None:
+        # Checked before anything is built from them: a size from a file must not size an allocation unchecked.
+        for key, lo, hi in (("img_resolution", 4, 4096), ("img_channels", 1, 4), ("num_classes", 0, 100_000)):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+                raise ConfigError(f"{key} must be an integer in {lo}..{hi}, got {short_value(value)}")
+        if not isinstance(self.generator, dict):
+            raise ConfigError(f"the generator config must be an object, got {short_value(self.generator)}")
+        if not isinstance(self.class_names, list) or not all(isinstance(n, str) for n in self.class_names):
+            raise ConfigError("class_names must be a list of strings")
         if not self.class_names:
             self.class_names = [str(k) for k in range(self.num_classes)]
         if len(self.class_names) != self.num_classes:
@@ -80,11 +90,31 @@ class LoadedGenerator:
     info: GeneratorInfo
 
 
-def build_from_info(info: GeneratorInfo) -> nn.Module:
-    """An untrained generator of the architecture ``info`` describes."""
-    return build_generator(info.generator, img_resolution=int(info.img_resolution),
-                           img_channels=int(info.img_channels), num_classes=int(info.num_classes),
-                           attention=info.attention)
+def short_value(value: Any, limit: int = 40) -> str:
+    """``repr(value)`` cut to ``limit`` characters (error messages never echo a huge input)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def build_from_info(info: GeneratorInfo, max_bytes: int = MAX_GENERATOR_BYTES) -> nn.Module:
+    """An untrained generator of the architecture ``info`` describes, refused when its weights would pass
+    ``max_bytes`` (counted on the meta device first, so e.g. z_dim 1e9 allocates nothing)."""
+    build = lambda: build_generator(info.generator, img_resolution=info.img_resolution,  # noqa: E731
+                                    img_channels=info.img_channels, num_classes=info.num_classes,
+                                    attention=info.attention)
+    try:
+        with torch.device("meta"):
+            tensors = [*build().state_dict().values()]
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, OverflowError, RuntimeError) as e:
+        raise ConfigError(f"the generator config {short_value(info.generator, 200)} cannot be built: "
+                          f"{str(e)[:200]}") from None
+    size = sum(t.numel() * t.element_size() for t in tensors)
+    if size > max_bytes:
+        raise ConfigError(f"the generator config describes {size / 2**30:.1f} GiB of weights (at most "
+                          f"{max_bytes / 2**30:.0f} GiB): a size in it is wrong")
+    return build()
 
 
 def export_generator(G: nn.Module, info: GeneratorInfo, out_dir: Path) -> Path:
@@ -110,7 +140,7 @@ def load_exported_generator(path: Path | str, device: torch.device | str = "cpu"
                             attention: Optional[str] = None) -> LoadedGenerator:
     """Rebuild and load an exported generator from its folder or its ``.safetensors`` file
     (``attention``: a kernel instead of the recorded one)."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_model
 
     path = Path(path).expanduser()
@@ -119,24 +149,35 @@ def load_exported_generator(path: Path | str, device: torch.device | str = "cpu"
         raise FileNotFoundError(f"no exported generator at {path} (expected {WEIGHTS_FILE} and {CONFIG_FILE}, "
                                 "written by `python tools/generate.py export`)")
     sidecar = weights.with_name(CONFIG_FILE) if weights.name == WEIGHTS_FILE else weights.with_suffix(".json")
-    if sidecar.is_file():
-        text, where = sidecar.read_text(), str(sidecar)
-    else:  # the header copy makes a lone .safetensors file self-describing
-        with safe_open(str(weights), framework="pt") as f:
-            text, where = (f.metadata() or {}).get("transgan"), f"the header of {weights}"
-        if text is None:
-            raise ConfigError(f"{weights} has no {CONFIG_FILE} beside it and no transgan config in its header")
     try:
+        if sidecar.is_file():
+            text, where = sidecar.read_text(), str(sidecar)
+        else:  # the header copy makes a lone .safetensors file self-describing
+            with safe_open(str(weights), framework="pt") as f:
+                text, where = (f.metadata() or {}).get("transgan"), f"the header of {weights}"
+            if text is None:
+                raise ConfigError(f"{weights} has no {CONFIG_FILE} beside it and no transgan config in its header")
         data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{where} is not valid JSON: {e}") from e
-    info = GeneratorInfo.from_json(data, where)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{where} is not valid JSON: {str(e)[:200]}") from None
+    except SafetensorError as e:
+        raise ConfigError(f"{weights} is not a readable safetensors file (corrupt or truncated?): {e}") from None
+    info = _info_from_json(data, where)
     if attention is not None:
         info.attention = attention
     G = build_from_info(info)
     try:
         load_model(G, str(weights), strict=True, device="cpu")
+    except SafetensorError as e:
+        raise ConfigError(f"{weights} is not a readable safetensors file (corrupt or truncated?): {e}") from None
     except RuntimeError as e:
-        raise ConfigError(f"{weights} does not fit the generator of {where}: {e}") from e
+        raise ConfigError(f"{weights} does not fit the generator of {where}: {str(e)[:500]}") from None
     return LoadedGenerator(G.to(device).eval().requires_grad_(False), info)
 
+
+def _info_from_json(data: Any, where: str) -> GeneratorInfo:
+    """:meth:`GeneratorInfo.from_json`, with a wrong field type (a string resolution) as a ConfigError."""
+    try:
+        return GeneratorInfo.from_json(data, where)
+    except TypeError as e:
+        raise ConfigError(f"{where}: {str(e)[:200]}") from None

@@ -21,14 +21,19 @@ log = logging.getLogger("transgan.eval")
 
 def find_checkpoint(source: Path) -> Optional[Path]:
     """The checkpoint a source names (a file, or a run directory's newest), or None for an image folder."""
-    from transgan.runs.checkpoint import latest_checkpoint
+    from transgan.runs.checkpoint import list_checkpoints
 
     if source.is_file():
         return source
     if not source.is_dir():
         raise FileNotFoundError(f"{source} does not exist")
     if (source / "config.yaml").is_file() or (source / "checkpoints").is_dir():
-        return latest_checkpoint(source)
+        found = list_checkpoints(source)
+        if not found:  # not latest_checkpoint's message: these tools read a run, they do not resume it
+            raise CheckpointError(f"{source} is a run directory without a checkpoint yet (no step-*.pt in "
+                                  f"{source / 'checkpoints'}): train it first, or give a checkpoint file or an "
+                                  "exported generator")
+        return found[-1]
     return None
 
 
@@ -55,7 +60,11 @@ def load_generator(state: dict[str, Any], network: str, num_classes: Optional[in
                         attention=attention or cfg.model.get("attention"))
     if network not in state:
         raise CheckpointError(f"the checkpoint holds no {network} weights")
-    G.load_state_dict(state[network])
+    try:
+        G.load_state_dict(state[network])
+    except RuntimeError as e:  # missing/unexpected keys or shape mismatches: the config is not the weights'
+        raise CheckpointError(f"the checkpoint's {network} weights do not fit the generator its config "
+                              f"describes: {str(e)[:400]}") from None
     return G.eval().requires_grad_(False)
 
 

@@ -13,6 +13,9 @@ import time
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
+from transgan.errors import ConfigError
+from transgan.serve.guard import LOOPBACK_HOSTS, READ_TIMEOUT_S
+
 DEFAULT_HOST = "127.0.0.1"
 
 
@@ -37,37 +40,57 @@ def bind_socket(host: str = DEFAULT_HOST, port: int = 0) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e} (another server there? "
+                          "choose --port)") from None
     sock.set_inheritable(True)
     return sock
 
 
-def _config(app: Any, log_level: str) -> Any:
+def allowed_hosts_for(host: str) -> list[str]:
+    """Host header values a server bound to ``host`` answers: the loopback names for a loopback address,
+    else the address itself (DNS rebinding: a page on evil.com resolved to 127.0.0.1 sends Host: evil.com)."""
+    if host in ("0.0.0.0", "::", ""):
+        raise ConfigError(f"--host {host or repr(host)} listens on every interface: name the host names the "
+                          "page is reached by with --allowed-host (repeatable)")
+    literal = f"[{host}]" if ":" in host else host  # an IPv6 address appears in brackets in a Host header
+    return sorted({*LOOPBACK_HOSTS, literal}) if is_loopback_host(host) else [literal]
+
+
+def _config(app: Any, log_level: str, read_timeout_s: float, keep_alive_s: int) -> Any:
     import uvicorn
+
+    from transgan.serve.guard import read_timeout_protocol
 
     # lifespan off: the app has no startup work (the model is loaded before the app exists).
-    return uvicorn.Config(app, log_level=log_level, lifespan="off", access_log=False)
+    # h11 with a read deadline (transgan.serve.guard); idle keep-alive connections close after keep_alive_s.
+    return uvicorn.Config(app, log_level=log_level, lifespan="off", access_log=False,
+                          http=read_timeout_protocol(read_timeout_s), timeout_keep_alive=keep_alive_s)
 
 
-def serve_forever(app: Any, host: str = DEFAULT_HOST, port: int = 8000, log_level: str = "info") -> None:
-    """Serve ``app`` on host:port until interrupted (Ctrl-C)."""
+def serve_forever(app: Any, sock: socket.socket, log_level: str = "info", read_timeout_s: float = READ_TIMEOUT_S,
+                  keep_alive_s: int = 5) -> None:
+    """Serve ``app`` on a socket from :func:`bind_socket` until interrupted (Ctrl-C)."""
     import uvicorn
 
-    sock = bind_socket(host, port)
-    server = uvicorn.Server(_config(app, log_level))
+    server = uvicorn.Server(_config(app, log_level, read_timeout_s, keep_alive_s))
     server.run(sockets=[sock])
 
 
 class BackgroundServer:
     """``with BackgroundServer(app) as server: ... server.url ...``: uvicorn on a thread, on a free port."""
 
-    def __init__(self, app: Any, host: str = DEFAULT_HOST, port: int = 0, log_level: str = "warning") -> None:
+    def __init__(self, app: Any, host: str = DEFAULT_HOST, port: int = 0, log_level: str = "warning",
+                 read_timeout_s: float = READ_TIMEOUT_S, keep_alive_s: int = 5) -> None:
         import uvicorn
 
         self.sock = bind_socket(host, port)
         address = self.sock.getsockname()
         self.host, self.port = address[0], address[1]
-        self.server = uvicorn.Server(_config(app, log_level))
+        self.server = uvicorn.Server(_config(app, log_level, read_timeout_s, keep_alive_s))
         self.thread: Optional[threading.Thread] = None
 
     @property
