@@ -3,7 +3,6 @@ and the batched-vs-unbatched comparison against two real tools/serve.py processe
 
 from __future__ import annotations
 
-
 import json
 
 from tests.conftest import load_tool
