@@ -38,7 +38,10 @@ def is_loopback_url(url: str) -> bool:
 def bind_socket(host: str = DEFAULT_HOST, port: int = 0) -> socket.socket:
     """A listening-ready TCP socket on (host, port); port 0 picks a free one, with no race to find it."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted connections only when the socket says it is
+    # TCP. Without it Nagle held each response's body behind its headers until the client's delayed ACK:
+    # ~44 ms for every request, the ceiling of the whole server (tests/serve/test_guard.py measures it).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
