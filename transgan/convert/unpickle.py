@@ -136,6 +136,8 @@ _ALLOWED: dict[tuple[str, str], Callable[..., Any] | type] = {
     ("_codecs", "encode"): _latin1_bytes,
     ("builtins", "set"): set,
     ("builtins", "frozenset"): frozenset,
+    ("__builtin__", "set"): set,  # protocol-2 pickles spell builtins the Python 2 way
+    ("__builtin__", "frozenset"): frozenset,
     ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
     ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
     ("torch.storage", "_load_from_bytes"): _storage_from_bytes,
