@@ -83,3 +83,36 @@ def test_foreign_and_incomplete_checkpoints_are_named(tmp_path):
 def test_fixture_records_its_official_commit():
     with safe_open(SMALL, "pt") as f:
         assert len(f.metadata()["commit"]) == 40
+
+
+def _tool(repo_root: Path, name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"{name}_tool", repo_root / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def test_convert_tool_writes_a_run_that_loads_and_fine_tunes(tmp_path, repo_root, capsys):
+    """tools/convert.py: the run's G_ema gives the official images; resume= trains one more step from it."""
+    from transgan.eval.runs import load_source
+    from transgan.train.checkpoint import latest_checkpoint, load_checkpoint
+
+    run = tmp_path / "run"
+    small = ["experiment=transgan_paper", "dataset=synthetic", "dataset.size=8", "train.batch_size=4",
+             "train.sample_every=1000", "train.eval_every=1000", "train.ckpt_every=1", "train.log_every=1"]
+    assert _tool(repo_root, "convert")([str(_official_checkpoint(tmp_path)), f"out={run}", *small]) == 0
+    loaded = load_source(run)
+    io = _split("io.")
+    with torch.no_grad():
+        assert (loaded.G(io["z"]) - io["images"]).abs().max().item() <= 1e-5
+    assert _tool(repo_root, "train")([f"resume={run}", "train.max_steps=1"]) == 0
+    assert load_checkpoint(latest_checkpoint(run))["progress"]["step"] == 1
+    # A second conversion into the same folder is refused; so is a file of another kind.
+    assert _tool(repo_root, "convert")([str(_official_checkpoint(tmp_path)), f"out={run}", *small]) == 2
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, other)
+    assert _tool(repo_root, "convert")([str(other), f"out={tmp_path / 'run2'}"]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "not a checkpoint this tool knows" in err and "Traceback" not in err

@@ -1,0 +1,64 @@
+"""``tools/convert.py``: an official checkpoint in, a transgan run directory out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from transgan.convert.transgan_official import Converted, convert_transgan
+from transgan.convert.unpickle import ConvertError, load_official
+
+__all__ = ["USAGE", "detect", "convert_file", "main"]
+
+USAGE = """Convert an official checkpoint into a transgan run directory (no pickled code is run).
+
+    python tools/convert.py <checkpoint> out=<run dir> [overrides ...]
+
+  <checkpoint>   TransGAN .pth (VITA-Group/TransGAN train_derived.py: gen/dis/avg_gen state dicts)
+  out=<run dir>  an empty folder; receives config.yaml and checkpoints/step-000000000.pt
+  overrides      Hydra overrides composed first (default: the paper preset of the checkpoint's
+                 kind, e.g. experiment=transgan_paper dataset=cifar10); the converted networks
+                 replace the preset's model.
+
+The run directory works with tools/eval.py, tools/generate.py, tools/serve.py and
+resume=<run dir> (fine-tuning from the official weights).
+"""
+
+# kind -> (converter, the overrides that give that paper's recipe)
+KINDS: dict[str, tuple[Callable[[Any], Converted], list[str]]] = {
+    "transgan": (convert_transgan, ["experiment=transgan_paper", "dataset=cifar10"]),
+}
+
+
+def detect(data: Any, path: Path) -> str:
+    """Which official codebase wrote ``data`` (the loaded checkpoint), from its keys."""
+    if isinstance(data, dict) and any(k in data for k in ("gen_state_dict", "avg_gen_state_dict")):
+        return "transgan"
+    keys = sorted(data)[:8] if isinstance(data, dict) else type(data).__name__
+    raise ConvertError(f"{path}: not a checkpoint this tool knows (TransGAN gen_state_dict/avg_gen_state_dict); "
+                       f"found {keys}")
+
+
+def convert_file(path: Path) -> tuple[str, Converted]:
+    """Load ``path`` safely, detect its kind, and convert it."""
+    data = load_official(path)
+    kind = detect(data, path)
+    return kind, KINDS[kind][0](data)
+
+
+def main(argv: Sequence[str]) -> int:
+    """Entry point of tools/convert.py; returns the exit status."""
+    from transgan.cli import run_cli
+    from transgan.convert.run import write_run
+
+    def job() -> None:
+        files = [a for a in argv if "=" not in a]
+        outs = [a.split("=", 1)[1] for a in argv if a.startswith("out=")]
+        overrides = [a for a in argv if "=" in a and not a.startswith("out=")]
+        if len(files) != 1 or len(outs) != 1:
+            raise ConvertError("give one checkpoint file and out=<run dir> (see --help)")
+        kind, conv = convert_file(Path(files[0]).expanduser())
+        path = write_run(conv, Path(outs[0]).expanduser(), overrides or KINDS[kind][1])
+        print(f"{kind}: wrote {path}")
+
+    return run_cli(job, usage=USAGE, argv=argv)
