@@ -88,3 +88,18 @@ def write_snapshot(path: Path, networks: dict[str, Any], protocol: int = 4) -> N
 
         with open(path, "wb") as f:
             _Pickler(f, protocol=protocol).dump(networks)
+
+
+BUFFERS = ("w_avg", "noise_const", "resample_filter")
+
+
+def nets_from_state_dict(class_name: str, sd: dict[str, torch.Tensor], **attrs: Any) -> Net:
+    """Nest a flat official state dict back into network records (names in BUFFERS are buffers)."""
+    root = Net(class_name, **attrs)
+    for key, value in sd.items():
+        *path, leaf = key.split(".")
+        node = root
+        for part in path:
+            node = node.modules.setdefault(part, Net(part))
+        (node.buffers if leaf in BUFFERS else node.params)[leaf] = value
+    return root

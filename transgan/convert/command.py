@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from transgan.convert.transgan_official import Converted, convert_transgan
-from transgan.convert.unpickle import ConvertError, load_official
+from transgan.convert.common import Converted
+from transgan.convert.stylegan2_ada import convert_stylegan2_ada
+from transgan.convert.transgan_official import convert_transgan
+from transgan.convert.unpickle import ConvertError, PersistentObject, load_official
 
 __all__ = ["USAGE", "detect", "convert_file", "main"]
 
@@ -14,10 +16,13 @@ USAGE = """Convert an official checkpoint into a transgan run directory (no pick
 
     python tools/convert.py <checkpoint> out=<run dir> [overrides ...]
 
-  <checkpoint>   TransGAN .pth (VITA-Group/TransGAN train_derived.py: gen/dis/avg_gen state dicts)
+  <checkpoint>   TransGAN .pth (VITA-Group/TransGAN train_derived.py: gen/dis/avg_gen state dicts), or
+                 a stylegan2-ada-pytorch network-snapshot-*.pkl (G, D, G_ema; conditional too),
+                 read by a restricted unpickler that refuses anything but tensors and containers
   out=<run dir>  an empty folder; receives config.yaml and checkpoints/step-000000000.pt
   overrides      Hydra overrides composed first (default: the paper preset of the checkpoint's
-                 kind, e.g. experiment=transgan_paper dataset=cifar10); the converted networks
+                 kind: experiment=transgan_paper dataset=cifar10, or model=stylegan2
+                 dataset=cifar10 (conditional snapshots need dataset.conditional=true)); the converted networks
                  replace the preset's model.
 
 The run directory works with tools/eval.py, tools/generate.py, tools/serve.py and
@@ -27,6 +32,7 @@ resume=<run dir> (fine-tuning from the official weights).
 # kind -> (converter, the overrides that give that paper's recipe)
 KINDS: dict[str, tuple[Callable[[Any], Converted], list[str]]] = {
     "transgan": (convert_transgan, ["experiment=transgan_paper", "dataset=cifar10"]),
+    "stylegan2-ada": (convert_stylegan2_ada, ["model=stylegan2", "dataset=cifar10"]),
 }
 
 
@@ -34,8 +40,11 @@ def detect(data: Any, path: Path) -> str:
     """Which official codebase wrote ``data`` (the loaded checkpoint), from its keys."""
     if isinstance(data, dict) and any(k in data for k in ("gen_state_dict", "avg_gen_state_dict")):
         return "transgan"
+    if isinstance(data, dict) and any(isinstance(data.get(k), PersistentObject) for k in ("G", "G_ema", "D")):
+        return "stylegan2-ada"
     keys = sorted(data)[:8] if isinstance(data, dict) else type(data).__name__
-    raise ConvertError(f"{path}: not a checkpoint this tool knows (TransGAN gen_state_dict/avg_gen_state_dict); "
+    raise ConvertError(f"{path}: not a checkpoint this tool knows (TransGAN gen_state_dict/avg_gen_state_dict, "
+                       f"stylegan2-ada G/D/G_ema network records); "
                        f"found {keys}")
 
 

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import torch
 from omegaconf import OmegaConf
 
-from transgan.convert.transgan_official import Converted
+from transgan.convert.common import Converted
 from transgan.convert.unpickle import ConvertError
 
 __all__ = ["write_run"]
@@ -34,11 +34,11 @@ def write_run(conv: Converted, out: Path, overrides: Sequence[str]) -> Path:
     plain: dict[str, Any] = OmegaConf.to_container(cfg)
     # The converted architecture replaces the preset's (which must describe the same networks to
     # fine-tune them; it is kept as given for settings the checkpoint cannot tell, such as the kernel).
-    plain["model"]["generator"] = dict(conv.generator, attention_kernel=plain["model"]["generator"].get(
-        "attention_kernel"))
-    if conv.D is not None:
-        plain["model"]["discriminator"] = dict(conv.discriminator, attention_kernel=plain["model"][
-            "discriminator"].get("attention_kernel"))
+    for role, converted in (("generator", conv.generator), ("discriminator", conv.discriminator)):
+        if converted:
+            preset = plain["model"][role]
+            plain["model"][role] = {k: preset[k] if k == "attention_kernel" and k in preset else v
+                                    for k, v in converted.items()}
     plain["model"]["resolution"] = conv.resolution
     if int(plain["dataset"]["channels"]) != 3:
         raise ConvertError(f"the official models make RGB images, but dataset.channels="

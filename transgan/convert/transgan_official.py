@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
@@ -20,10 +19,11 @@ import torch.nn as nn
 from torch import Tensor
 from timm.models.swin_transformer import get_relative_position_index
 
+from transgan.convert.common import Converted, Tracked, load_converted
 from transgan.convert.unpickle import ConvertError
 from transgan.registry import build_discriminator, build_generator
 
-__all__ = ["Converted", "generator_config", "discriminator_config", "map_generator", "map_discriminator",
+__all__ = ["generator_config", "discriminator_config", "map_generator", "map_discriminator",
            "convert_transgan", "strip_module_prefix"]
 
 # Renames inside one official transformer block (Block / DisBlock) -> TransformerBlock here.
@@ -39,40 +39,9 @@ _BLOCK = {
 }
 
 
-@dataclass
-class Converted:
-    """Networks built and loaded from an official checkpoint, with the configs that rebuild them."""
-
-    generator: dict[str, Any]
-    discriminator: dict[str, Any]
-    resolution: int
-    num_classes: int
-    G: nn.Module
-    D: nn.Module | None
-    G_ema: nn.Module | None
-
-
 def strip_module_prefix(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Drop DistributedDataParallel's ``module.`` prefix from every key that has it."""
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
-
-
-class _Tracked(dict):
-    """A state dict that remembers which keys were read, so unknown leftovers can be named."""
-
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self.read: set[str] = set()
-
-    def __getitem__(self, key: str) -> Tensor:
-        if key not in self:
-            raise ConvertError(f"not a complete TransGAN state dict: it has no {key!r}")
-        self.read.add(key)
-        return super().__getitem__(key)
-
-    def leftovers(self, ignore: tuple[str, ...]) -> list[str]:
-        """Keys never read, except those containing one of ``ignore``."""
-        return [k for k in self if k not in self.read and not any(i in k for i in ignore)]
 
 
 def _count(sd: Mapping[str, Tensor], pattern: str) -> int:
@@ -154,7 +123,7 @@ def _map_block(sd: Mapping[str, Tensor], src: str, dst: str, attn: str, out: dic
 
 def map_generator(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Official ViT_custom_rp generator tensors -> this project's TransGANGenerator state dict."""
-    sd = _Tracked(strip_module_prefix(sd))
+    sd = Tracked(strip_module_prefix(sd), "TransGAN")
     cfg, _ = generator_config(sd)
     out = {"to_tokens.weight": sd["l1.weight"], "to_tokens.bias": sd["l1.bias"],
            "to_image.weight": sd["deconv.0.weight"], "to_image.bias": sd["deconv.0.bias"]}
@@ -169,7 +138,7 @@ def map_generator(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 def map_discriminator(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Official ViT_custom_scale2_rp_noise discriminator tensors -> this project's TransGANDiscriminator."""
-    sd = _Tracked(strip_module_prefix(sd))
+    sd = Tracked(strip_module_prefix(sd), "TransGAN")
     cfg, _ = discriminator_config(sd)
     out = {"cls_token": sd["cls_token"], "norm.weight": _need(sd, "norm.norm.weight", "discriminator"),
            "norm.bias": sd["norm.norm.bias"], "head.weight": sd["head.weight"], "head.bias": sd["head.bias"]}
@@ -184,19 +153,11 @@ def map_discriminator(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def _check_all_used(sd: _Tracked, out: Mapping[str, Tensor], what: str, ignore: tuple[str, ...]) -> None:
+def _check_all_used(sd: Tracked, out: Mapping[str, Tensor], what: str, ignore: tuple[str, ...]) -> None:
     left = sd.leftovers(ignore)
     if left:
         raise ConvertError(f"TransGAN {what}: tensors this converter does not know: {left[:6]}"
                            f"{' ...' if len(left) > 6 else ''}")
-
-
-def _load(net: nn.Module, sd: dict[str, Tensor], what: str) -> nn.Module:
-    try:
-        net.load_state_dict(sd, strict=True)
-    except RuntimeError as e:
-        raise ConvertError(f"the converted TransGAN {what} does not fit this project's model: {e}") from None
-    return net.eval()
 
 
 def convert_transgan(checkpoint: Mapping[str, Any]) -> Converted:
@@ -211,7 +172,7 @@ def convert_transgan(checkpoint: Mapping[str, Any]) -> Converted:
     nets: dict[str, nn.Module | None] = {}
     for key, name in (("gen_state_dict", "G"), ("avg_gen_state_dict", "G_ema")):
         sd = checkpoint.get(key)
-        nets[name] = None if sd is None else _load(build_generator(g_cfg, res, 3, 0), map_generator(sd), name)
+        nets[name] = None if sd is None else load_converted(build_generator(g_cfg, res, 3, 0), map_generator(sd), f"TransGAN {name}")
     d_cfg: dict[str, Any] = {}
     nets["D"] = None
     if checkpoint.get("dis_state_dict") is not None:
@@ -219,6 +180,6 @@ def convert_transgan(checkpoint: Mapping[str, Any]) -> Converted:
         d_cfg, d_res = discriminator_config(d_sd)
         if d_res != res:
             raise ConvertError(f"TransGAN checkpoint: G makes {res}x{res} images but D reads {d_res}x{d_res}")
-        nets["D"] = _load(build_discriminator(d_cfg, res, 3, 0), map_discriminator(d_sd), "D")
+        nets["D"] = load_converted(build_discriminator(d_cfg, res, 3, 0), map_discriminator(d_sd), "TransGAN D")
     G = nets["G"] or nets["G_ema"]
     return Converted(g_cfg, d_cfg, res, 0, G, nets["D"], nets["G_ema"])
