@@ -220,12 +220,13 @@ class StyleSwinBlock(nn.Module):
     """One StyleSwin block, steered by its own w: AdaIN -> double attention, AdaIN -> MLP, both residual."""
 
     def __init__(self, dim: int, num_heads: int, resolution: int, window: int, w_dim: int, mlp_ratio: float = 4.0,
-                 qkv_bias: bool = True, qk_scale: Optional[float] = None, kernel: Optional[str] = None) -> None:
+                 qkv_bias: bool = True, qk_scale: Optional[float] = None, kernel: Optional[str] = None,
+                 adain_scale_init: float = 1.0) -> None:
         super().__init__()
-        self.norm1 = TokenAdaIN(dim, w_dim)
+        self.norm1 = TokenAdaIN(dim, w_dim, scale_init=adain_scale_init)
         self.attn = DoubleWindowAttention(dim, num_heads, resolution, window, qkv_bias=qkv_bias, qk_scale=qk_scale,
                                           kernel=kernel)
-        self.norm2 = TokenAdaIN(dim, w_dim)
+        self.norm2 = TokenAdaIN(dim, w_dim, scale_init=adain_scale_init)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
 
     def forward(self, x: Tensor, w: Tensor) -> Tensor:
@@ -248,11 +249,12 @@ class SwinStage(nn.Module):
 
     def __init__(self, resolution: int, dim: int, out_dim: Optional[int], num_heads: int, window: int, w_dim: int,
                  img_channels: int, depth: int = 2, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 spe: bool = True, kernel: Optional[str] = None) -> None:
+                 spe: bool = True, kernel: Optional[str] = None, adain_scale_init: float = 1.0) -> None:
         super().__init__()
         self.resolution = resolution
         self.blocks = nn.ModuleList([StyleSwinBlock(dim, num_heads, resolution, window, w_dim, mlp_ratio=mlp_ratio,
-                                                    qkv_bias=qkv_bias, kernel=kernel) for _ in range(depth)])
+                                                    qkv_bias=qkv_bias, kernel=kernel, adain_scale_init=adain_scale_init)
+                                     for _ in range(depth)])
         self.to_rgb = nn.Linear(dim, img_channels)  # unmodulated, as in StyleSwin
         self.upsample = TokenUpsample(resolution, dim, out_dim, spe=spe) if out_dim is not None else None
 
@@ -266,6 +268,7 @@ class SwinGenerator(StyleGenerator):
     the path-length regularizer of the generic code apply unchanged. Channels at resolution r
     are min(channel_base / r, channel_max) (StyleSwin 256: 32768 / 512); heads are
     max(C / head_dim, min_heads). ``gradient_checkpointing`` recomputes each block in backward.
+    ``adain_scale_init``: initial bias of every AdaIN scale (1 here; 0 in StyleSwin's code).
     """
 
     def __init__(self, img_resolution: int, img_channels: int, num_classes: int, z_dim: int = 512, w_dim: int = 512,
@@ -273,7 +276,7 @@ class SwinGenerator(StyleGenerator):
                  embed_dim: Optional[int] = None, channel_base: int = 32768, channel_max: int = 512, window: int = 8,
                  head_dim: int = 32, min_heads: int = 4, depth: int = 2, mlp_ratio: float = 4.0,
                  qkv_bias: bool = True, spe: bool = True, gradient_checkpointing: bool = False,
-                 attention_kernel: Optional[str] = None) -> None:
+                 attention_kernel: Optional[str] = None, adain_scale_init: float = 1.0) -> None:
         check_resolution(img_resolution, low=8)
         if depth < 1 or window < 2 or window & (window - 1):
             raise ConfigError(f"swin_gan needs depth >= 1 and a power-of-two window >= 2, got depth={depth}, "
@@ -292,7 +295,8 @@ class SwinGenerator(StyleGenerator):
         self.stages = nn.ModuleList([
             SwinStage(r, c, channels[i + 1] if i + 1 < len(resolutions) else None,
                       stage_heads(c, head_dim, min_heads), window, w_dim, img_channels, depth=depth,
-                      mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, spe=spe, kernel=attention_kernel)
+                      mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, spe=spe, kernel=attention_kernel,
+                      adain_scale_init=adain_scale_init)
             for i, (r, c) in enumerate(zip(resolutions, channels))])
         self.stages.apply(_init_like_styleswin)
 

@@ -285,11 +285,11 @@ class ToRGB(nn.Module):
 # ----------------------------------------------------------------------------- token modulation
 
 class _StyleAffine(nn.Module):
-    """w -> (scale, shift) per channel, scale initialized to 1 and shift to 0."""
+    """w -> (scale, shift) per channel, the scale's bias initialized to ``scale_init`` (1) and the shift's to 0."""
 
-    def __init__(self, dim: int, w_dim: int) -> None:
+    def __init__(self, dim: int, w_dim: int, scale_init: float = 1.0) -> None:
         super().__init__()
-        self.scale = EqualizedLinear(w_dim, dim, bias_init=1.0)
+        self.scale = EqualizedLinear(w_dim, dim, bias_init=scale_init)
         self.shift = EqualizedLinear(w_dim, dim, bias_init=0.0)
 
     def forward(self, w: Tensor) -> tuple[Tensor, Tensor]:
@@ -302,12 +302,15 @@ def _check_tokens(x: Tensor, w: Tensor, dim: int, w_dim: int, who: str) -> None:
 
 
 class TokenAdaIN(nn.Module):
-    """AdaIN on tokens (StyleSwin): normalize each channel over the tokens of a sample, then scale(w) x + shift(w)."""
+    """AdaIN on tokens (StyleSwin): normalize each channel over the tokens of a sample, then scale(w) x + shift(w).
 
-    def __init__(self, dim: int, w_dim: int, eps: float = 1e-5) -> None:
+    ``scale_init``: initial bias of the scale (1 here; StyleSwin's code starts it at 0).
+    """
+
+    def __init__(self, dim: int, w_dim: int, eps: float = 1e-5, scale_init: float = 1.0) -> None:
         super().__init__()
         self.dim, self.w_dim, self.eps = dim, w_dim, eps
-        self.style = _StyleAffine(dim, w_dim)
+        self.style = _StyleAffine(dim, w_dim, scale_init)
 
     def forward(self, x: Tensor, w: Tensor) -> Tensor:
         """x [B, N, dim], w [B, w_dim] -> [B, N, dim]."""
