@@ -79,3 +79,21 @@ def test_snapshot_without_networks_or_with_unknown_tensors_is_named(tmp_path):
     write_snapshot(path, {"G_ema": nets_from_state_dict("Generator", sd, z_dim=16, c_dim=0)})
     with pytest.raises(ConvertError, match="does not know.*synthesis.b8.extra"):
         convert_stylegan2_ada(load_official(path))
+
+
+def test_paper256_preset_has_the_official_parameter_counts():
+    """experiment=stylegan2_ada_paper256 builds G and D with exactly the official paper256 counts."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    from transgan.registry import build_discriminator
+    from transgan.train.config import compose_config
+
+    official = json.loads((FIXTURE.parent / "stylegan2_ada_counts.json").read_text())["paper256"]["params"]
+    cfg, _ = compose_config(["experiment=stylegan2_ada_paper256", "dataset=synthetic"])
+    with torch.device("meta"):
+        G = build_generator(OmegaConf.to_container(cfg.model.generator), 256, 3, 0)
+        D = build_discriminator(OmegaConf.to_container(cfg.model.discriminator), 256, 3, 0)
+    assert (sum(p.numel() for p in G.parameters()), sum(p.numel() for p in D.parameters())) == (
+        official["G"], official["D"])

@@ -21,8 +21,9 @@ USAGE = """Convert an official checkpoint into a transgan run directory (no pick
                  read by a restricted unpickler that refuses anything but tensors and containers
   out=<run dir>  an empty folder; receives config.yaml and checkpoints/step-000000000.pt
   overrides      Hydra overrides composed first (default: the paper preset of the checkpoint's
-                 kind: experiment=transgan_paper dataset=cifar10, or model=stylegan2
-                 dataset=cifar10 (conditional snapshots need dataset.conditional=true)); the converted networks
+                 kind: experiment=transgan_paper dataset=cifar10, or experiment=stylegan2_ada_paper256
+                 dataset=cifar10 (give your dataset=...; conditional snapshots need
+                 dataset.conditional=true)); the converted networks
                  replace the preset's model.
 
 The run directory works with tools/eval.py, tools/generate.py, tools/serve.py and
@@ -32,7 +33,7 @@ resume=<run dir> (fine-tuning from the official weights).
 # kind -> (converter, the overrides that give that paper's recipe)
 KINDS: dict[str, tuple[Callable[[Any], Converted], list[str]]] = {
     "transgan": (convert_transgan, ["experiment=transgan_paper", "dataset=cifar10"]),
-    "stylegan2-ada": (convert_stylegan2_ada, ["model=stylegan2", "dataset=cifar10"]),
+    "stylegan2-ada": (convert_stylegan2_ada, ["experiment=stylegan2_ada_paper256", "dataset=cifar10"]),
 }
 
 
