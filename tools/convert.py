@@ -1,4 +1,4 @@
-"""Convert an official checkpoint (TransGAN .pth, stylegan2-ada .pkl) into a transgan run directory.
+"""Convert an official checkpoint (TransGAN .pth, stylegan2-ada .pkl, StyleSwin .pt) into a transgan run directory.
 
     python tools/convert.py <checkpoint> out=<run dir> [overrides ...]
 

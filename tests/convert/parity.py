@@ -8,8 +8,11 @@ from pathlib import Path
 import torch
 
 from tests.convert.test_stylegan2_ada_convert import _part, _snapshot
+from tests.convert.test_styleswin_convert import _io
+from tests.convert.test_styleswin_convert import _official_checkpoint as _styleswin_checkpoint
 from tests.convert.test_transgan_convert import _official_checkpoint, _split
 from transgan.convert.stylegan2_ada import convert_stylegan2_ada
+from transgan.convert.styleswin import convert_styleswin
 from transgan.convert.transgan_official import convert_transgan
 from transgan.convert.unpickle import load_official
 
@@ -35,6 +38,10 @@ def main() -> None:
             g = (conv.G_ema(io["z"], c, noise_mode="const") - io["images"]).abs().max().item()
             d = (conv.D(io["x"], c) - io["logits"].squeeze(1)).abs().max().item()
         print(f"StyleGAN2-ADA 16x16 {name}: G {g:.1e}  D {d:.1e}  params {_count(conv.G_ema):,} / {_count(conv.D):,}")
+    conv = convert_styleswin(load_official(_styleswin_checkpoint(tmp)))
+    with torch.no_grad():
+        g = (conv.G_ema(_io()["z"]) - _io()["images"]).abs().max().item()
+    print(f"StyleSwin G 16x16 (reduced): G {g:.1e}  params {_count(conv.G_ema):,}")
 
 
 if __name__ == "__main__":

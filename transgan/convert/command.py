@@ -7,6 +7,7 @@ from typing import Any, Callable, Sequence
 
 from transgan.convert.common import Converted
 from transgan.convert.stylegan2_ada import convert_stylegan2_ada
+from transgan.convert.styleswin import convert_styleswin
 from transgan.convert.transgan_official import convert_transgan
 from transgan.convert.unpickle import ConvertError, PersistentObject, load_official
 
@@ -18,11 +19,14 @@ USAGE = """Convert an official checkpoint into a transgan run directory (no pick
 
   <checkpoint>   TransGAN .pth (VITA-Group/TransGAN train_derived.py: gen/dis/avg_gen state dicts), or
                  a stylegan2-ada-pytorch network-snapshot-*.pkl (G, D, G_ema; conditional too),
-                 read by a restricted unpickler that refuses anything but tensors and containers
+                 read by a restricted unpickler that refuses anything but tensors and containers,
+                 or a StyleSwin .pt (g, g_ema; its discriminator is not converted yet: the run
+                 gets the preset's D with fresh weights)
   out=<run dir>  an empty folder; receives config.yaml and checkpoints/step-000000000.pt
   overrides      Hydra overrides composed first (default: the paper preset of the checkpoint's
-                 kind: experiment=transgan_paper dataset=cifar10, or experiment=stylegan2_ada_paper256
-                 dataset=cifar10 (give your dataset=...; conditional snapshots need
+                 kind: experiment=transgan_paper dataset=cifar10, experiment=stylegan2_ada_paper256
+                 dataset=cifar10, experiment=styleswin_paper dataset=celeba (give your
+                 dataset=...; conditional snapshots need
                  dataset.conditional=true)); the converted networks
                  replace the preset's model.
 
@@ -34,6 +38,7 @@ resume=<run dir> (fine-tuning from the official weights).
 KINDS: dict[str, tuple[Callable[[Any], Converted], list[str]]] = {
     "transgan": (convert_transgan, ["experiment=transgan_paper", "dataset=cifar10"]),
     "stylegan2-ada": (convert_stylegan2_ada, ["experiment=stylegan2_ada_paper256", "dataset=cifar10"]),
+    "styleswin": (convert_styleswin, ["experiment=styleswin_paper", "dataset=celeba"]),
 }
 
 
@@ -43,9 +48,11 @@ def detect(data: Any, path: Path) -> str:
         return "transgan"
     if isinstance(data, dict) and any(isinstance(data.get(k), PersistentObject) for k in ("G", "G_ema", "D")):
         return "stylegan2-ada"
+    if isinstance(data, dict) and any(isinstance(data.get(k), dict) for k in ("g_ema", "g")):
+        return "styleswin"
     keys = sorted(data)[:8] if isinstance(data, dict) else type(data).__name__
     raise ConvertError(f"{path}: not a checkpoint this tool knows (TransGAN gen_state_dict/avg_gen_state_dict, "
-                       f"stylegan2-ada G/D/G_ema network records); "
+                       f"stylegan2-ada G/D/G_ema network records, StyleSwin g/g_ema); "
                        f"found {keys}")
 
 

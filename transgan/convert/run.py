@@ -8,6 +8,7 @@ the current RNG state. It is written with the trainer's own atomic writer.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,10 +20,13 @@ from transgan.convert.unpickle import ConvertError
 
 __all__ = ["write_run"]
 
+log = logging.getLogger("transgan.convert")
+
 
 def write_run(conv: Converted, out: Path, overrides: Sequence[str]) -> Path:
     """Compose ``overrides`` (a preset and its data), put the converted networks in, write ``out``; return the file."""
     from transgan.losses import build_loss, lazy_regularization_hparams
+    from transgan.registry import build_discriminator
     from transgan.train import checkpoint as ckpt
     from transgan.train.config import compose_config, model_signature, validate_config
     from transgan.train.trainer import Progress
@@ -49,8 +53,14 @@ def write_run(conv: Converted, out: Path, overrides: Sequence[str]) -> Path:
     if not conv.num_classes:
         plain["dataset"]["conditional"] = False
     cfg = validate_config(OmegaConf.create(plain))
-    if conv.D is None:
-        raise ConvertError("the checkpoint has no discriminator; a run directory needs one (use an export)")
+    D = conv.D
+    if D is None:
+        # No (convertible) discriminator: the preset's, freshly initialized, so the run still resumes.
+        log.warning("the checkpoint's discriminator is not converted: the run gets a fresh %s discriminator",
+                    cfg.model.discriminator.name)
+        torch.manual_seed(int(cfg.seed))
+        D = build_discriminator(cfg.model.discriminator, img_resolution=int(cfg.model.resolution),
+                                img_channels=int(cfg.dataset.channels), num_classes=conv.num_classes)
     loss = build_loss(cfg.loss)
     t = cfg.train
     lr_g, betas_g = lazy_regularization_hparams(t.lr_g, tuple(t.betas_g), loss.g_reg_interval)
@@ -60,10 +70,10 @@ def write_run(conv: Converted, out: Path, overrides: Sequence[str]) -> Path:
         "format": ckpt.FORMAT,
         "progress": vars(Progress()).copy(),
         "G": G.state_dict(),
-        "D": conv.D.state_dict(),
+        "D": D.state_dict(),
         "G_ema": G_ema.state_dict(),
         "opt_G": torch.optim.Adam(G.parameters(), lr=lr_g, betas=betas_g, fused=True).state_dict(),
-        "opt_D": torch.optim.Adam(conv.D.parameters(), lr=lr_d, betas=betas_d, fused=True).state_dict(),
+        "opt_D": torch.optim.Adam(D.parameters(), lr=lr_d, betas=betas_d, fused=True).state_dict(),
         "scaler": None,
         "loss": loss.state_dict(),
         "rng": [ckpt.capture_rng_state()],

@@ -1,7 +1,8 @@
 """Reading other projects' checkpoints without running anything they contain.
 
 - ``.pt`` / ``.pth`` (TransGAN, StyleSwin): ``torch.load(weights_only=True)``, torch's own
-  restricted unpickler (tensors, plain containers, numbers, strings).
+  restricted unpickler (tensors, plain containers, numbers, strings), plus ``argparse.Namespace``
+  (StyleSwin saves its arguments; a namespace only holds attributes).
 - ``.pkl`` (stylegan2-ada-pytorch snapshots): plain ``pickle`` files in which every network is
   a *persistent class*: the pickle calls ``torch_utils.persistence._reconstruct_persistent_obj``
   with ``meta = {type, version, module_src, class_name, state}``, where ``module_src`` is the
@@ -15,6 +16,7 @@
 
 from __future__ import annotations
 
+import argparse
 import collections
 import io
 import pickle
@@ -194,7 +196,9 @@ def load_torch(path: Path) -> Any:
             raise ConvertError(f"{path} is not a complete torch.save file (no zip directory at its end, "
                                f"{path.stat().st_size} bytes): truncated, or not a checkpoint")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        # StyleSwin checkpoints carry the run's argparse.Namespace: plain attributes, nothing callable.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConvertError(f"refusing to load {path}: it holds more than tensors and plain containers "

@@ -10,6 +10,10 @@ Generator, top to bottom as in the paper (section 3; REFERENCE.md section 3)::
         rgb = upsample(rgb) + to_rgb(x)                                   skip to RGB
         x = Linear(LayerNorm(bilinear_x2(x))) + alpha * SPE               all but the last stage
 
+``to_rgb=upsampled`` moves each to-RGB after the upsampling, as StyleSwin's code does (none at
+4x4, two at full resolution), and ``resample=fir`` upsamples the skip images with StyleGAN2's
+[1, 3, 3, 1] filter and zero padding (defaults: before the upsampling, bilinear).
+
 Double attention splits the heads (and channels) in half: one half attends inside regular
 ``window`` x ``window`` windows, the other inside windows shifted by ``window / 2`` (Swin's
 cyclic roll with its mask); both halves share the qkv and output projections and have their
@@ -33,10 +37,12 @@ from torch import Tensor
 
 from transgan.models.stylegan2 import StyleGAN2Discriminator, check_resolution, stage_channels
 from transgan.nn.attention import Attention, RelativePositionBias, shifted_window_mask, window_partition, window_reverse
-from transgan.nn.layers import (EqualizedConv2d, apply_spectral_norm, checkpointed, downsample2d, fir_kernel,
-                                upsample2d)
+from transgan.nn.layers import (RESAMPLE_MODES, EqualizedConv2d, apply_spectral_norm, checkpointed, downsample2d,
+                                fir_kernel, upsample2d, upsample2d_fir)
 from transgan.nn.style import StyleGenerator, TokenAdaIN
 from transgan.registry import ConfigError, register_discriminator, register_generator
+
+TO_RGB_PLACES = ("stage", "upsampled")  # each stage's output before upsampling | after (StyleSwin's code)
 
 __all__ = [
     "sinusoidal_position_encoding", "haar_dwt", "haar_idwt", "DoubleWindowAttention", "TokenUpsample",
@@ -249,13 +255,17 @@ class SwinStage(nn.Module):
 
     def __init__(self, resolution: int, dim: int, out_dim: Optional[int], num_heads: int, window: int, w_dim: int,
                  img_channels: int, depth: int = 2, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 spe: bool = True, kernel: Optional[str] = None, adain_scale_init: float = 1.0) -> None:
+                 spe: bool = True, kernel: Optional[str] = None, adain_scale_init: float = 1.0,
+                 rgb_dim: Optional[int] = None) -> None:
         super().__init__()
         self.resolution = resolution
         self.blocks = nn.ModuleList([StyleSwinBlock(dim, num_heads, resolution, window, w_dim, mlp_ratio=mlp_ratio,
                                                     qkv_bias=qkv_bias, kernel=kernel, adain_scale_init=adain_scale_init)
                                      for _ in range(depth)])
-        self.to_rgb = nn.Linear(dim, img_channels)  # unmodulated, as in StyleSwin
+        self.to_rgb = nn.Linear(rgb_dim or dim, img_channels)  # unmodulated, as in StyleSwin
+        # StyleSwin's ToRGB has a bias of its own besides its conv's; kept with its layout so the
+        # parameters (and Adam's steps on them) are the official ones.
+        self.rgb_bias = nn.Parameter(torch.zeros(img_channels)) if rgb_dim is not None else None
         self.upsample = TokenUpsample(resolution, dim, out_dim, spe=spe) if out_dim is not None else None
 
 
@@ -276,8 +286,12 @@ class SwinGenerator(StyleGenerator):
                  embed_dim: Optional[int] = None, channel_base: int = 32768, channel_max: int = 512, window: int = 8,
                  head_dim: int = 32, min_heads: int = 4, depth: int = 2, mlp_ratio: float = 4.0,
                  qkv_bias: bool = True, spe: bool = True, gradient_checkpointing: bool = False,
-                 attention_kernel: Optional[str] = None, adain_scale_init: float = 1.0) -> None:
+                 attention_kernel: Optional[str] = None, adain_scale_init: float = 1.0, to_rgb: str = "stage",
+                 resample: str = "bilinear") -> None:
         check_resolution(img_resolution, low=8)
+        if to_rgb not in TO_RGB_PLACES or resample not in RESAMPLE_MODES:
+            raise ConfigError(f"swin_gan: to_rgb must be one of {list(TO_RGB_PLACES)} and resample one of "
+                              f"{list(RESAMPLE_MODES)}, got {to_rgb!r} and {resample!r}")
         if depth < 1 or window < 2 or window & (window - 1):
             raise ConfigError(f"swin_gan needs depth >= 1 and a power-of-two window >= 2, got depth={depth}, "
                               f"window={window}")
@@ -291,12 +305,16 @@ class SwinGenerator(StyleGenerator):
                          mapping_layers=mapping_layers, mapping_lr_multiplier=mapping_lr_multiplier,
                          w_avg_beta=w_avg_beta, embed_dim=embed_dim)
         self.depth, self.gradient_checkpointing = depth, bool(gradient_checkpointing)
+        self.to_rgb_place, self.resample = to_rgb, resample
+        if resample == "fir":
+            self.register_buffer("resample_kernel", fir_kernel(), persistent=False)
         self.const = nn.Parameter(torch.randn(16, channels[0]))  # 4 x 4 tokens
         self.stages = nn.ModuleList([
             SwinStage(r, c, channels[i + 1] if i + 1 < len(resolutions) else None,
                       stage_heads(c, head_dim, min_heads), window, w_dim, img_channels, depth=depth,
                       mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, spe=spe, kernel=attention_kernel,
-                      adain_scale_init=adain_scale_init)
+                      adain_scale_init=adain_scale_init,
+                      rgb_dim=(channels[i + 1] if i + 1 < len(resolutions) else c) if to_rgb == "upsampled" else None)
             for i, (r, c) in enumerate(zip(resolutions, channels))])
         self.stages.apply(_init_like_styleswin)
 
@@ -315,11 +333,19 @@ class SwinGenerator(StyleGenerator):
         for stage in self.stages:
             for block in stage.blocks:
                 x = self._block(block, x, next(ws_per_block))
-            rgb = rearrange(stage.to_rgb(x), "b (y x) c -> b c y x", y=stage.resolution)
-            img = rgb if img is None else upsample2d(img) + rgb
-            if stage.upsample is not None:
+            r = stage.resolution
+            if self.to_rgb_place == "upsampled" and stage.upsample is not None:
+                x, r = stage.upsample(x), 2 * r
+            rgb = stage.to_rgb(x) if stage.rgb_bias is None else stage.to_rgb(x) + stage.rgb_bias.to(x.dtype)
+            rgb = rearrange(rgb, "b (y x) c -> b c y x", y=r)
+            img = rgb if img is None else (self._upsample_image(img) if img.shape[-1] < r else img) + rgb
+            if self.to_rgb_place == "stage" and stage.upsample is not None:
                 x = stage.upsample(x)
         return img
+
+    def _upsample_image(self, img: Tensor) -> Tensor:
+        """x2 upsampling of the skip image: bilinear, or StyleGAN2's FIR with zero padding."""
+        return upsample2d_fir(img, self.resample_kernel) if self.resample == "fir" else upsample2d(img)
 
 
 def _init_like_styleswin(m: nn.Module) -> None:
