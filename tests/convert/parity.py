@@ -41,7 +41,8 @@ def main() -> None:
     conv = convert_styleswin(load_official(_styleswin_checkpoint(tmp)))
     with torch.no_grad():
         g = (conv.G_ema(_io()["z"]) - _io()["images"]).abs().max().item()
-    print(f"StyleSwin G 16x16 (reduced): G {g:.1e}  params {_count(conv.G_ema):,}")
+        d = (conv.D(_io()["x"]) - _io()["logits"].squeeze(1)).abs().max().item()
+    print(f"StyleSwin 16x16 (reduced): G {g:.1e}  D {d:.1e}  params {_count(conv.G_ema):,} / {_count(conv.D):,}")
 
 
 if __name__ == "__main__":

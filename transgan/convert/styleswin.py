@@ -4,9 +4,9 @@ A checkpoint of ``train_styleswin.py`` is a ``torch.save`` dict with ``g``, ``g_
 optimizer states and the run's ``args`` (an ``argparse.Namespace``, which the weights-only
 loader is allowed to rebuild as plain data). The generator's architecture is read from the
 tensor shapes and built with ``to_rgb=upsampled`` and ``resample=fir`` (the official to-RGB
-placement and skip-image filter). Its discriminator is not converted yet: the widths and the
-plain wavelet blocks of the official one are not options of this project's D
-(docs/reproduction.md); a run directory gets the preset's D with fresh weights.
+placement and skip-image filter); the discriminator as ``styleswin`` (models/swin.py
+StyleSwinDiscriminator: the official widths, plain wavelet blocks, spectral norm with the
+stored power-iteration vectors).
 
 Mapped: mapping ``style.{i}`` -> ``mapping.layers``; the constant; per block the AdaIN affine
 (rows [gamma; beta] -> scale, shift), the shared qkv / proj, the two halves' relative position
@@ -26,9 +26,9 @@ from torch import Tensor
 
 from transgan.convert.common import Converted, Tracked, load_converted
 from transgan.convert.unpickle import ConvertError
-from transgan.registry import build_generator
+from transgan.registry import build_discriminator, build_generator
 
-__all__ = ["generator_config", "map_generator", "convert_styleswin"]
+__all__ = ["generator_config", "map_generator", "discriminator_config", "map_discriminator", "convert_styleswin"]
 
 _IGNORED = ("relative_position_index", "attn_mask", "_float_tensor", "upsample.kernel")
 
@@ -112,6 +112,69 @@ def map_generator(sd_in: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
+def discriminator_config(sd: Mapping[str, Tensor]) -> tuple[dict[str, Any], int]:
+    """(model.discriminator config, resolution) for an official StyleSwin discriminator state dict."""
+    sn = "final_conv.0.weight_orig" in sd
+    suffix = "weight_orig" if sn else "weight"
+    if f"final_conv.0.{suffix}" not in sd or f"from_rgbs.0.conv.0.{suffix}" not in sd:
+        raise ConvertError(f"not a StyleSwin discriminator state dict: no final_conv / from_rgbs (keys {sorted(sd)[:6]} ...)")
+    levels = len({m.group(1) for k in sd for m in [re.match(r"convs\.(\d+)\.", k)] if m})
+    resolution = 2 ** (levels + 3)
+    widths = {resolution: int(sd[f"from_rgbs.0.conv.0.{suffix}"].shape[0])}
+    for i in range(levels):  # level i on a (R/2^(i+1))-map ends at channels[R/2^(i+2)]
+        widths[resolution // 2 ** (i + 2)] = int(sd[f"convs.{i}.conv2.1.{suffix}"].shape[0])
+    channel_max = max(widths.values())
+    below = [c * r for r, c in widths.items() if c < channel_max]
+    channel_base = min(below) if below else channel_max * resolution
+    mbstd = int(sd[f"final_conv.0.{suffix}"].shape[1]) - int(sd[f"final_conv.0.{suffix}"].shape[0])
+    cfg = {"name": "styleswin", "channel_base": channel_base, "channel_max": channel_max, "mbstd_group_size": 4,
+           "mbstd_channels": mbstd, "spectral_norm": sn}
+    return cfg, resolution
+
+
+def _layer(sd: Tracked, src: str, dst: str, out: dict[str, Tensor], sn: bool) -> None:
+    """One official conv / linear (spectrally normalized or equalized) into this project's equalized layer."""
+    if sn:
+        out[dst + "parametrizations.weight.original"] = sd[src + "weight_orig"]
+        out[dst + "parametrizations.weight.0._u"] = sd[src + "weight_u"]
+        out[dst + "parametrizations.weight.0._v"] = sd[src + "weight_v"]
+    else:
+        out[dst + "weight"] = sd[src + "weight"]
+
+
+def map_discriminator(sd_in: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Official StyleSwin discriminator tensors -> this project's StyleSwinDiscriminator state dict.
+
+    An official conv layer is a conv without bias followed by a biased activation; here one
+    equalized conv with that bias. The first linear with spectral norm keeps both its biases.
+    """
+    sd = Tracked(sd_in, "StyleSwin discriminator")
+    cfg, _ = discriminator_config(sd_in)
+    sn, out = cfg["spectral_norm"], {}
+    levels = len({m.group(1) for k in sd for m in [re.match(r"convs\.(\d+)\.", k)] if m})
+    for i in range(levels + 1):
+        _layer(sd, f"from_rgbs.{i}.conv.0.", f"from_rgbs.{i}.", out, sn)
+        out[f"from_rgbs.{i}.bias"] = sd[f"from_rgbs.{i}.conv.1.bias"]
+    for i in range(levels):
+        _layer(sd, f"convs.{i}.conv1.0.", f"blocks.{i}.0.", out, sn)
+        out[f"blocks.{i}.0.bias"] = sd[f"convs.{i}.conv1.1.bias"]
+        _layer(sd, f"convs.{i}.conv2.1.", f"blocks.{i}.1.", out, sn)
+        out[f"blocks.{i}.1.bias"] = sd[f"convs.{i}.conv2.2.bias"]
+    _layer(sd, "final_conv.0.", "final_conv.", out, sn)
+    out["final_conv.bias"] = sd["final_conv.1.bias"]
+    _layer(sd, "final_linear.0.", "fc.", out, sn)
+    out["fc.bias"] = sd["final_linear.0.bias"]
+    last = "final_linear.2." if sn else "final_linear.1."
+    if sn:
+        out["fc_act_bias"] = sd["final_linear.1.bias"]
+    _layer(sd, last, "out.", out, sn)
+    out["out.bias"] = sd[last + "bias"]
+    left = sd.leftovers(("kernel", ".ll", ".lh", ".hl", ".hh"))
+    if left:
+        raise ConvertError(f"StyleSwin discriminator: tensors this converter does not know: {left[:6]}")
+    return out
+
+
 def convert_styleswin(checkpoint: Mapping[str, Any]) -> Converted:
     """Build and load G and G_ema from an official StyleSwin checkpoint dict (``g``, ``g_ema``)."""
     if not isinstance(checkpoint, Mapping) or not any(k in checkpoint for k in ("g_ema", "g")):
@@ -120,4 +183,10 @@ def convert_styleswin(checkpoint: Mapping[str, Any]) -> Converted:
     cfg, res = generator_config(checkpoint.get("g_ema") or checkpoint["g"])
     nets = {name: load_converted(build_generator(cfg, res, 3, 0), map_generator(checkpoint[key]), f"StyleSwin {name}")
             for key, name in (("g", "G"), ("g_ema", "G_ema")) if checkpoint.get(key) is not None}
-    return Converted(cfg, {}, res, 0, nets.get("G") or nets["G_ema"], None, nets.get("G_ema"))
+    d_cfg, D = {}, None
+    if checkpoint.get("d"):
+        d_cfg, d_res = discriminator_config(checkpoint["d"])
+        if d_res != res:
+            raise ConvertError(f"StyleSwin checkpoint: G makes {res}x{res} images, D reads {d_res}x{d_res}")
+        D = load_converted(build_discriminator(d_cfg, res, 3, 0), map_discriminator(checkpoint["d"]), "StyleSwin D")
+    return Converted(cfg, d_cfg, res, 0, nets.get("G") or nets["G_ema"], D, nets.get("G_ema"))

@@ -37,8 +37,8 @@ from torch import Tensor
 
 from transgan.models.stylegan2 import StyleGAN2Discriminator, check_resolution, stage_channels
 from transgan.nn.attention import Attention, RelativePositionBias, shifted_window_mask, window_partition, window_reverse
-from transgan.nn.layers import (RESAMPLE_MODES, EqualizedConv2d, apply_spectral_norm, checkpointed, downsample2d,
-                                fir_kernel, upsample2d, upsample2d_fir)
+from transgan.nn.layers import (RESAMPLE_MODES, EqualizedConv2d, EqualizedLinear, MinibatchStd, apply_spectral_norm,
+                                checkpointed, downsample2d, fir_kernel, leaky_relu_gain, upsample2d, upsample2d_fir)
 from transgan.nn.style import StyleGenerator, TokenAdaIN
 from transgan.registry import ConfigError, register_discriminator, register_generator
 
@@ -396,3 +396,74 @@ class WaveletDiscriminator(StyleGAN2Discriminator):
             x = downsample2d(x, self.resample_kernel)
             h = block(h) + from_wavelets(haar_dwt(x, self.haar))
         return h
+
+
+@register_discriminator("styleswin")
+class StyleSwinDiscriminator(nn.Module):
+    """StyleSwin's wavelet discriminator as its public code builds it (models/discriminator.py).
+
+    The image enters as Haar bands at R/2. At each level (maps R/2, R/4, ..., 8) the bands of the
+    image at that scale go through a 1x1 "from RGB" conv, are added to the features, and a plain
+    block (conv3x3, conv3x3 /2; no residual) halves the map; at 4x4 the bands are added once more,
+    then minibatch-std, conv3x3, fc, fc to one logit. Widths follow the official table
+    ``channels[r] = min(channel_base / r, channel_max)`` read one level off: the first level (on
+    the R/2 map) works at ``channels[R]``, and a level on an r x r map ends at ``channels[r/2]``
+    (at 256: 128 -> 512 -> 512 ...).
+    ``spectral_norm`` normalizes every conv and linear (StyleSwin's --D_sn); then the first fc
+    also has a bias before its activation's bias, as in the official layers. Unconditional only.
+    """
+
+    def __init__(self, img_resolution: int, img_channels: int, num_classes: int, channel_base: int = 32768,
+                 channel_max: int = 512, mbstd_group_size: int = 4, mbstd_channels: int = 1,
+                 spectral_norm: bool = True) -> None:
+        super().__init__()
+        check_resolution(img_resolution, low=16)
+        if num_classes:
+            raise ConfigError("discriminator 'styleswin' is unconditional (StyleSwin's); use stylegan2_wavelet "
+                              "for class-conditional data")
+        self.img_resolution, self.img_channels, self.num_classes = img_resolution, img_channels, 0
+        ch = {2 ** i: stage_channels(2 ** i, channel_base, channel_max) for i in range(2, int(math.log2(img_resolution)) + 1)}
+        levels = [2 ** i for i in range(int(math.log2(img_resolution)) - 1, 2, -1)]  # maps R/2 ... 8
+        # The first level works at channels[R] (the official table read one level off), the others
+        # at their predecessor's output channels[r].
+        widths = [ch[img_resolution]] + [ch[r] for r in levels[1:]]
+        self.from_rgbs = nn.ModuleList([EqualizedConv2d(4 * img_channels, w, 1, activation="lrelu") for w in widths] +
+                                       [EqualizedConv2d(4 * img_channels, ch[4], 1, activation="lrelu")])
+        self.blocks = nn.ModuleList([nn.Sequential(EqualizedConv2d(w, w, 3, activation="lrelu"),
+                                                   EqualizedConv2d(w, ch[r // 2], 3, activation="lrelu", down=True))
+                                     for r, w in zip(levels, widths)])
+        self.mbstd = MinibatchStd(mbstd_group_size, mbstd_channels) if mbstd_channels else None
+        self.final_conv = EqualizedConv2d(ch[4] + mbstd_channels, ch[4], 3, activation="lrelu")
+        self.spectral_norm = bool(spectral_norm)
+        # --D_sn: nn.Linear (own bias) then FusedLeakyReLU (another bias); without it one fused layer.
+        self.fc = EqualizedLinear(ch[4] * 16, ch[4], activation="linear" if spectral_norm else "lrelu")
+        self.fc_act_bias = nn.Parameter(torch.zeros(ch[4])) if spectral_norm else None
+        self.out = EqualizedLinear(ch[4], 1)
+        if spectral_norm:
+            apply_spectral_norm(self)
+        self.register_buffer("haar", _HAAR.clone(), persistent=False)
+        self.register_buffer("resample_kernel", fir_kernel(), persistent=False)
+
+    def forward(self, x: Tensor, c: Optional[Tensor] = None) -> Tensor:
+        """Images [B, C, R, R] -> logits [B]."""
+        R, C = self.img_resolution, self.img_channels
+        if x.dim() != 4 or x.shape[1:] != (C, R, R):
+            raise ValueError(f"StyleSwinDiscriminator wants images [B, {C}, {R}, {R}], got {tuple(x.shape)}")
+        if c is not None:
+            raise ValueError("this discriminator is unconditional (num_classes=0); pass c=None")
+        h = None
+        for i, from_rgb in enumerate(self.from_rgbs):
+            if i:
+                # The official code rebuilds the image from its bands and blurs it down; the same as
+                # downsampling the image itself, since the Haar transform inverts exactly.
+                x = downsample2d(x, self.resample_kernel)
+            bands = from_rgb(haar_dwt(x, self.haar))
+            h = bands if h is None else h + bands
+            if i < len(self.blocks):
+                h = self.blocks[i](h)
+        if self.mbstd is not None:
+            h = self.mbstd(h)
+        h = self.fc(self.final_conv(h).flatten(1))
+        if self.fc_act_bias is not None:
+            h = leaky_relu_gain(h + self.fc_act_bias.to(h.dtype))
+        return self.out(h).squeeze(1)
