@@ -40,7 +40,8 @@ def _stages(sd: Mapping[str, Tensor]) -> int:
 def generator_config(sd: Mapping[str, Tensor]) -> tuple[dict[str, Any], int]:
     """(model.generator config, resolution) for an official StyleSwin generator state dict."""
     if "input.input" not in sd or "style.1.weight" not in sd:
-        raise ConvertError(f"not a StyleSwin generator state dict: no input.input / style.1 (keys {sorted(sd)[:6]} ...)")
+        raise ConvertError(f"not a StyleSwin generator state dict: no input.input / style.1 "
+                           f"(keys {sorted(sd)[:6]} ...)")
     n = _stages(sd)
     resolution = 4 * 2 ** (n - 1)
     channels = {4 * 2 ** i: int(sd[f"layers.{i}.blocks.0.qkv.weight"].shape[1]) for i in range(n)}
@@ -117,7 +118,8 @@ def discriminator_config(sd: Mapping[str, Tensor]) -> tuple[dict[str, Any], int]
     sn = "final_conv.0.weight_orig" in sd
     suffix = "weight_orig" if sn else "weight"
     if f"final_conv.0.{suffix}" not in sd or f"from_rgbs.0.conv.0.{suffix}" not in sd:
-        raise ConvertError(f"not a StyleSwin discriminator state dict: no final_conv / from_rgbs (keys {sorted(sd)[:6]} ...)")
+        raise ConvertError(f"not a StyleSwin discriminator state dict: no final_conv / from_rgbs "
+                           f"(keys {sorted(sd)[:6]} ...)")
     levels = len({m.group(1) for k in sd for m in [re.match(r"convs\.(\d+)\.", k)] if m})
     resolution = 2 ** (levels + 3)
     widths = {resolution: int(sd[f"from_rgbs.0.conv.0.{suffix}"].shape[0])}

@@ -143,7 +143,8 @@ def map_discriminator(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
     out = {"cls_token": sd["cls_token"], "norm.weight": _need(sd, "norm.norm.weight", "discriminator"),
            "norm.bias": sd["norm.norm.bias"], "head.weight": sd["head.weight"], "head.bias": sd["head.bias"]}
     for s in range(2):
-        out[f"patch_embeds.{s}.weight"], out[f"patch_embeds.{s}.bias"] = sd[f"fRGB_{s + 1}.weight"], sd[f"fRGB_{s + 1}.bias"]
+        out[f"patch_embeds.{s}.weight"] = sd[f"fRGB_{s + 1}.weight"]
+        out[f"patch_embeds.{s}.bias"] = sd[f"fRGB_{s + 1}.bias"]
         out[f"pos_embeds.{s}.embedding"] = sd[f"pos_embed_{s + 1}"][0]
         for b in range(cfg["depths"][s]):
             _map_block(sd, f"blocks_{s + 1}.{b}.", f"stages.{s}.{b}.", "attn.attn", out)
@@ -172,7 +173,8 @@ def convert_transgan(checkpoint: Mapping[str, Any]) -> Converted:
     nets: dict[str, nn.Module | None] = {}
     for key, name in (("gen_state_dict", "G"), ("avg_gen_state_dict", "G_ema")):
         sd = checkpoint.get(key)
-        nets[name] = None if sd is None else load_converted(build_generator(g_cfg, res, 3, 0), map_generator(sd), f"TransGAN {name}")
+        nets[name] = None if sd is None else load_converted(build_generator(g_cfg, res, 3, 0), map_generator(sd),
+                                                            f"TransGAN {name}")
     d_cfg: dict[str, Any] = {}
     nets["D"] = None
     if checkpoint.get("dis_state_dict") is not None:

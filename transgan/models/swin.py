@@ -422,7 +422,8 @@ class StyleSwinDiscriminator(nn.Module):
             raise ConfigError("discriminator 'styleswin' is unconditional (StyleSwin's); use stylegan2_wavelet "
                               "for class-conditional data")
         self.img_resolution, self.img_channels, self.num_classes = img_resolution, img_channels, 0
-        ch = {2 ** i: stage_channels(2 ** i, channel_base, channel_max) for i in range(2, int(math.log2(img_resolution)) + 1)}
+        ch = {2 ** i: stage_channels(2 ** i, channel_base, channel_max)
+              for i in range(2, int(math.log2(img_resolution)) + 1)}
         levels = [2 ** i for i in range(int(math.log2(img_resolution)) - 1, 2, -1)]  # maps R/2 ... 8
         # The first level works at channels[R] (the official table read one level off), the others
         # at their predecessor's output channels[r].
