@@ -129,3 +129,41 @@ def test_gradients_and_gradients_of_gradients_flow():
 def test_rejects_non_image_batches():
     with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
         DiffAugment()(torch.randn(3, 8, 8))
+
+
+def test_transgan_translation_reaches_a_fifth_of_the_image():
+    """translation_transgan shifts by up to round(32/5) = 6 pixels, the public TransGAN code's range."""
+    x = distinct_images(B=256, C=1, H=32, W=32)
+    torch.manual_seed(0)
+    y = DiffAugment("translation_transgan")(x)
+    # The row shift of an image: its first row's values come from row (0 - ty) of the input.
+    shifts = set()
+    for b in range(x.shape[0]):
+        kept = y[b, 0][y[b, 0] > 0]
+        src_rows = ((kept - 1 - b * 32 * 32) // 32).long()
+        out_rows = (y[b, 0] > 0).nonzero()[:, 0]
+        shifts.add(int((out_rows - src_rows).unique().item()))
+    assert shifts == set(range(-6, 7))
+
+
+def test_transgan_cutout_cuts_whole_batches_with_probability_03_and_clips_squares():
+    """cutout_transgan: one draw per batch (about 30% cut), squares of 16x16 centred anywhere, clipped."""
+    torch.manual_seed(0)
+    cut_batches, clipped, full = 0, 0, 0
+    for _ in range(300):
+        y = DiffAugment("cutout_transgan")(torch.ones(8, 2, 32, 32))
+        zeros = (y[:, 0] == 0)
+        cut = zeros.flatten(1).any(1)
+        assert bool(cut.all()) or not bool(cut.any()), "all images of a batch or none"
+        if not cut.any():
+            continue
+        cut_batches += 1
+        for z in zeros:
+            rows, cols = z.any(1).nonzero().flatten(), z.any(0).nonzero().flatten()
+            # One axis-aligned rectangle: the 16x16 square intersected with the image.
+            assert int(z.sum()) == len(rows) * len(cols) and len(rows) <= 16 and len(cols) <= 16
+            assert len(rows) == 16 or rows[0] == 0 or rows[-1] == 31  # shorter only where clipped
+            clipped += int(z.sum()) < 256
+            full += int(z.sum()) == 256
+    assert 60 < cut_batches < 120  # 300 * 0.3 = 90
+    assert clipped > 0 and full > 0

@@ -11,6 +11,11 @@ transformation T, and T is differentiable so the generator is trained through it
 - ``translation``: shift by up to 1/8 of the image size in each axis, zero padding;
 - ``cutout``: zero a random square of half the image size.
 
+TransGAN's public code (models_search/diff_aug.py) differs, and ``translation_transgan`` /
+``cutout_transgan`` reproduce it: translation by up to 1/5 of the image, and cutout applied to
+the whole batch with probability 0.3 (one draw per batch), each square centred anywhere in
+the image and clipped at the border.
+
 All randomness comes from torch's global RNG of the input's device, so a run that
 checkpoints and restores the RNG state resumes bit-for-bit. Every operation is built from
 differentiable tensor ops (arithmetic, ``gather``, masking), so gradients of gradients
@@ -29,7 +34,8 @@ from torch import Tensor
 
 from transgan.errors import ConfigError
 
-__all__ = ["DiffAugment", "brightness", "saturation", "contrast", "translation", "cutout", "POLICY_OPS",
+__all__ = ["DiffAugment", "brightness", "saturation", "contrast", "translation", "cutout", "cutout_clipped",
+           "translation_transgan", "POLICY_OPS",
            "ADAPipeline", "AdaptiveAugment", "xflip", "rot90", "int_translate", "affine_resample", "color_matrix",
            "apply_color"]
 
@@ -91,10 +97,33 @@ def cutout(x: Tensor, ratio: float = 0.5) -> Tensor:
     return x * (~inside).unsqueeze(1).to(x.dtype)
 
 
+def cutout_clipped(x: Tensor, ratio: float = 0.5, p: float = 0.3) -> Tensor:
+    """With probability ``p`` for the whole batch, zero per image a (ratio*H) x (ratio*W) square
+    centred anywhere in the image, clipped at the border (TransGAN's and Zhao et al.'s code)."""
+    if torch.rand((), device=x.device).item() >= p:  # torch's RNG (not Python's): resumes bit-for-bit
+        return x
+    B, _, H, W = x.shape
+    sh, sw = int(H * ratio + 0.5), int(W * ratio + 0.5)
+    # Centres range over [0, size + 1 - size % 2), as in the public code.
+    top = torch.randint(0, H + (1 - sh % 2), (B, 1, 1), device=x.device) - sh // 2
+    left = torch.randint(0, W + (1 - sw % 2), (B, 1, 1), device=x.device) - sw // 2
+    rows = torch.arange(H, device=x.device)[None, :, None]
+    cols = torch.arange(W, device=x.device)[None, None, :]
+    inside = (rows >= top) & (rows < top + sh) & (cols >= left) & (cols < left + sw)  # [B, H, W]
+    return x * (~inside).unsqueeze(1).to(x.dtype)
+
+
+def translation_transgan(x: Tensor) -> Tensor:
+    """TransGAN's translation: up to 1/5 of the image size per axis."""
+    return translation(x, ratio=0.2)
+
+
 POLICY_OPS: dict[str, tuple[Callable[[Tensor], Tensor], ...]] = {
     "color": (brightness, saturation, contrast),
     "translation": (translation,),
     "cutout": (cutout,),
+    "translation_transgan": (translation_transgan,),
+    "cutout_transgan": (cutout_clipped,),
 }
 
 

@@ -436,6 +436,9 @@ def test_styleswin_recipe_composes_with_the_published_values():
     assert (t.lr_g, t.lr_d, tuple(t.betas_g), tuple(t.betas_d)) == (5e-5, 2e-4, (0.0, 0.99), (0.0, 0.99))
     assert (t.n_critic, t.batch_size, t.ema_kimg, t.ema_rampup) == (1, 32, 10.0, None)
     loss = build_loss(cfg.loss)
-    assert (loss.adversarial, loss.r1_gamma, loss.d_reg_interval) == ("ns", 10.0, 16)
+    # gamma 10 on ImageNet-normalized images = 10 * 4 * mean(std^2) = 2.04 on [-1, 1] images
+    assert (loss.adversarial, loss.r1_gamma, loss.d_reg_interval) == ("ns", 2.04, 16)
+    assert (t.grad_clip, t.grad_clip_d_main) == (None, 5.0)  # D's main step only, as StyleSwin
+    assert cfg.model.generator.adain_scale_init == 0.0 and not cfg.dataset.augment.hflip
     assert loss.style_mixing_prob == 0 and loss.pl_weight == 0 and loss.g_reg_interval is None
     assert compose("model=swin_gan_64").model.resolution == 64  # other sizes keep the recipe

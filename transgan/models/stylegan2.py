@@ -26,6 +26,7 @@ except the class embedding.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, Optional
 
@@ -35,7 +36,8 @@ from torch import Tensor
 
 from transgan.errors import ConfigError
 from transgan.models.common import check_resolution, stage_channels
-from transgan.nn.layers import EqualizedConv2d, EqualizedLinear, MinibatchStd, apply_spectral_norm, upsample2d
+from transgan.nn.layers import (RESAMPLE_MODES, EqualizedConv2d, EqualizedLinear, MinibatchStd, apply_spectral_norm,
+                                fir_kernel, upsample2d, upsample2d_fir)
 from transgan.nn.style import MappingNetwork, StyledConv2d, StyleGenerator, ToRGB
 from transgan.registry import register_discriminator, register_generator
 
@@ -60,9 +62,11 @@ class SynthesisBlock(nn.Module):
     """Resolution r of the skip generator: (up +) two synthesis layers and a ToRGB added to the image."""
 
     def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, img_channels: int,
-                 first_w_index: int, layer: LayerFactory = StyledConv2d) -> None:
+                 first_w_index: int, layer: LayerFactory = StyledConv2d, resample: str = "bilinear") -> None:
         super().__init__()
-        self.resolution = resolution
+        self.resolution, self.resample = resolution, resample
+        if resample == "fir":
+            self.register_buffer("resample_kernel", fir_kernel(), persistent=False)
         first = resolution == 4
         self.convs = nn.ModuleList(
             [layer(out_channels, out_channels, w_dim, resolution, w_index=first_w_index)] if first else
@@ -75,17 +79,22 @@ class SynthesisBlock(nn.Module):
         for conv in self.convs:
             x = conv(x, ws[:, conv.w_index], noise_mode)
         rgb = self.torgb(x, ws[:, self.torgb.w_index])
-        return x, rgb if img is None else upsample2d(img) + rgb
+        if img is None:
+            return x, rgb
+        up = upsample2d_fir(img, self.resample_kernel) if self.resample == "fir" else upsample2d(img)
+        return x, up + rgb
 
 
 class SynthesisNetwork(nn.Module):
     """ws [B, num_ws, w_dim] -> images [B, img_channels, R, R], from a learned 4 x 4 constant.
 
     ``layer`` builds the two layers of each block (default: StyleGAN2's StyledConv2d).
+    ``resample`` upsamples the skip images: ``bilinear`` (edges replicated) or ``fir``
+    (StyleGAN2's [1, 3, 3, 1] upfirdn2d with zero padding).
     """
 
     def __init__(self, w_dim: int, img_resolution: int, img_channels: int, channel_base: int,
-                 channel_max: int, layer: LayerFactory = StyledConv2d) -> None:
+                 channel_max: int, layer: LayerFactory = StyledConv2d, resample: str = "bilinear") -> None:
         super().__init__()
         self.w_dim, self.img_resolution, self.img_channels = w_dim, img_resolution, img_channels
         resolutions = [2 ** i for i in range(2, int(math.log2(img_resolution)) + 1)]
@@ -93,7 +102,8 @@ class SynthesisNetwork(nn.Module):
         self.const = nn.Parameter(torch.randn(channels[4], 4, 4))
         blocks, w_index = [], 0
         for r in resolutions:
-            block = SynthesisBlock(channels[max(r // 2, 4)], channels[r], w_dim, r, img_channels, w_index, layer)
+            block = SynthesisBlock(channels[max(r // 2, 4)], channels[r], w_dim, r, img_channels, w_index, layer,
+                                   resample)
             blocks.append(block)
             w_index += len(block.convs)
         self.blocks = nn.ModuleList(blocks)
@@ -111,13 +121,21 @@ class SynthesisNetwork(nn.Module):
 
 @register_generator("stylegan2")
 class StyleGAN2Generator(StyleGenerator):
-    """StyleGAN2 generator: mapping network + skip synthesis network (see the module docstring)."""
+    """StyleGAN2 generator: mapping network + skip synthesis network (see the module docstring).
+
+    ``resample``: ``bilinear`` (this project's default: edges replicated) or ``fir`` (the
+    official upfirdn2d [1, 3, 3, 1] with zero padding, for up=2 convolutions and skip images).
+    """
 
     def __init__(self, img_resolution: int, img_channels: int, num_classes: int, z_dim: int = 512, w_dim: int = 512,
                  mapping_layers: int = 8, mapping_lr_multiplier: float = 0.01, w_avg_beta: float = 0.995,
-                 embed_dim: Optional[int] = None, channel_base: int = 32768, channel_max: int = 512) -> None:
+                 embed_dim: Optional[int] = None, channel_base: int = 32768, channel_max: int = 512,
+                 resample: str = "bilinear") -> None:
         check_resolution(img_resolution)
-        synthesis = SynthesisNetwork(w_dim, img_resolution, img_channels, channel_base, channel_max)
+        if resample not in RESAMPLE_MODES:
+            raise ConfigError(f"stylegan2 generator: resample must be one of {list(RESAMPLE_MODES)}, got {resample!r}")
+        synthesis = SynthesisNetwork(w_dim, img_resolution, img_channels, channel_base, channel_max,
+                                     layer=functools.partial(StyledConv2d, resample=resample), resample=resample)
         super().__init__(z_dim, w_dim, synthesis.num_ws, num_classes, img_resolution, img_channels,
                          mapping_layers=mapping_layers, mapping_lr_multiplier=mapping_lr_multiplier,
                          w_avg_beta=w_avg_beta, embed_dim=embed_dim)

@@ -10,6 +10,10 @@ Generator, top to bottom as in the paper (section 3; REFERENCE.md section 3)::
         rgb = upsample(rgb) + to_rgb(x)                                   skip to RGB
         x = Linear(LayerNorm(bilinear_x2(x))) + alpha * SPE               all but the last stage
 
+``to_rgb=upsampled`` moves each to-RGB after the upsampling, as StyleSwin's code does (none at
+4x4, two at full resolution), and ``resample=fir`` upsamples the skip images with StyleGAN2's
+[1, 3, 3, 1] filter and zero padding (defaults: before the upsampling, bilinear).
+
 Double attention splits the heads (and channels) in half: one half attends inside regular
 ``window`` x ``window`` windows, the other inside windows shifted by ``window / 2`` (Swin's
 cyclic roll with its mask); both halves share the qkv and output projections and have their
@@ -35,11 +39,14 @@ from transgan.errors import ConfigError
 from transgan.models.common import check_resolution, stage_channels
 from transgan.models.stylegan2 import StyleGAN2Discriminator
 from transgan.nn.attention import Attention, check_kernel
-from transgan.nn.layers import (EqualizedConv2d, apply_spectral_norm, checkpointed, downsample2d, fir_kernel,
-                                init_linear_like_vit, upsample2d)
+from transgan.nn.layers import (RESAMPLE_MODES, EqualizedConv2d, EqualizedLinear, MinibatchStd, apply_spectral_norm,
+                                checkpointed, downsample2d, fir_kernel, init_linear_like_vit, leaky_relu_gain,
+                                upsample2d, upsample2d_fir)
 from transgan.nn.style import StyleGenerator, TokenAdaIN
 from transgan.nn.windows import RelativePositionBias, shifted_window_mask, windowed_attention
 from transgan.registry import register_discriminator, register_generator
+
+TO_RGB_PLACES = ("stage", "upsampled")  # each stage's output before upsampling | after (StyleSwin's code)
 
 __all__ = [
     "sinusoidal_position_encoding", "haar_dwt", "haar_idwt", "DoubleWindowAttention", "TokenUpsample",
@@ -209,12 +216,13 @@ class StyleSwinBlock(nn.Module):
     """One StyleSwin block, steered by its own w: AdaIN -> double attention, AdaIN -> MLP, both residual."""
 
     def __init__(self, dim: int, num_heads: int, resolution: int, window: int, w_dim: int, mlp_ratio: float = 4.0,
-                 qkv_bias: bool = True, qk_scale: Optional[float] = None, kernel: str = "auto") -> None:
+                 qkv_bias: bool = True, qk_scale: Optional[float] = None, kernel: str = "auto",
+                 adain_scale_init: float = 1.0) -> None:
         super().__init__()
-        self.norm1 = TokenAdaIN(dim, w_dim)
+        self.norm1 = TokenAdaIN(dim, w_dim, scale_init=adain_scale_init)
         self.attn = DoubleWindowAttention(dim, num_heads, resolution, window, qkv_bias=qkv_bias, qk_scale=qk_scale,
                                           kernel=kernel)
-        self.norm2 = TokenAdaIN(dim, w_dim)
+        self.norm2 = TokenAdaIN(dim, w_dim, scale_init=adain_scale_init)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
 
     def forward(self, x: Tensor, w: Tensor) -> Tensor:
@@ -237,12 +245,17 @@ class SwinStage(nn.Module):
 
     def __init__(self, resolution: int, dim: int, out_dim: Optional[int], num_heads: int, window: int, w_dim: int,
                  img_channels: int, depth: int = 2, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 spe: bool = True, kernel: str = "auto") -> None:
+                 spe: bool = True, kernel: str = "auto", adain_scale_init: float = 1.0,
+                 rgb_dim: Optional[int] = None) -> None:
         super().__init__()
         self.resolution = resolution
         self.blocks = nn.ModuleList([StyleSwinBlock(dim, num_heads, resolution, window, w_dim, mlp_ratio=mlp_ratio,
-                                                    qkv_bias=qkv_bias, kernel=kernel) for _ in range(depth)])
-        self.to_rgb = nn.Linear(dim, img_channels)  # unmodulated, as in StyleSwin
+                                                    qkv_bias=qkv_bias, kernel=kernel, adain_scale_init=adain_scale_init)
+                                     for _ in range(depth)])
+        self.to_rgb = nn.Linear(rgb_dim or dim, img_channels)  # unmodulated, as in StyleSwin
+        # StyleSwin's ToRGB has a bias of its own besides its conv's; kept with its layout so the
+        # parameters (and Adam's steps on them) are the official ones.
+        self.rgb_bias = nn.Parameter(torch.zeros(img_channels)) if rgb_dim is not None else None
         self.upsample = TokenUpsample(resolution, dim, out_dim, spe=spe) if out_dim is not None else None
 
 
@@ -255,6 +268,7 @@ class SwinGenerator(StyleGenerator):
     the path-length regularizer of the generic code apply unchanged. Channels at resolution r
     are min(channel_base / r, channel_max) (StyleSwin 256: 32768 / 512); heads are
     max(C / head_dim, min_heads). ``gradient_checkpointing`` recomputes each block in backward.
+    ``adain_scale_init``: initial bias of every AdaIN scale (1 here; 0 in StyleSwin's code).
     """
 
     def __init__(self, img_resolution: int, img_channels: int, num_classes: int, z_dim: int = 512, w_dim: int = 512,
@@ -262,8 +276,12 @@ class SwinGenerator(StyleGenerator):
                  embed_dim: Optional[int] = None, channel_base: int = 32768, channel_max: int = 512, window: int = 8,
                  head_dim: int = 32, min_heads: int = 4, depth: int = 2, mlp_ratio: float = 4.0,
                  qkv_bias: bool = True, spe: bool = True, gradient_checkpointing: bool = False,
-                 attention_kernel: Optional[str] = None) -> None:
+                 attention_kernel: Optional[str] = None, adain_scale_init: float = 1.0, to_rgb: str = "stage",
+                 resample: str = "bilinear") -> None:
         check_resolution(img_resolution, low=8)
+        if to_rgb not in TO_RGB_PLACES or resample not in RESAMPLE_MODES:
+            raise ConfigError(f"swin_gan: to_rgb must be one of {list(TO_RGB_PLACES)} and resample one of "
+                              f"{list(RESAMPLE_MODES)}, got {to_rgb!r} and {resample!r}")
         if depth < 1 or window < 2 or window & (window - 1):
             raise ConfigError(f"swin_gan needs depth >= 1 and a power-of-two window >= 2, got depth={depth}, "
                               f"window={window}")
@@ -278,11 +296,16 @@ class SwinGenerator(StyleGenerator):
                          w_avg_beta=w_avg_beta, embed_dim=embed_dim)
         self.depth, self.gradient_checkpointing = depth, bool(gradient_checkpointing)
         self.attention_kernel = check_kernel(attention_kernel or "auto", "swin_gan: attention_kernel")
+        self.to_rgb_place, self.resample = to_rgb, resample
+        if resample == "fir":
+            self.register_buffer("resample_kernel", fir_kernel(), persistent=False)
         self.const = nn.Parameter(torch.randn(16, channels[0]))  # 4 x 4 tokens
         self.stages = nn.ModuleList([
             SwinStage(r, c, channels[i + 1] if i + 1 < len(resolutions) else None,
                       stage_heads(c, head_dim, min_heads), window, w_dim, img_channels, depth=depth,
-                      mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, spe=spe, kernel=self.attention_kernel)
+                      mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, spe=spe, kernel=self.attention_kernel,
+                      adain_scale_init=adain_scale_init,
+                      rgb_dim=(channels[i + 1] if i + 1 < len(resolutions) else c) if to_rgb == "upsampled" else None)
             for i, (r, c) in enumerate(zip(resolutions, channels))])
         # StyleSwin's initialization of the synthesis layers (the mapping and AdaIN layers keep theirs).
         self.stages.apply(init_linear_like_vit)
@@ -297,11 +320,19 @@ class SwinGenerator(StyleGenerator):
         for stage in self.stages:
             for block in stage.blocks:
                 x = checkpointed(block, x, next(ws_per_block), enabled=self.gradient_checkpointing)
-            rgb = rearrange(stage.to_rgb(x), "b (y x) c -> b c y x", y=stage.resolution)
-            img = rgb if img is None else upsample2d(img) + rgb
-            if stage.upsample is not None:
+            r = stage.resolution
+            if self.to_rgb_place == "upsampled" and stage.upsample is not None:
+                x, r = stage.upsample(x), 2 * r
+            rgb = stage.to_rgb(x) if stage.rgb_bias is None else stage.to_rgb(x) + stage.rgb_bias.to(x.dtype)
+            rgb = rearrange(rgb, "b (y x) c -> b c y x", y=r)
+            img = rgb if img is None else (self._upsample_image(img) if img.shape[-1] < r else img) + rgb
+            if self.to_rgb_place == "stage" and stage.upsample is not None:
                 x = stage.upsample(x)
         return img
+
+    def _upsample_image(self, img: Tensor) -> Tensor:
+        """x2 upsampling of the skip image: bilinear, or StyleGAN2's FIR with zero padding."""
+        return upsample2d_fir(img, self.resample_kernel) if self.resample == "fir" else upsample2d(img)
 
 
 # ----------------------------------------------------------------------------- discriminator
@@ -344,3 +375,75 @@ class WaveletDiscriminator(StyleGAN2Discriminator):
             x = downsample2d(x, self.resample_kernel)
             h = block(h) + from_wavelets(haar_dwt(x, self.haar))
         return h
+
+
+@register_discriminator("styleswin")
+class StyleSwinDiscriminator(nn.Module):
+    """StyleSwin's wavelet discriminator as its public code builds it (models/discriminator.py).
+
+    The image enters as Haar bands at R/2. At each level (maps R/2, R/4, ..., 8) the bands of the
+    image at that scale go through a 1x1 "from RGB" conv, are added to the features, and a plain
+    block (conv3x3, conv3x3 /2; no residual) halves the map; at 4x4 the bands are added once more,
+    then minibatch-std, conv3x3, fc, fc to one logit. Widths follow the official table
+    ``channels[r] = min(channel_base / r, channel_max)`` read one level off: the first level (on
+    the R/2 map) works at ``channels[R]``, and a level on an r x r map ends at ``channels[r/2]``
+    (at 256: 128 -> 512 -> 512 ...).
+    ``spectral_norm`` normalizes every conv and linear (StyleSwin's --D_sn); then the first fc
+    also has a bias before its activation's bias, as in the official layers. Unconditional only.
+    """
+
+    def __init__(self, img_resolution: int, img_channels: int, num_classes: int, channel_base: int = 32768,
+                 channel_max: int = 512, mbstd_group_size: int = 4, mbstd_channels: int = 1,
+                 spectral_norm: bool = True) -> None:
+        super().__init__()
+        check_resolution(img_resolution, low=16)
+        if num_classes:
+            raise ConfigError("discriminator 'styleswin' is unconditional (StyleSwin's); use stylegan2_wavelet "
+                              "for class-conditional data")
+        self.img_resolution, self.img_channels, self.num_classes = img_resolution, img_channels, 0
+        ch = {2 ** i: stage_channels(2 ** i, channel_base, channel_max)
+              for i in range(2, int(math.log2(img_resolution)) + 1)}
+        levels = [2 ** i for i in range(int(math.log2(img_resolution)) - 1, 2, -1)]  # maps R/2 ... 8
+        # The first level works at channels[R] (the official table read one level off), the others
+        # at their predecessor's output channels[r].
+        widths = [ch[img_resolution]] + [ch[r] for r in levels[1:]]
+        self.from_rgbs = nn.ModuleList([EqualizedConv2d(4 * img_channels, w, 1, activation="lrelu") for w in widths] +
+                                       [EqualizedConv2d(4 * img_channels, ch[4], 1, activation="lrelu")])
+        self.blocks = nn.ModuleList([nn.Sequential(EqualizedConv2d(w, w, 3, activation="lrelu"),
+                                                   EqualizedConv2d(w, ch[r // 2], 3, activation="lrelu", down=True))
+                                     for r, w in zip(levels, widths)])
+        self.mbstd = MinibatchStd(mbstd_group_size, mbstd_channels) if mbstd_channels else None
+        self.final_conv = EqualizedConv2d(ch[4] + mbstd_channels, ch[4], 3, activation="lrelu")
+        self.spectral_norm = bool(spectral_norm)
+        # --D_sn: nn.Linear (own bias) then FusedLeakyReLU (another bias); without it one fused layer.
+        self.fc = EqualizedLinear(ch[4] * 16, ch[4], activation="linear" if spectral_norm else "lrelu")
+        self.fc_act_bias = nn.Parameter(torch.zeros(ch[4])) if spectral_norm else None
+        self.out = EqualizedLinear(ch[4], 1)
+        if spectral_norm:
+            apply_spectral_norm(self)
+        self.register_buffer("haar", _HAAR.clone(), persistent=False)
+        self.register_buffer("resample_kernel", fir_kernel(), persistent=False)
+
+    def forward(self, x: Tensor, c: Optional[Tensor] = None) -> Tensor:
+        """Images [B, C, R, R] -> logits [B]."""
+        R, C = self.img_resolution, self.img_channels
+        if x.dim() != 4 or x.shape[1:] != (C, R, R):
+            raise ValueError(f"StyleSwinDiscriminator wants images [B, {C}, {R}, {R}], got {tuple(x.shape)}")
+        if c is not None:
+            raise ValueError("this discriminator is unconditional (num_classes=0); pass c=None")
+        h = None
+        for i, from_rgb in enumerate(self.from_rgbs):
+            if i:
+                # The official code rebuilds the image from its bands and blurs it down; the same as
+                # downsampling the image itself, since the Haar transform inverts exactly.
+                x = downsample2d(x, self.resample_kernel)
+            bands = from_rgb(haar_dwt(x, self.haar))
+            h = bands if h is None else h + bands
+            if i < len(self.blocks):
+                h = self.blocks[i](h)
+        if self.mbstd is not None:
+            h = self.mbstd(h)
+        h = self.fc(self.final_conv(h).flatten(1))
+        if self.fc_act_bias is not None:
+            h = leaky_relu_gain(h + self.fc_act_bias.to(h.dtype))
+        return self.out(h).squeeze(1)

@@ -9,7 +9,7 @@ Generator, top to bottom as in the paper (section 3.1)::
     stage 1: depth_1 x Block
     stage i > 1: x2 upsampling -- PixelShuffle (C -> C/4) or bicubic (C kept) --, + positions,
                  depth_i x Block
-    1x1 conv to the image channels, tanh
+    1x1 conv to the image channels, tanh (``output=linear``: none, as in the public code)
 
     Block (pre-norm):  x = x + Attention(Norm(x));  x = x + MLP(Norm(x))     MLP ratio 4, GELU
 
@@ -59,6 +59,7 @@ IntOrList = Union[int, Sequence[int]]
 UPSAMPLE_MODES = ("pixel_shuffle", "bicubic")
 POS_EMBEDS = ("learned", "sinusoidal")
 NORMS = ("layer", "pixel")
+OUTPUTS = ("tanh", "linear")
 
 
 # ----------------------------------------------------------------------------- token arithmetic
@@ -206,10 +207,13 @@ class TransformerBlock(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, resolution: Optional[int] = None, window: Optional[int] = None,
                  mlp_ratio: float = 4.0, qkv_bias: bool = False, rel_pos: bool = True, norm: str = "layer",
-                 drop_path: float = 0.0, kernel: str = "auto") -> None:
+                 drop_path: float = 0.0, kernel: str = "auto", attention_noise: bool = False) -> None:
         super().__init__()
         self.resolution = resolution
         self.norm1 = _norm(norm, dim)
+        # TransGAN's public CIFAR-10 discriminator adds per-token Gaussian noise with a learned
+        # strength (zero at init) to each attention's input.
+        self.noise_strength = nn.Parameter(torch.zeros([])) if attention_noise else None
         if resolution is None:
             self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, kernel=kernel)
         else:
@@ -222,6 +226,8 @@ class TransformerBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Tokens [B, N, C] -> [B, N, C]."""
         h = self.norm1(x)
+        if self.noise_strength is not None:
+            h = h + torch.randn(h.shape[0], h.shape[1], 1, device=h.device, dtype=h.dtype) * self.noise_strength
         if self.resolution is None:
             h = self.attn(h)
         else:
@@ -278,6 +284,7 @@ class TransGANGenerator(nn.Module):
     ``pixel_shuffle`` divides the width by 4, ``bicubic`` keeps it (TransGAN's high-resolution
     generators upsample bicubically while the maps are small). ``class_embed_dim`` (default
     ``z_dim``) is the width of the class embedding concatenated to z for conditional data.
+    ``output``: ``tanh`` (images in [-1, 1]) or ``linear`` (the public code: no squashing).
     """
 
     def __init__(self, img_resolution: int, img_channels: int, num_classes: int, z_dim: int = 256,
@@ -286,7 +293,8 @@ class TransGANGenerator(nn.Module):
                  qkv_bias: bool = False, upsample: Union[str, Sequence[str]] = "pixel_shuffle",
                  pos_embed: str = "learned", rel_pos: bool = True, norm: str = "layer",
                  global_attention_tokens: int = 1024, grid_size: int = 16, drop_path: float = 0.0,
-                 attention_kernel: Optional[str] = None, gradient_checkpointing: bool = False) -> None:
+                 attention_kernel: Optional[str] = None, gradient_checkpointing: bool = False,
+                 output: str = "tanh") -> None:
         super().__init__()
         where = "transgan generator"
         if z_dim < 1 or img_channels < 1 or num_classes < 0:
@@ -294,6 +302,7 @@ class TransGANGenerator(nn.Module):
                               f"{z_dim}, {img_channels}, {num_classes}")
         _check_choice(pos_embed, POS_EMBEDS, "pos_embed", where)
         _check_choice(norm, NORMS, "norm", where)
+        self.output = _check_choice(output, OUTPUTS, "output", where)
         # null (the config's default) is the run's model.attention, filled in by the registry's builder.
         self.attention_kernel = kernel = check_kernel(attention_kernel or "auto", f"{where}: attention_kernel")
         self.stages_plan = generator_stages(img_resolution, embed_dim, bottom_resolution, depths, num_heads, upsample,
@@ -347,7 +356,9 @@ class TransGANGenerator(nn.Module):
                 x = self._upsample(x, self.stages_plan[i - 1].resolution, self.upsample_modes[i - 1])
             x = run_blocks(blocks, pos(x), self.gradient_checkpointing)
         R = self.img_resolution
-        return torch.tanh(self.to_image(rearrange(x, "b (y x) c -> b c y x", y=R)))
+        images = self.to_image(rearrange(x, "b (y x) c -> b c y x", y=R))
+        # The public code's output is linear (its images are unbounded); tanh keeps the [-1, 1] contract.
+        return torch.tanh(images) if self.output == "tanh" else images
 
 
 # ----------------------------------------------------------------------------- discriminator
@@ -359,6 +370,8 @@ class TransGANDiscriminator(nn.Module):
     ``embed_dims[s]`` is the width of the scale-s patch embedding (patch size
     ``patch_size * 2**s``); stage s works at ``sum(embed_dims[:s+1])``. ``depths[s]`` blocks per
     stage, then ``last_depth`` blocks over the tokens and the [cls] token.
+    ``attention_noise`` adds the public CIFAR-10 discriminator's per-token noise (a learned
+    strength per attention, zero at init) to every attention's input.
     """
 
     def __init__(self, img_resolution: int, img_channels: int, num_classes: int, patch_size: int = 2,
@@ -366,7 +379,8 @@ class TransGANDiscriminator(nn.Module):
                  num_heads: IntOrList = 4, mlp_ratio: float = 4.0, qkv_bias: bool = False,
                  pos_embed: str = "learned", rel_pos: bool = True, norm: str = "layer",
                  global_attention_tokens: int = 1024, grid_size: int = 16, drop_path: float = 0.0,
-                 attention_kernel: Optional[str] = None, gradient_checkpointing: bool = False) -> None:
+                 attention_kernel: Optional[str] = None, gradient_checkpointing: bool = False,
+                 attention_noise: bool = False) -> None:
         super().__init__()
         where = "transgan discriminator"
         if img_channels < 1 or num_classes < 0 or last_depth < 1:
@@ -391,12 +405,13 @@ class TransGANDiscriminator(nn.Module):
         self.stages = nn.ModuleList([
             nn.ModuleList([TransformerBlock(s.dim, s.num_heads, s.resolution, s.window, mlp_ratio=mlp_ratio,
                                             qkv_bias=qkv_bias, rel_pos=rel_pos, norm=norm, drop_path=rate,
-                                            kernel=kernel) for rate in stage_rates])
+                                            kernel=kernel, attention_noise=attention_noise) for rate in stage_rates])
             for s, stage_rates in zip(self.stages_plan, rates)])
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.last_blocks = nn.ModuleList([
             TransformerBlock(dim, self.stages_plan[-1].num_heads, None, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
-                             norm=norm, drop_path=rate, kernel=kernel) for rate in rates[-1]])
+                             norm=norm, drop_path=rate, kernel=kernel, attention_noise=attention_noise)
+            for rate in rates[-1]])
         self.norm = _norm(norm, dim)
         self.head = nn.Linear(dim, 1)
         self.class_embed = nn.Embedding(num_classes, dim) if num_classes else None

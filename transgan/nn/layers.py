@@ -105,6 +105,22 @@ def upsample2d(x: Tensor) -> Tensor:
     return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
 
 
+RESAMPLE_MODES = ("bilinear", "fir")
+
+
+def upsample2d_fir(x: Tensor, kernel: Tensor, padding: tuple[int, int] = (2, 1)) -> Tensor:
+    """x2 upsampling as StyleGAN2's upfirdn2d: zero insertion, then the FIR ``kernel`` (gain 4), zero padding.
+
+    ``padding`` (before, after) is on the zero-inserted map: (2, 1) gives [B, C, 2H, 2W] for the
+    4-tap kernel; larger values keep the border samples a following convolution reads (StyleGAN2
+    pads once, before the filter, so pixels outside the image are zeros, not replicated edges).
+    """
+    B, C, H, W = x.shape
+    up = x.new_zeros(B, C, H, 2, W, 2)
+    up[:, :, :, 0, :, 0] = x
+    return blur2d(up.reshape(B, C, 2 * H, 2 * W), kernel * 4, padding=padding)
+
+
 def downsample2d(x: Tensor, kernel: Tensor) -> Tensor:
     """/2 downsampling of [B, C, H, W]: the anti-aliasing ``kernel`` (``fir_kernel()``) with stride 2.
 

@@ -52,7 +52,8 @@ from einops import rearrange
 from torch import Tensor
 
 from transgan.nn.attention import check_kernel, scaled_dot_product
-from transgan.nn.layers import EqualizedLinear, NoiseInjection, leaky_relu_gain, upsample2d
+from transgan.nn.layers import (RESAMPLE_MODES, EqualizedLinear, NoiseInjection, fir_kernel, leaky_relu_gain,
+                                upsample2d, upsample2d_fir)
 
 __all__ = [
     "normalize_2nd_moment", "MappingNetwork", "modulated_conv2d", "ModulatedConv2d", "StyledConv2d", "ToRGB",
@@ -207,8 +208,8 @@ class ModulatedConv2d(nn.Module):
         # Without demodulation the equalized-lr gain keeps the output scale (ToRGB).
         self.weight_gain = 1.0 if demodulate else 1.0 / math.sqrt(in_channels * kernel_size * kernel_size)
 
-    def forward(self, x: Tensor, w: Tensor, fused: Optional[bool] = None) -> Tensor:
-        """x [B, in, H, W], w [B, w_dim] -> [B, out, H, W].
+    def forward(self, x: Tensor, w: Tensor, fused: Optional[bool] = None, padding: Optional[int] = None) -> Tensor:
+        """x [B, in, H, W], w [B, w_dim] -> [B, out, H, W] (``padding`` default: same size).
 
         ``fused=None`` picks the grouped form for inference on CUDA (no autograd) and the
         shared-weight form otherwise; CPU grouped convolutions are slower than the shared one.
@@ -216,7 +217,7 @@ class ModulatedConv2d(nn.Module):
         styles = self.affine(w) * self.weight_gain
         fused = (not torch.is_grad_enabled() and x.is_cuda) if fused is None else fused
         return modulated_conv2d(x, self.weight.to(x.dtype), styles.to(x.dtype), demodulate=self.demodulate,
-                                padding=self.kernel_size // 2, fused=fused)
+                                padding=self.kernel_size // 2 if padding is None else padding, fused=fused)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, demodulate={self.demodulate}"
@@ -226,12 +227,19 @@ class StyledConv2d(nn.Module):
     """One StyleGAN2 synthesis layer: [x2 bilinear up] -> modulated conv -> noise -> bias -> lrelu.
 
     ``w_index`` (set by the synthesis network) names the entry of ws this layer reads.
+    ``resample``: ``bilinear`` (edges replicated) or ``fir`` (StyleGAN2's upfirdn2d: zero
+    insertion and the [1, 3, 3, 1] filter with zero padding, padded once before the filter so
+    the convolution sees the filter's full support, as the official up=2 convolution does).
     """
 
     def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, kernel_size: int = 3,
-                 up: bool = False, w_index: int = 0) -> None:
+                 up: bool = False, w_index: int = 0, resample: str = "bilinear") -> None:
         super().__init__()
-        self.up, self.resolution, self.w_index = up, resolution, w_index
+        if resample not in RESAMPLE_MODES:
+            raise ValueError(f"resample must be one of {RESAMPLE_MODES}, got {resample!r}")
+        self.up, self.resolution, self.w_index, self.resample = up, resolution, w_index, resample
+        if up and resample == "fir":
+            self.register_buffer("resample_kernel", fir_kernel(), persistent=False)
         self.conv = ModulatedConv2d(in_channels, out_channels, w_dim, kernel_size)
         self.noise = NoiseInjection(resolution)
         self.bias = nn.Parameter(torch.zeros(out_channels))
@@ -243,10 +251,14 @@ class StyledConv2d(nn.Module):
 
     def forward(self, x: Tensor, w: Tensor, noise_mode: str = "random", fused: Optional[bool] = None) -> Tensor:
         """x [B, in, r, r] ([B, in, r/2, r/2] with ``up``), w [B, w_dim] -> [B, out, r, r]."""
-        if self.up:
+        padding = None
+        if self.up and self.resample == "fir":
+            k = self.conv.kernel_size // 2
+            x, padding = upsample2d_fir(x, self.resample_kernel, padding=(k + 2, k + 1)), 0
+        elif self.up:
             # Bilinear x2 = zero insertion + StyleGAN2's [1, 3, 3, 1] filter (up to the borders).
             x = upsample2d(x)
-        x = self.noise(self.conv(x, w, fused=fused), noise_mode)
+        x = self.noise(self.conv(x, w, fused=fused, padding=padding), noise_mode)
         return leaky_relu_gain(x + self.bias.to(x.dtype).reshape(1, -1, 1, 1))
 
 
@@ -273,11 +285,11 @@ class ToRGB(nn.Module):
 # ----------------------------------------------------------------------------- token modulation
 
 class _StyleAffine(nn.Module):
-    """w -> (scale, shift) per channel, scale initialized to 1 and shift to 0."""
+    """w -> (scale, shift) per channel, the scale's bias initialized to ``scale_init`` (1) and the shift's to 0."""
 
-    def __init__(self, dim: int, w_dim: int) -> None:
+    def __init__(self, dim: int, w_dim: int, scale_init: float = 1.0) -> None:
         super().__init__()
-        self.scale = EqualizedLinear(w_dim, dim, bias_init=1.0)
+        self.scale = EqualizedLinear(w_dim, dim, bias_init=scale_init)
         self.shift = EqualizedLinear(w_dim, dim, bias_init=0.0)
 
     def forward(self, w: Tensor) -> tuple[Tensor, Tensor]:
@@ -290,12 +302,15 @@ def _check_tokens(x: Tensor, w: Tensor, dim: int, w_dim: int, who: str) -> None:
 
 
 class TokenAdaIN(nn.Module):
-    """AdaIN on tokens (StyleSwin): normalize each channel over the tokens of a sample, then scale(w) x + shift(w)."""
+    """AdaIN on tokens (StyleSwin): normalize each channel over the tokens of a sample, then scale(w) x + shift(w).
 
-    def __init__(self, dim: int, w_dim: int, eps: float = 1e-5) -> None:
+    ``scale_init``: initial bias of the scale (1 here; StyleSwin's code starts it at 0).
+    """
+
+    def __init__(self, dim: int, w_dim: int, eps: float = 1e-5, scale_init: float = 1.0) -> None:
         super().__init__()
         self.dim, self.w_dim, self.eps = dim, w_dim, eps
-        self.style = _StyleAffine(dim, w_dim)
+        self.style = _StyleAffine(dim, w_dim, scale_init)
 
     def forward(self, x: Tensor, w: Tensor) -> Tensor:
         """x [B, N, dim], w [B, w_dim] -> [B, N, dim]."""

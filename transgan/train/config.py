@@ -34,6 +34,7 @@ class TrainConfig:
     betas_g: tuple[float, float] = (0.5, 0.9)
     betas_d: tuple[float, float] = (0.5, 0.9)
     grad_clip: Optional[float] = None
+    grad_clip_d_main: Optional[float] = None  # D's main step only (StyleSwin: 5); null = grad_clip
     mixed_precision: str = "no"
     compile: bool = False
     channels_last: Optional[bool] = None
@@ -59,6 +60,8 @@ def _check_train(train: DictConfig) -> None:
         (train.batch_size >= 1, "train.batch_size must be >= 1"),
         (train.grad_accum >= 1, "train.grad_accum must be >= 1"),
         (train.n_critic >= 1, "train.n_critic must be >= 1"),
+        (all(c is None or c > 0 for c in (train.grad_clip, train.grad_clip_d_main)),
+         "train.grad_clip and train.grad_clip_d_main must be > 0 (or null)"),
         (train.mixed_precision in ("no", "fp16", "bf16"), "train.mixed_precision must be one of no|fp16|bf16"),
         (train.device in ("auto", "cpu"), "train.device must be auto or cpu"),
         (train.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1"),

@@ -239,11 +239,12 @@ class Trainer:
             for k, v in s.items():
                 stats[k] = stats.get(k, 0) + v.detach().float() / len(micro_batches)
         grads = [p.grad for p in model.parameters() if p.grad is not None]
-        if t.grad_clip is not None:
-            norm = acc.clip_grad_norm_(model.parameters(), t.grad_clip)
+        clip = t.grad_clip_d_main if phase == "d_main" and t.grad_clip_d_main is not None else t.grad_clip
+        if clip is not None:
+            norm = acc.clip_grad_norm_(model.parameters(), clip)
         else:
             norm = torch.nn.utils.get_total_norm(grads)
-        if t.grad_clip is not None or self._log_now:
+        if clip is not None or self._log_now:
             stats[f"grad_norm_{phase}"] = norm
         # A non-finite loss or gradient skips this optimizer step. The norm is the same on every
         # process (gradients are all-reduced), the loss is not: the processes agree on the verdict.

@@ -1,0 +1,90 @@
+"""``transgan-convert`` (= ``python tools/convert.py``): an official checkpoint in, a transgan run directory out."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from transgan.cli import console_entry
+from transgan.convert.common import Converted
+from transgan.convert.stylegan2_ada import convert_stylegan2_ada
+from transgan.convert.styleswin import convert_styleswin
+from transgan.convert.transgan_official import convert_transgan
+from transgan.convert.unpickle import ConvertError, PersistentObject, load_official
+
+__all__ = ["USAGE", "detect", "convert_file", "main", "entry"]
+
+USAGE = """Convert an official checkpoint into a transgan run directory (no pickled code is run).
+
+    python tools/convert.py <checkpoint> out=<run dir> [overrides ...]
+
+  <checkpoint>   TransGAN .pth (VITA-Group/TransGAN train_derived.py: gen/dis/avg_gen state dicts), or
+                 a stylegan2-ada-pytorch network-snapshot-*.pkl (G, D, G_ema; conditional too),
+                 read by a restricted unpickler that refuses anything but tensors and containers,
+                 or a StyleSwin .pt (g, g_ema; its discriminator is not converted yet: the run
+                 gets the preset's D with fresh weights)
+  out=<run dir>  an empty folder; receives config.yaml and checkpoints/step-000000000.pt
+  overrides      Hydra overrides composed first (default: the paper preset of the checkpoint's
+                 kind: experiment=transgan_paper dataset=cifar10, experiment=stylegan2_ada_paper256
+                 dataset=cifar10, experiment=styleswin_paper dataset=celeba (give your
+                 dataset=...; conditional snapshots need
+                 dataset.conditional=true)); the converted networks
+                 replace the preset's model.
+
+The run directory works with tools/eval.py, tools/generate.py, tools/serve.py and
+resume=<run dir> (fine-tuning from the official weights).
+"""
+
+# kind -> (converter, the overrides that give that paper's recipe)
+KINDS: dict[str, tuple[Callable[[Any], Converted], list[str]]] = {
+    "transgan": (convert_transgan, ["experiment=transgan_paper", "dataset=cifar10"]),
+    "stylegan2-ada": (convert_stylegan2_ada, ["experiment=stylegan2_ada_paper256", "dataset=cifar10"]),
+    "styleswin": (convert_styleswin, ["experiment=styleswin_paper", "dataset=celeba"]),
+}
+
+
+def detect(data: Any, path: Path) -> str:
+    """Which official codebase wrote ``data`` (the loaded checkpoint), from its keys."""
+    if isinstance(data, dict) and any(k in data for k in ("gen_state_dict", "avg_gen_state_dict")):
+        return "transgan"
+    if isinstance(data, dict) and any(isinstance(data.get(k), PersistentObject) for k in ("G", "G_ema", "D")):
+        return "stylegan2-ada"
+    if isinstance(data, dict) and any(isinstance(data.get(k), dict) for k in ("g_ema", "g")):
+        return "styleswin"
+    keys = sorted(data)[:8] if isinstance(data, dict) else type(data).__name__
+    raise ConvertError(f"{path}: not a checkpoint this tool knows (TransGAN gen_state_dict/avg_gen_state_dict, "
+                       f"stylegan2-ada G/D/G_ema network records, StyleSwin g/g_ema); "
+                       f"found {keys}")
+
+
+def convert_file(path: Path) -> tuple[str, Converted]:
+    """Load ``path`` safely, detect its kind, and convert it."""
+    data = load_official(path)
+    kind = detect(data, path)
+    return kind, KINDS[kind][0](data)
+
+
+def main(argv: Sequence[str]) -> int:
+    """Entry point of tools/convert.py; returns the exit status."""
+    from transgan.cli import run_cli
+    from transgan.convert.run import write_run
+
+    def job() -> None:
+        files = [a for a in argv if "=" not in a]
+        outs = [a.split("=", 1)[1] for a in argv if a.startswith("out=")]
+        overrides = [a for a in argv if "=" in a and not a.startswith("out=")]
+        if len(files) != 1 or len(outs) != 1:
+            raise ConvertError("give one checkpoint file and out=<run dir> (see --help)")
+        kind, conv = convert_file(Path(files[0]).expanduser())
+        path = write_run(conv, Path(outs[0]).expanduser(), overrides or KINDS[kind][1])
+        print(f"{kind}: wrote {path}")
+
+    return run_cli(job, usage=USAGE, argv=argv)
+
+
+entry = console_entry(main)  # the ``transgan-convert`` console script; tools/convert.py runs it too
+
+
+if __name__ == "__main__":
+    sys.exit(entry())

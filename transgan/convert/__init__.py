@@ -1,0 +1,1 @@
+"""Official checkpoints (TransGAN, stylegan2-ada-pytorch, StyleSwin) into this project's models."""
