@@ -58,7 +58,7 @@ def test_converted_networks_equal_the_official_outputs(tmp_path, name):
 def test_convert_tool_accepts_a_snapshot(tmp_path, repo_root):
     """tools/convert.py turns a conditional snapshot into a run directory whose G_ema gives the official images."""
     from tests.convert.test_transgan_convert import _tool
-    from transgan.eval.runs import load_source
+    from transgan.runs.load import load_source
 
     run = tmp_path / "run"
     overrides = ["model=stylegan2", "dataset=synthetic", "dataset.conditional=true", "dataset.num_classes=5"]

@@ -75,7 +75,7 @@ def test_paper_preset_has_the_official_parameter_counts(size, overrides):
 def test_convert_tool_writes_a_run_with_the_official_generator(tmp_path, repo_root):
     """The run's G_ema gives the official images, its D the official logits."""
     from tests.convert.test_transgan_convert import _tool
-    from transgan.eval.runs import load_source
+    from transgan.runs.load import load_source
 
     run = tmp_path / "run"
     overrides = ["experiment=styleswin_paper", "dataset=synthetic"]

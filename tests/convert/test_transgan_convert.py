@@ -96,7 +96,7 @@ def _tool(repo_root: Path, name: str):
 
 def test_convert_tool_writes_a_run_that_loads_and_fine_tunes(tmp_path, repo_root, capsys):
     """tools/convert.py: the run's G_ema gives the official images; resume= trains one more step from it."""
-    from transgan.eval.runs import load_source
+    from transgan.runs.load import load_source
     from transgan.runs.checkpoint import latest_checkpoint, load_checkpoint
 
     run = tmp_path / "run"
