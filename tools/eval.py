@@ -40,7 +40,6 @@ from transgan.eval.runs import find_checkpoint, load_generator  # noqa: E402  (s
 from transgan.registry import ConfigError  # noqa: E402
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-_TABLE = ["fid", "kid_mean", "kid_std", "isc_mean", "isc_std", "precision", "recall", "intra_fid"]
 
 
 def parse_args(argv: Sequence[str]) -> dict[str, Any]:
@@ -72,17 +71,6 @@ def parse_args(argv: Sequence[str]) -> dict[str, Any]:
     return args
 
 
-def load_preset(name: str) -> Any:
-    """A protocol preset from configs/eval/<name>.yaml."""
-    from omegaconf import OmegaConf
-
-    path = CONFIG_DIR / "eval" / f"{name}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in (CONFIG_DIR / "eval").glob("*.yaml"))
-        raise ConfigError(f"unknown eval preset {name!r}; available: {known}")
-    return OmegaConf.load(path)
-
-
 def load_dataset_config(name: str) -> Any:
     """A dataset config from configs/dataset/<name>.yaml."""
     from omegaconf import OmegaConf
@@ -98,7 +86,7 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
     """Evaluate what the command line names; print the table, write eval.json, return the results."""
     from omegaconf import OmegaConf
 
-    from transgan.eval.metrics import eval_config, evaluate, protocol_weights
+    from transgan.eval.metrics import eval_config, evaluate, load_preset, protocol_weights
 
     args = parse_args(argv)
     source = Path(args["source"]).expanduser()
@@ -150,7 +138,9 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
 def format_table(results: dict[str, Any]) -> str:
     """The metrics and the protocol's main facts as an aligned text table."""
     p = results["protocol"]
-    rows = [(k, f"{results[k]:.4f}") for k in _TABLE if k in results]
+    from transgan.eval.metric_registry import result_keys
+
+    rows = [(k, f"{results[k]:.4f}") for k in result_keys() if k in results and k != "f_score"]
     rows += [("extractor", str(p["extractor"])),
              ("weights sha256", (p["weights_sha256"] or "(no weights file)")[:16]),
              ("samples", str(p["num_samples"])),

@@ -20,11 +20,17 @@ from transgan.cli import run_cli  # noqa: E402
 
 def main(argv: list[str]) -> int:
     """Compose the config, build the run, train; return the exit status."""
+    from transgan.eval.training import training_evaluator
     from transgan.train.trainer import Trainer, resolve_run
 
     def run() -> None:
         cfg, run_dir, resume_from = resolve_run(argv)
-        trainer = Trainer(cfg, run_dir, resume_from)
+        # The composition root: the evaluation protocol is built here and handed to the Trainer,
+        # which imports no evaluation code (docs/architecture.md).
+        evaluator = training_evaluator(cfg)
+        trainer = Trainer(cfg, run_dir, resume_from, evaluator=evaluator)
+        if evaluator is not None and trainer.accelerator.is_main_process:
+            logging.getLogger("transgan.train").info(evaluator.describe())
         out = trainer.train()
         if trainer.accelerator.is_main_process and trainer.stopped_by:
             print(f"stopped by {trainer.stopped_by} at step {trainer.progress.step}, checkpoint saved; "

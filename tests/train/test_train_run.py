@@ -15,7 +15,7 @@ import torch
 from transgan.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 
 SMALL = ["model=cwgan_gp", "dataset=digits", "train.batch_size=16", "train.n_critic=2", "train.log_every=2",
-         "train.sample_every=4", "train.eval_every=4", "train.ckpt_every=4", "train.eval_samples_per_class=5",
+         "train.sample_every=4", "train.eval_every=4", "train.ckpt_every=4", "eval.num_samples=50",
          "dataset.num_workers=0"]
 
 

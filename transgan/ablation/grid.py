@@ -20,16 +20,17 @@ from typing import Any, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+from transgan.eval.metric_registry import METRICS, training_keys
 from transgan.registry import ConfigError
 from transgan.train.config import CONFIG_DIR, compose_config, validate_config
 
 ABLATION_CONFIG_DIR = CONFIG_DIR / "ablation"
 ABLATED = ("generator", "discriminator")  # the factor: model.<key> may differ between cells
 BUDGET_KINDS = ("images", "steps", "seconds")
-TRAINER_METRICS = ("fd_digits", "digits_class_acc")  # what the trainer's own evaluation records (digits)
-# eval.json keys of tools/eval.py and the eval.metrics entry (or flag) that produces each
-TOOL_METRICS = {"fid": "fid", "kid_mean": "kid", "isc_mean": "isc", "precision": "prc", "recall": "prc",
-                "intra_fid": "intra_fid"}
+# What the trainer's own evaluation can record, and the eval.json keys of tools/eval.py with the
+# eval.metrics entry (or flag) that produces each: both from the one metric registry.
+TRAINER_METRICS = tuple(training_keys())
+TOOL_METRICS = {**{key: m.name for m in METRICS.values() for key in m.keys}, "intra_fid": "intra_fid"}
 # Keys the grid sets for every cell from its budget, evaluation, seeds and output folder.
 RESERVED = ("train.max_steps", "train.max_seconds", "train.eval_every", "train.sample_every", "train.ckpt_every",
             "train.keep_checkpoints", "seed", "resume", "hydra")

@@ -109,6 +109,22 @@ def eval_config(cfg: Union[EvalConfig, Mapping[str, Any], DictConfig, None] = No
     return out
 
 
+PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "eval"  # the protocol presets
+
+
+def preset_names() -> list[str]:
+    """The protocol presets of configs/eval/."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_preset(name: str) -> DictConfig:
+    """A protocol preset from configs/eval/<name>.yaml; unknown names fail, listing the known ones."""
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown eval preset {name!r}; available: {preset_names()}")
+    return OmegaConf.load(path)
+
+
 def default_cache_dir() -> Path:
     """Where reference statistics are cached: ``$TRANSGAN_CACHE_DIR`` or ``~/.cache/transgan/eval``."""
     return Path(os.environ.get("TRANSGAN_CACHE_DIR") or Path.home() / ".cache" / "transgan" / "eval").expanduser()
@@ -527,7 +543,8 @@ def evaluate(source: Source, dataset_cfg: Mapping[str, Any], cfg: Union[EvalConf
                    "folder": (f"{resolution}x{resolution} by torch-fidelity (Resize + CenterCrop)"
                               if isinstance(source, Path) else None),
                    "extractor": {name: _EXTRACTOR_RESIZE.get(name, "the extractor's own") for name in plan}},
-        "feature_layers": {name: {m: _feature_layer(name, m) for m in metrics + (["fid"] if not metrics else [])}
+        "feature_layers": {name: {m: _feature_layer(name, METRICS[m].feature)
+                                  for m in metrics + (["fid"] if not metrics else [])}
                            for name, metrics in plan.items()},
         "device": str(device),
         "dtype": "float32",  # torch-fidelity's extractors compute in float32 (their internal dtype default)
