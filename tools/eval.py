@@ -7,8 +7,10 @@
   <image folder>   image files already generated (needs dataset=<name> for the reference)
 
   eval=<preset>         a protocol from configs/eval/ (celeba64, flowers102_64, flowers102_128,
-                        flowers102_256, cifar10_32, digits); default: digits on the digits
-                        dataset, otherwise the plain defaults (Inception, 50k samples, train split)
+                        flowers102_256, cifar10_32, digits, synthetic); default: digits on the
+                        digits dataset, otherwise the plain defaults (Inception, 50k samples, train
+                        split); eval=run: the protocol the run used during training (its eval
+                        section), whose numbers equal those in its metrics.jsonl
   eval.<key>=<value>    change one protocol key, e.g. eval.num_samples=10000,
                         eval.allow_unverified_weights=true (weights not matching the published sha256),
                         eval.inception_weights=/path/weights-inception-2015-12-05-6726825d.pth,
@@ -26,6 +28,7 @@ extractor weights fail at once, before any image is generated, naming the file t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -112,7 +115,19 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
         raise ConfigError(f"bad override: {e}") from e
 
     preset = args["preset"] or ("digits" if dataset_cfg.get("name") == "digits" else None)
-    cfg = eval_config(load_preset(preset) if preset else None, **OmegaConf.to_container(eval_overrides))
+    if preset == "run":  # the protocol the run evaluated itself with during training
+        if run_cfg is None:
+            raise ConfigError("eval=run needs a run directory or checkpoint: a folder of images has no run")
+        from transgan.eval.training import training_evaluator
+        from transgan.train.config import validate_config
+
+        evaluator = training_evaluator(validate_config(run_cfg))
+        if evaluator is None:
+            raise ConfigError("eval=run: this run evaluated nothing during training (eval.metrics=[])")
+        base: Any = dataclasses.asdict(evaluator.protocol)
+    else:
+        base = load_preset(preset) if preset else None
+    cfg = eval_config(base, **OmegaConf.to_container(eval_overrides))
 
     protocol_weights(cfg)  # a missing weights file fails now, before the checkpoint is even built
     info: dict[str, Any] = {"source": str(source), "preset": preset}

@@ -323,12 +323,16 @@ def generated_features(gen: GeneratorSource, extractor: torch_fidelity.FeatureEx
     starts = list(range(0, n, size))
     rng = np.random.RandomState(seed)
     mine: list[dict[str, torch.Tensor]] = []
-    for j, start in enumerate(starts):
-        z = random_normal(rng, (min(size, n - start), gen.z_size))  # drawn by all: the stream stays one
-        if j % world == rank:
-            with torch.no_grad():
-                out = extractor(gen.images(z.to(device), start))
-            mine.append(extractor.convert_features_tuple_to_dict(out))
+    # A generator's own randomness (StyleGAN's noise inputs) comes from torch's global RNG: seeded per
+    # batch, so a batch is the same images on whichever process makes it; the caller's RNG is left as it was.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for j, start in enumerate(starts):
+            z = random_normal(rng, (min(size, n - start), gen.z_size))  # drawn by all: the stream stays one
+            if j % world == rank:
+                torch.manual_seed(int(np.random.SeedSequence([seed, j]).generate_state(1)[0]))
+                with torch.no_grad():
+                    out = extractor(gen.images(z.to(device), start))
+                mine.append(extractor.convert_features_tuple_to_dict(out))
     layers = extractor.get_requested_features_list()
     if world == 1:
         return {k: torch.cat([f[k].cpu() for f in mine]) for k in layers}
