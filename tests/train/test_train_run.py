@@ -19,8 +19,8 @@ SMALL = ["model=cwgan_gp", "dataset=digits", "train.batch_size=16", "train.n_cri
          "dataset.num_workers=0"]
 
 
-def run_train(repo_root: Path, *args: str, launcher: bool = False) -> subprocess.CompletedProcess:
-    """Run the training tool in a fresh process, as a user would."""
+def run_train(repo_root: Path, *args: str, launcher: bool = False, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the training tool in a fresh process, as a user would (``check``: it must succeed)."""
     if launcher:
         cmd = [shutil.which("accelerate") or str(Path(sys.executable).parent / "accelerate"), "launch",
                "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
@@ -29,7 +29,7 @@ def run_train(repo_root: Path, *args: str, launcher: bool = False) -> subprocess
         cmd = [sys.executable, "tools/train.py", *args]
     env = {**os.environ, "PYTHONPATH": str(repo_root), "CUDA_VISIBLE_DEVICES": ""}
     out = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    assert out.returncode == 0 or not check, out.stdout[-3000:] + out.stderr[-5000:]
     return out
 
 
