@@ -227,6 +227,8 @@ def plan_grid(cfg: DictConfig) -> list[Cell]:
         raise AblationError("eval.source=trainer measures digits runs only (the trainer evaluates nothing else); "
                             "use eval.source=tool with an eval.preset")
     train_keys = budget_overrides(cfg, composed[0][2].train)
+    # With the tool source, tools/eval.py evaluates the checkpoints afterwards: the runs evaluate nothing themselves.
+    quiet = ["eval.metrics=[]"] if cfg.eval.source == "tool" else []
     cells = []
     for label, args, base in composed:
         for seed in cfg.seeds:
@@ -234,8 +236,10 @@ def plan_grid(cfg: DictConfig) -> list[Cell]:
             full = OmegaConf.to_container(base)
             full["seed"] = int(seed)
             full["train"].update(train_keys)
+            if quiet:
+                full["eval"]["metrics"] = []
             overrides = [*args, f"seed={seed}", *(f"train.{k}={_hydra_value(v)}" for k, v in train_keys.items()),
-                         f"hydra.run.dir={run_dir}"]
+                         *quiet, f"hydra.run.dir={run_dir}"]
             cells.append(Cell(label=label, seed=int(seed), overrides=overrides,
                               cfg=validate_config(OmegaConf.create(full)), run_dir=run_dir))
     return cells
