@@ -25,10 +25,11 @@ def main(argv: list[str]) -> int:
 
     def run() -> None:
         cfg, run_dir, resume_from = resolve_run(argv)
-        # The composition root: the evaluation protocol is built here and handed to the Trainer,
-        # which imports no evaluation code (docs/architecture.md).
-        evaluator = training_evaluator(cfg)
-        trainer = Trainer(cfg, run_dir, resume_from, evaluator=evaluator)
+        trainer = Trainer(cfg, run_dir, resume_from)  # refuses bad data first; writes nothing yet
+        # The composition root: the evaluation protocol is built here (a missing weights file is
+        # refused now, before the run directory exists) and handed to the Trainer, which imports no
+        # evaluation code (docs/architecture.md).
+        evaluator = trainer.evaluator = training_evaluator(cfg)
         if evaluator is not None and trainer.accelerator.is_main_process:
             logging.getLogger("transgan.train").info(evaluator.describe())
         out = trainer.train()
