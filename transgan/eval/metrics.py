@@ -341,7 +341,8 @@ def generated_features(gen: GeneratorSource, extractor: torch_fidelity.FeatureEx
     # Every process sends the same shape: its batches padded to `slots` full ones (process 0 tells
     # the others each layer's feature shape and dtype, as a process may have no batch at all).
     slots = -(-len(starts) // world)
-    shapes = share_from_main({k: (tuple(mine[0][k].shape[1:]), mine[0][k].dtype) for k in layers})
+    shapes = share_from_main({k: (tuple(mine[0][k].shape[1:]), mine[0][k].dtype) for k in layers} if rank == 0
+                             else None)
     out = {}
     for k in layers:
         shape, dtype = shapes[k]
