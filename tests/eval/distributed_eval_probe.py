@@ -19,6 +19,8 @@ DIGITS = {"name": "digits", "channels": 1}
 PROTOCOL = dict(extractor="fd-digits", metrics=["fid", "kid", "isc", "prc", "class_acc"], num_samples=100,
                 batch_size=16, reference_samples=200, kid_subset_size=50, kid_subsets=10, seed=3, device="cpu",
                 reference_workers=False)
+# 12 samples: one batch, so process 1 generates nothing and still takes part in the gathering.
+ONE_BATCH = {**PROTOCOL, "num_samples": 12, "metrics": ["fid", "class_acc"]}
 
 
 def probe_generator():
@@ -43,8 +45,9 @@ def main() -> int:
     state = PartialState(cpu=True)
     torch.set_num_threads(1)
     out = evaluate(probe_generator(), DIGITS, cache_dir=sys.argv[2], **PROTOCOL)
+    small = evaluate(probe_generator(), DIGITS, cache_dir=sys.argv[2], **ONE_BATCH)
     Path(f"{sys.argv[1]}.rank{state.process_index}.json").write_text(json.dumps(
-        {"numbers": numbers(out), "processes": state.num_processes}))
+        {"numbers": numbers(out), "one_batch": numbers(small), "processes": state.num_processes}))
     return 0
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.eval.distributed_eval_probe import DIGITS, PROTOCOL, numbers, probe_generator
+from tests.eval.distributed_eval_probe import DIGITS, ONE_BATCH, PROTOCOL, numbers, probe_generator
 from transgan.eval.metrics import evaluate
 
 
@@ -44,3 +44,7 @@ def test_two_process_evaluation_equals_one_process(repo_root, tmp_path):
     for key, value in one.items():
         assert abs(two[key] - value) <= 1e-6 * max(abs(value), 1e-12), (key, two[key], value)
     assert one["fid"] > 1.0  # random weights are far from the digits: not a comparison of zeros
+    small = numbers(evaluate(probe_generator(), DIGITS, cache_dir=str(tmp_path / "cache1"), **ONE_BATCH))
+    assert ranks[0]["one_batch"] == ranks[1]["one_batch"]
+    for key, value in small.items():
+        assert abs(ranks[0]["one_batch"][key] - value) <= 1e-6 * max(abs(value), 1e-12), key

@@ -213,9 +213,9 @@ def test_bad_arguments_exit_2(tmp_path, repo_root, eval_tool, tiny_generator, ca
     ("digits", "digits", "train", None, "fd-digits"),
 ])
 def test_protocol_presets_are_valid(eval_tool, preset, dataset, split, resolution, extractor):
-    from transgan.eval.metrics import eval_config
+    from transgan.eval.metrics import eval_config, load_preset
 
-    cfg = eval_config(eval_tool.load_preset(preset))
+    cfg = eval_config(load_preset(preset))
     assert (cfg.dataset["name"], cfg.split, cfg.resolution, cfg.extractor) == (dataset, split, resolution, extractor)
     assert cfg.num_samples == (1000 if preset == "digits" else 50000) and cfg.seed == 0
     assert sorted(cfg.metrics) == ["fid", "isc", "kid", "prc"]

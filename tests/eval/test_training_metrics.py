@@ -35,6 +35,14 @@ def random_judge(path: Path) -> Path:
     return path
 
 
+def test_auto_preset_follows_the_dataset_and_resolution():
+    from transgan.eval.training import auto_preset
+
+    assert auto_preset("celeba", 64) == "celeba64" and auto_preset("flowers102", 128) == "flowers102_128"
+    assert auto_preset("cifar10", 32) == "cifar10_32" and auto_preset("digits", 32) == "digits"
+    assert auto_preset("celeba", 128) is None and auto_preset("imagefolder", 64) is None  # plain defaults
+
+
 def eval_tool():
     spec = importlib.util.spec_from_file_location("eval_tool", Path(__file__).resolve().parents[2] / "tools" / "eval.py")
     module = importlib.util.module_from_spec(spec)
