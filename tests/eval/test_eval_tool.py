@@ -309,6 +309,7 @@ def test_prc_alone_on_an_inception_preset_reports_vgg16(tmp_path, repo_root, eva
     vgg = tmp_path / "vgg16-397923af.pth"
     vgg.write_bytes(b"stand-in VGG16 weights")
     assert eval_tool.main([str(run), "eval=celeba64", "eval.metrics=[prc]", f"eval.vgg16_weights={vgg}",
+                           "eval.num_samples=16", "eval.batch_size=8",
                            "eval.allow_unverified_weights=true", f"eval.cache_dir={tmp_path / 'cache'}",
                            "eval.device=cpu"]) == 0
     printed = capsys.readouterr().out
