@@ -253,7 +253,7 @@ def test_training_run_saves_pl_mean_and_resume_continues_from_it(repo_root: Path
 
     run = tmp_path / "run"
     common = ["model=stylegan2", "loss=ns_r1_pl", "train.n_critic=1", "train.batch_size=8", "train.ckpt_every=2",
-              "train.log_every=1", "train.eval_samples_per_class=2", "dataset.num_workers=0",
+              "train.log_every=1", "eval.num_samples=20", "dataset.num_workers=0",
               "loss.pl_interval=2", "loss.r1_interval=2", "train.lr_g=2e-4", "train.betas_g=[0,0.9]"]
     env = {**os.environ, "PYTHONPATH": str(repo_root), "CUDA_VISIBLE_DEVICES": ""}
     for args in ([*common, "train.max_steps=2", f"hydra.run.dir={run}"], [f"resume={run}", "train.max_steps=4"]):

@@ -17,7 +17,7 @@ import torch.nn as nn
 _RUNS: dict[str, Path] = {}
 
 TINY_RUN = ["model=cwgan_gp", "dataset=digits", "model.resolution=16", "train.batch_size=16", "train.n_critic=1",
-            "train.max_steps=2", "train.eval_samples_per_class=2", "train.log_every=1", "train.cpu_threads=1"]
+            "train.max_steps=2", "train.log_every=1", "train.cpu_threads=1"]
 
 
 MATH_RUN = ["model=transgan", "model.attention=math", "dataset=digits", "model.resolution=16",

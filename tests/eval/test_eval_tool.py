@@ -211,9 +211,9 @@ def test_bad_arguments_exit_2(tmp_path, repo_root, eval_tool, tiny_generator, ca
     ("digits", "digits", "train", None, "fd-digits"),
 ])
 def test_protocol_presets_are_valid(eval_tool, preset, dataset, split, resolution, extractor):
-    from transgan.eval.metrics import eval_config
+    from transgan.eval.metrics import eval_config, load_preset
 
-    cfg = eval_config(eval_tool.load_preset(preset))
+    cfg = eval_config(load_preset(preset))
     assert (cfg.dataset["name"], cfg.split, cfg.resolution, cfg.extractor) == (dataset, split, resolution, extractor)
     assert cfg.num_samples == (1000 if preset == "digits" else 50000) and cfg.seed == 0
     assert sorted(cfg.metrics) == ["fid", "isc", "kid", "prc"]
@@ -297,17 +297,17 @@ def test_prc_alone_on_an_inception_preset_reports_vgg16(tmp_path, repo_root, eva
                                                         monkeypatch):
     import hashlib
 
-    def fake_prc(**kwargs):  # VGG16 itself is not run: this test is about what is reported around it
-        assert kwargs["feature_extractor"] == "vgg16"
-        return {torch_fidelity.KEY_METRIC_PRECISION: 0.5, torch_fidelity.KEY_METRIC_RECALL: 0.25,
-                torch_fidelity.KEY_METRIC_F_SCORE: 1 / 3}
+    def stand_in(name, metrics, weights, device, verbose=False):  # VGG16 itself is not run: this test is
+        assert name == "vgg16"                                       # about what is reported around it
+        return torch_fidelity.utils.create_feature_extractor(EXTRACTOR, ["pool"], cuda=False, verbose=False)
 
-    monkeypatch.setattr(torch_fidelity, "calculate_metrics", fake_prc)
+    monkeypatch.setattr("transgan.eval.metrics.feature_extractor", stand_in)
     root = make_celeba(tmp_path / "data", n=12)
     run = write_run(tmp_path / "run", dataset_config(repo_root, "celeba", root=str(root)), 64, num_classes=0)
     vgg = tmp_path / "vgg16-397923af.pth"
     vgg.write_bytes(b"stand-in VGG16 weights")
     assert eval_tool.main([str(run), "eval=celeba64", "eval.metrics=[prc]", f"eval.vgg16_weights={vgg}",
+                           "eval.num_samples=16", "eval.batch_size=8",
                            "eval.allow_unverified_weights=true", f"eval.cache_dir={tmp_path / 'cache'}",
                            "eval.device=cpu"]) == 0
     printed = capsys.readouterr().out

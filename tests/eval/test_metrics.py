@@ -326,15 +326,13 @@ def test_fd_digits_runs_offline_and_separates_real_from_noise(tmp_path, cache):
 
 
 # ---------------------------------------------------------------------------- weights verification
-def fake_results(**kwargs):
-    """torch-fidelity's answer, without running an extractor (for tests about the protocol around it)."""
-    out = {}
-    if kwargs.get("fid"):
-        out[torch_fidelity.KEY_METRIC_FID] = 1.5
-    if kwargs.get("prc"):
-        out.update({torch_fidelity.KEY_METRIC_PRECISION: 0.5, torch_fidelity.KEY_METRIC_RECALL: 0.25,
-                    torch_fidelity.KEY_METRIC_F_SCORE: 1 / 3})
-    return out
+def stand_in_extractor(expected: str):
+    """In place of ``expected`` (not run: its weights are stand-ins), the test extractor; for tests about the
+    protocol around the numbers."""
+    def make(name, metrics, weights, device, verbose=False):
+        assert name == expected
+        return torch_fidelity.utils.create_feature_extractor(EXTRACTOR, ["pool"], cuda=False, verbose=False)
+    return make
 
 
 def test_weights_with_the_right_name_but_other_content_are_refused_unless_allowed(tmp_path, cache, monkeypatch):
@@ -353,7 +351,7 @@ def test_weights_with_the_right_name_but_other_content_are_refused_unless_allowe
     assert str(impostor) in str(err.value) and "eval.allow_unverified_weights=true" in str(err.value)
     assert "6726825d" in str(err.value) and G.calls == 0
 
-    monkeypatch.setattr(torch_fidelity, "calculate_metrics", fake_results)
+    monkeypatch.setattr("transgan.eval.metrics.feature_extractor", stand_in_extractor("inception-v3-compat"))
     out = evaluate(G, folder_dataset(tmp_path / "real"), allow_unverified_weights=True, **kwargs)
     p = out["protocol"]
     assert p["allow_unverified_weights"] is True

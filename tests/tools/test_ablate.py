@@ -102,7 +102,7 @@ def test_rerun_skips_finished_cells_and_resumes_an_interrupted_one(tmp_path):
     out = tmp_path / "abl"
     args = ["experiment=ablation_digits", f"out_dir={out}", "seeds=[0]", "budget.kind=steps", "budget.value=2",
             "eval.points=2", "launcher=[python]",
-            "extra_args=['train.batch_size=8','train.eval_samples_per_class=3','train.log_every=1']",
+            "extra_args=['train.batch_size=8','eval.num_samples=30','train.log_every=1']",
             # two cheap cells: the conv pair and the same pair with a narrower D (a change inside the factor)
             "cells=[{generator:cwgan_gp,discriminator:cwgan_gp},"
             "{label:narrow_d,generator:cwgan_gp,discriminator:cwgan_gp,overrides:['model.discriminator.channel_max=32']}]"]

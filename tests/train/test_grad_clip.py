@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from transgan.registry import ConfigError
+from transgan.errors import ConfigError
 from transgan.train.config import compose_config
 from transgan.train.trainer import Trainer
 

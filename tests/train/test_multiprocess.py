@@ -22,7 +22,8 @@ from transgan.runs.checkpoint import checkpoint_path, list_checkpoints, load_che
 TINY = ["model=cwgan_gp", "model.resolution=16", "model.generator.channel_max=16", "model.discriminator.channel_max=16",
         "dataset=synthetic", "dataset.size=64", "train.batch_size=8", "train.n_critic=1", "train.ckpt_every=1",
         "train.keep_checkpoints=10",
-        "train.log_every=2", "train.sample_every=3", "train.eval_every=3", "train.cpu_threads=1", "train.device=cpu"]
+        "train.log_every=2", "train.sample_every=3", "train.eval_every=3", "train.cpu_threads=1", "train.device=cpu",
+        "eval.num_samples=40", "eval.batch_size=8"]
 
 
 def launch_two(repo_root: Path, probe_dir: Path, *args: str, sigterm: str = "") -> subprocess.CompletedProcess:
@@ -71,13 +72,14 @@ def test_two_processes_train_one_run_stop_together_and_resume(repo_root, tmp_pat
         assert digests(a) == digests(b), a["step"]
     assert len({r["G"] for r in s0}) == len({r["D"] for r in s0}) == 6
 
-    # One writer and one evaluator: the main process.
+    # One writer, the main process; evaluation is spread over both processes.
     writes = {(r["rank"], r["event"]) for r in rank0 + rank1 if r["event"] != "step"}
     assert writes == {(0, "save_atomic"), (0, "__init__"), (0, "scalars"), (0, "samples"), (0, "evaluate"),
-                      (0, "save_samples")}
+                      (1, "evaluate"), (0, "save_samples")}
     assert [p.name for p in list_checkpoints(run)] == [f"step-00000000{i}.pt" for i in range(1, 7)]
-    logged = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert logged == [2, 4, 6]  # one record per log step, not one per process
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if "images_per_s" in r] == [2, 4, 6]  # one per log step, not per process
+    assert [r["step"] for r in logged if "fd_digits" in r] == [3, 6]  # one per evaluation, not per process
     assert sorted(p.name for p in (run / "samples").iterdir()) == ["step-000000003.png", "step-000000006.png"]
     straight = load_checkpoint(checkpoint_path(run, 5))
     assert len(straight["rng"]) == 2  # each process's generators, restored to their owners on resume

@@ -15,12 +15,12 @@ import torch
 from transgan.runs.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 
 SMALL = ["model=cwgan_gp", "dataset=digits", "train.batch_size=16", "train.n_critic=2", "train.log_every=2",
-         "train.sample_every=4", "train.eval_every=4", "train.ckpt_every=4", "train.eval_samples_per_class=5",
+         "train.sample_every=4", "train.eval_every=4", "train.ckpt_every=4", "eval.num_samples=50",
          "dataset.num_workers=0"]
 
 
-def run_train(repo_root: Path, *args: str, launcher: bool = False) -> subprocess.CompletedProcess:
-    """Run the training tool in a fresh process, as a user would."""
+def run_train(repo_root: Path, *args: str, launcher: bool = False, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the training tool in a fresh process, as a user would (``check``: it must succeed)."""
     if launcher:
         cmd = [shutil.which("accelerate") or str(Path(sys.executable).parent / "accelerate"), "launch",
                "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
@@ -29,7 +29,7 @@ def run_train(repo_root: Path, *args: str, launcher: bool = False) -> subprocess
         cmd = [sys.executable, "tools/train.py", *args]
     env = {**os.environ, "PYTHONPATH": str(repo_root), "CUDA_VISIBLE_DEVICES": ""}
     out = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    assert out.returncode == 0 or not check, out.stdout[-3000:] + out.stderr[-5000:]
     return out
 
 

@@ -21,15 +21,16 @@ from typing import Any, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from transgan.errors import ConfigError
+from transgan.eval.metric_registry import METRICS, training_keys
 from transgan.train.config import CONFIG_DIR, compose_config, validate_config
 
 ABLATION_CONFIG_DIR = CONFIG_DIR / "ablation"
 ABLATED = ("generator", "discriminator")  # the factor: model.<key> may differ between cells
 BUDGET_KINDS = ("images", "steps", "seconds")
-TRAINER_METRICS = ("fd_digits", "digits_class_acc")  # what the trainer's own evaluation records (digits)
-# eval.json keys of tools/eval.py and the eval.metrics entry (or flag) that produces each
-TOOL_METRICS = {"fid": "fid", "kid_mean": "kid", "isc_mean": "isc", "precision": "prc", "recall": "prc",
-                "intra_fid": "intra_fid"}
+# What the trainer's own evaluation can record, and the eval.json keys of tools/eval.py with the
+# eval.metrics entry (or flag) that produces each: both from the one metric registry.
+TRAINER_METRICS = tuple(training_keys())
+TOOL_METRICS = {**{key: m.name for m in METRICS.values() for key in m.keys}, "intra_fid": "intra_fid"}
 # Keys the grid sets for every cell from its budget, evaluation, seeds and output folder.
 RESERVED = ("train.max_steps", "train.max_seconds", "train.eval_every", "train.sample_every", "train.ckpt_every",
             "train.keep_checkpoints", "seed", "resume", "hydra")
@@ -226,6 +227,8 @@ def plan_grid(cfg: DictConfig) -> list[Cell]:
         raise AblationError("eval.source=trainer measures digits runs only (the trainer evaluates nothing else); "
                             "use eval.source=tool with an eval.preset")
     train_keys = budget_overrides(cfg, composed[0][2].train)
+    # With the tool source, tools/eval.py evaluates the checkpoints afterwards: the runs evaluate nothing themselves.
+    quiet = ["eval.metrics=[]"] if cfg.eval.source == "tool" else []
     cells = []
     for label, args, base in composed:
         for seed in cfg.seeds:
@@ -233,8 +236,10 @@ def plan_grid(cfg: DictConfig) -> list[Cell]:
             full = OmegaConf.to_container(base)
             full["seed"] = int(seed)
             full["train"].update(train_keys)
+            if quiet:
+                full["eval"]["metrics"] = []
             overrides = [*args, f"seed={seed}", *(f"train.{k}={_hydra_value(v)}" for k, v in train_keys.items()),
-                         f"hydra.run.dir={run_dir}"]
+                         *quiet, f"hydra.run.dir={run_dir}"]
             cells.append(Cell(label=label, seed=int(seed), overrides=overrides,
                               cfg=validate_config(OmegaConf.create(full)), run_dir=run_dir))
     return cells

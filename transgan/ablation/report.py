@@ -9,13 +9,14 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from transgan.eval.metric_registry import lower_is_better
+
 # The issue's columns first, in its order; then what else a reader needs to check a row.
 COLUMNS = ["generator", "discriminator", "seed", "budget_kind", "budget", "metric", "metric_value", "class_acc",
            "params_g", "params_d", "flops_per_image", "images_per_s", "peak_mem_bytes", "wall_s",
            "cell", "steps", "images_seen", "train_s", "flops_g", "flops_d", "attention_flops_per_image",
            "peak_mem_kind", "run_dir"]
 CURVE_COLUMNS = ["cell", "seed", "step", "images_seen", "train_s", "time_s", "metric_value", "class_acc"]
-LOWER_IS_BETTER = {"fd_digits", "fid", "kid_mean", "intra_fid"}
 
 
 def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> Path:
@@ -58,7 +59,7 @@ def markdown_table(rows: Sequence[dict[str, Any]], order: Sequence[str], header:
     """A Markdown table of the cells, mean ± sample std over seeds; cells without results are listed as such."""
     groups = _grouped(rows)
     metric = rows[0]["metric"] if rows else "metric"
-    better = " (lower is better)" if metric in LOWER_IS_BETTER else ""
+    better = " (lower is better)" if lower_is_better(metric) else ""
     mem_kind = {r.get("peak_mem_kind") for r in rows} - {None}
     lines = [header.rstrip(), ""] if header else []
     lines += [f"| cell | G | D | seeds | {metric}{better} | class acc | params G | params D | GFLOPs/img (G+D fwd) "
@@ -110,7 +111,7 @@ def plot_curves(curves: Sequence[dict[str, Any]], order: Sequence[str], metric: 
 
     means = mean_curves(curves)
     ys = [p["metric_value"] for pts in means.values() for p in pts if math.isfinite(p["metric_value"])]
-    log_y = metric in LOWER_IS_BETTER and bool(ys) and min(ys) > 0
+    log_y = bool(lower_is_better(metric)) and bool(ys) and min(ys) > 0
     paths = []
     for x_key, x_label, name in (("images_seen", "real images shown to D", "quality_vs_images.png"),
                                  ("train_s", "training wall-clock, s (evaluation excluded)", "quality_vs_time.png")):

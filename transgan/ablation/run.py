@@ -25,6 +25,7 @@ import transgan
 from transgan.ablation.grid import (TOOL_METRICS, AblationError, Cell, compose_ablation, fingerprint,
                                     plan_grid)
 from transgan.ablation.report import COLUMNS, CURVE_COLUMNS, markdown_table, plot_curves, write_csv
+from transgan.errors import ConfigError
 from transgan.runs import checkpoint as ckpt
 from transgan.runs.files import atomic_write_text
 from transgan.train.config import CONFIG_DIR
@@ -127,14 +128,14 @@ def _plain(v: Any) -> str:
 
 def check_eval_protocol(cfg: DictConfig) -> None:
     """The tool source's protocol is valid, reports the metric, and its extractor weights are on disk."""
-    from transgan.eval.metrics import eval_config, protocol_weights
+    from transgan.eval.metrics import eval_config, load_preset, protocol_weights
 
     preset = None
     if cfg.eval.preset:
-        path = CONFIG_DIR / "eval" / f"{cfg.eval.preset}.yaml"
-        if not path.is_file():
-            raise AblationError(f"unknown eval.preset {cfg.eval.preset!r}; see configs/eval/")
-        preset = OmegaConf.load(path)
+        try:
+            preset = load_preset(cfg.eval.preset)
+        except ConfigError as e:
+            raise AblationError(str(e)) from None
     protocol = eval_config(preset, **OmegaConf.to_container(cfg.eval.overrides))
     needs = TOOL_METRICS[cfg.eval.metric]
     if not (needs in protocol.metrics or (needs == "intra_fid" and protocol.intra_fid)):

@@ -7,8 +7,10 @@
   <image folder>   image files already generated (needs dataset=<name> for the reference)
 
   eval=<preset>         a protocol from configs/eval/ (celeba64, flowers102_64, flowers102_128,
-                        flowers102_256, cifar10_32, digits); default: digits on the digits
-                        dataset, otherwise the plain defaults (Inception, 50k samples, train split)
+                        flowers102_256, cifar10_32, digits, synthetic); default: digits on the
+                        digits dataset, otherwise the plain defaults (Inception, 50k samples, train
+                        split); eval=run: the protocol the run used during training (its eval
+                        section), whose numbers equal those in its metrics.jsonl
   eval.<key>=<value>    change one protocol key, e.g. eval.num_samples=10000,
                         eval.allow_unverified_weights=true (weights not matching the published sha256),
                         eval.inception_weights=/path/weights-inception-2015-12-05-6726825d.pth,
@@ -28,6 +30,7 @@ extractor weights fail at once, before any image is generated, naming the file t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -41,7 +44,6 @@ from transgan.runs.checkpoint import run_dir_of
 from transgan.runs.load import find_checkpoint, load_generator  # (shared with generate/serve)
 from transgan.train.config import CONFIG_DIR
 
-_TABLE = ["fid", "kid_mean", "kid_std", "isc_mean", "isc_std", "precision", "recall", "intra_fid"]
 
 
 def parse_args(argv: Sequence[str]) -> dict[str, Any]:
@@ -76,11 +78,6 @@ def parse_args(argv: Sequence[str]) -> dict[str, Any]:
     return args
 
 
-def load_preset(name: str) -> Any:
-    """A protocol preset from configs/eval/<name>.yaml."""
-    return _load_option("eval", name, "eval preset")
-
-
 def load_dataset_config(name: str) -> Any:
     """A dataset config from configs/dataset/<name>.yaml."""
     return _load_option("dataset", name, "dataset")
@@ -101,7 +98,7 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
     """Evaluate what the command line names; print the table, write eval.json, return the results."""
     from omegaconf import OmegaConf
 
-    from transgan.eval.metrics import eval_config, evaluate, protocol_weights
+    from transgan.eval.metrics import eval_config, evaluate, load_preset, protocol_weights
 
     args = parse_args(argv)
     source = Path(args["source"]).expanduser()
@@ -127,7 +124,19 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
         raise ConfigError(f"bad override: {e}") from e
 
     preset = args["preset"] or ("digits" if dataset_cfg.get("name") == "digits" else None)
-    cfg = eval_config(load_preset(preset) if preset else None, **OmegaConf.to_container(eval_overrides))
+    if preset == "run":  # the protocol the run evaluated itself with during training
+        if run_cfg is None:
+            raise ConfigError("eval=run needs a run directory or checkpoint: a folder of images has no run")
+        from transgan.eval.training import training_evaluator
+        from transgan.train.config import validate_config
+
+        evaluator = training_evaluator(validate_config(run_cfg))
+        if evaluator is None:
+            raise ConfigError("eval=run: this run evaluated nothing during training (eval.metrics=[])")
+        base: Any = dataclasses.asdict(evaluator.protocol)
+    else:
+        base = load_preset(preset) if preset else None
+    cfg = eval_config(base, **OmegaConf.to_container(eval_overrides))
 
     protocol_weights(cfg)  # a missing weights file fails now, before the checkpoint is even built
     info: dict[str, Any] = {"source": str(source), "preset": preset}
@@ -154,7 +163,9 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
 def format_table(results: dict[str, Any]) -> str:
     """The metrics and the protocol's main facts as an aligned text table."""
     p = results["protocol"]
-    rows = [(k, f"{results[k]:.4f}") for k in _TABLE if k in results]
+    from transgan.eval.metric_registry import result_keys
+
+    rows = [(k, f"{results[k]:.4f}") for k in result_keys() if k in results and k != "f_score"]
     rows += [("extractor", str(p["extractor"])),
              ("weights sha256", (p["weights_sha256"] or "(no weights file)")[:16]),
              ("samples", str(p["num_samples"])),

@@ -82,6 +82,11 @@ def _torch_fidelity_weights() -> dict[str, WeightsFile]:
 
 
 WEIGHTS.update(_torch_fidelity_weights())
+# The digits judge shipped in transgan/assets/: its digest is the published one (a judge retrained with
+# tools/train_digits_judge.py, or a test's random one, is another judge and is refused unless allowed).
+WEIGHTS[FD_DIGITS] = WeightsFile(
+    "digits judge weights (fd-digits)", "digits_judge.safetensors", "the transgan package (transgan/assets/)",
+    "eval.extractor_weights", "90e1104db413105a45dba500290888a6e581a68da75e76953e7e5c4cd0bff64c")
 
 
 def weights_path_argument(extractor: str, path: Optional[Path]) -> Optional[str]:

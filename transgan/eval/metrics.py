@@ -25,23 +25,12 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
 from transgan.errors import ConfigError
+from transgan.eval.metric_registry import METRICS, MetricInputs, metric_names, result_keys
 from transgan.eval.extractors import (
     FD_DIGITS, MissingWeightsError, file_sha256, resolve_weights, verify_weights, weights_path_argument)
 from transgan.eval.sampling import GeneratorSource, LazyDataset, RealImages, check_truncation, dataset_labels
 from transgan.runs.files import atomic_write_text
 
-METRICS = ("fid", "kid", "isc", "prc")
-# torch-fidelity's result keys -> ours (eval.json)
-_KEYS = {
-    torch_fidelity.KEY_METRIC_FID: "fid",
-    torch_fidelity.KEY_METRIC_KID_MEAN: "kid_mean",
-    torch_fidelity.KEY_METRIC_KID_STD: "kid_std",
-    torch_fidelity.KEY_METRIC_ISC_MEAN: "isc_mean",
-    torch_fidelity.KEY_METRIC_ISC_STD: "isc_std",
-    torch_fidelity.KEY_METRIC_PRECISION: "precision",
-    torch_fidelity.KEY_METRIC_RECALL: "recall",
-    torch_fidelity.KEY_METRIC_F_SCORE: "f_score",
-}
 # Dataset-config keys that do not change the reference images (left out of the cache key;
 # split and resolution are in the cache name itself).
 _NOT_IMAGES = {"num_workers", "augment", "download", "conditional", "split", "resolution", "cache", "bad_images"}
@@ -98,7 +87,9 @@ def eval_config(cfg: Union[EvalConfig, Mapping[str, Any], DictConfig, None] = No
     out = EvalConfig(**OmegaConf.to_container(merged, resolve=True))
     unknown = [m for m in out.metrics if m not in METRICS]
     checks = [
-        (not unknown, f"eval.metrics has unknown metric(s) {unknown}; choose from {list(METRICS)}"),
+        (not unknown, f"eval.metrics has unknown metric(s) {unknown}; choose from {metric_names()}"),
+        ("class_acc" not in out.metrics or out.extractor == FD_DIGITS,
+         f"eval.metrics=[class_acc] needs the digits judge as classifier: eval.extractor={FD_DIGITS}"),
         (out.metrics or out.intra_fid, "eval.metrics is empty and eval.intra_fid is off: nothing to compute"),
         (out.num_samples >= 2, "eval.num_samples must be >= 2"),
         (out.batch_size >= 1, "eval.batch_size must be >= 1"),
@@ -117,6 +108,22 @@ def eval_config(cfg: Union[EvalConfig, Mapping[str, Any], DictConfig, None] = No
         raise ConfigError(f"unknown feature extractor {out.extractor!r}; registered: "
                           f"{sorted(FEATURE_EXTRACTORS_REGISTRY)}")
     return out
+
+
+PRESET_DIR = Path(__file__).resolve().parents[1] / "configs" / "eval"  # the protocol presets (package data)
+
+
+def preset_names() -> list[str]:
+    """The protocol presets of configs/eval/."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_preset(name: str) -> DictConfig:
+    """A protocol preset from configs/eval/<name>.yaml; unknown names fail, listing the known ones."""
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown eval preset {name!r}; available: {preset_names()}")
+    return OmegaConf.load(path)
 
 
 def default_cache_dir() -> Path:
@@ -263,6 +270,89 @@ def _extractors(cfg: EvalConfig) -> dict[str, list[str]]:
     return plan
 
 
+def process_group() -> tuple[int, int]:
+    """(rank, number of processes) of the initialized process group; (0, 1) without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def share_from_main(value: Any) -> Any:
+    """The main process's ``value`` on every process (itself where there is one process)."""
+    rank, world = process_group()
+    if world == 1:
+        return value
+    import torch.distributed as dist
+
+    box = [value if rank == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def feature_extractor(name: str, metrics: list[str], weights: Optional[Path], device: torch.device,
+                      verbose: bool = False) -> torch_fidelity.FeatureExtractorBase:
+    """torch-fidelity's extractor ``name`` with the feature layers the given torch-fidelity metrics read."""
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+    from torch_fidelity.utils import create_feature_extractor
+
+    cls = FEATURE_EXTRACTORS_REGISTRY[name]
+    layers = sorted({cls.get_default_feature_layer_for_metric(m) for m in metrics})
+    extractor = create_feature_extractor(name, layers, cuda=False, verbose=verbose,
+                                         feature_extractor_weights_path=weights_path_argument(name, weights))
+    return extractor.to(device)
+
+
+def generated_features(gen: GeneratorSource, extractor: torch_fidelity.FeatureExtractorBase, batch_size: int,
+                       seed: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Features of ``gen.num_samples`` generated images, the batches spread over all processes.
+
+    The latents are torch-fidelity's (one seeded NumPy stream, batch after batch: every process
+    draws them all and generates its own batches, j = rank, rank + P, ...), and each batch is the
+    same whatever the number of processes, so the gathered features equal one process's and
+    ``torch_fidelity.calculate_metrics`` on the same generator. Every process gets all features.
+    """
+    from torch_fidelity.noise import random_normal
+
+    rank, world = process_group()
+    n = gen.num_samples
+    size = min(batch_size, n)
+    starts = list(range(0, n, size))
+    rng = np.random.RandomState(seed)
+    mine: list[dict[str, torch.Tensor]] = []
+    # A generator's own randomness (StyleGAN's noise inputs) comes from torch's global RNG: seeded per
+    # batch, so a batch is the same images on whichever process makes it; the caller's RNG is left as it was.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for j, start in enumerate(starts):
+            z = random_normal(rng, (min(size, n - start), gen.z_size))  # drawn by all: the stream stays one
+            if j % world == rank:
+                torch.manual_seed(int(np.random.SeedSequence([seed, j]).generate_state(1)[0]))
+                with torch.no_grad():
+                    out = extractor(gen.images(z.to(device), start))
+                mine.append(extractor.convert_features_tuple_to_dict(out))
+    layers = extractor.get_requested_features_list()
+    if world == 1:
+        return {k: torch.cat([f[k].cpu() for f in mine]) for k in layers}
+    from accelerate.utils import gather
+
+    # Every process sends the same shape: its batches padded to `slots` full ones (process 0 tells
+    # the others each layer's feature shape and dtype, as a process may have no batch at all).
+    slots = -(-len(starts) // world)
+    shapes = share_from_main({k: (tuple(mine[0][k].shape[1:]), mine[0][k].dtype) for k in layers} if rank == 0
+                             else None)
+    out = {}
+    for k in layers:
+        shape, dtype = shapes[k]
+        padded = torch.zeros(slots, size, *shape, dtype=dtype, device=device)
+        for s, f in enumerate(mine):
+            padded[s, :f[k].shape[0]] = f[k].to(device)
+        every = gather(padded).view(world, slots, size, *shape)  # process r's slot s is batch s * world + r
+        out[k] = torch.cat([every[j % world, j // world, :min(size, n - start)]
+                            for j, start in enumerate(starts)]).cpu()
+    return out
+
+
 def protocol_weights(cfg: EvalConfig) -> dict[str, Optional[Path]]:
     """The local weights file of every extractor the protocol uses; fails clearly when one is missing."""
     configured = {"inception-v3-compat": cfg.inception_weights, "vgg16": cfg.vgg16_weights}
@@ -346,19 +436,42 @@ def evaluate(source: Source, dataset_cfg: Mapping[str, Any], cfg: Union[EvalConf
                   cache_root=str(cache_dir), cache=True, save_cpu_ram=loader_workers == 0,
                   samples_find_deep=True, samples_resize_and_crop=int(resolution), samples_shuffle=True,
                   isc_splits=cfg.isc_splits, prc_neighborhood=cfg.prc_neighborhood, kid_subsets=cfg.kid_subsets)
+    rank, _ = process_group()
 
     def class_seed(k: int) -> int:
         return cfg.seed + 1 + k  # intra-FID: each class its own latents, none shared with the main set
 
-    def first_input(fixed_class: Optional[int] = None, n: Optional[int] = None) -> dict[str, Any]:
+    def weights_key(name: str) -> str:
+        return f"-w{weights_info[name]['sha256'][:8]}" if weights_info[name] else ""
+
+    def features(extractor: Any, kwargs: dict[str, Any], fixed_class: Optional[int] = None,
+                 n: Optional[int] = None, seed: int = cfg.seed) -> tuple[dict[str, torch.Tensor], Optional[torch.Tensor]]:
+        """Features of the evaluated images (and the labels asked of a generator)."""
         if is_generator:
             gen = GeneratorSource(source, n or cfg.num_samples, seed=cfg.seed, fixed_class=fixed_class,
                                   truncation_psi=cfg.truncation_psi)
-            return dict(input1=gen, input1_model_num_samples=gen.num_samples)
-        return dict(input1=str(source) if isinstance(source, Path) else source)
+            return generated_features(gen, extractor, cfg.batch_size, seed, device), gen.labels
+        from torch_fidelity.utils import extract_featuresdict_from_input_id
 
-    def weights_key(name: str) -> str:
-        return f"-w{weights_info[name]['sha256'][:8]}" if weights_info[name] else ""
+        first = str(source) if isinstance(source, Path) else source
+        return extract_featuresdict_from_input_id(1, extractor, **dict(kwargs, input1=first)), None
+
+    def compute(names: list[str], extractor: Any, generated: dict[str, torch.Tensor], labels: Optional[torch.Tensor],
+                reference_images: Dataset, cache_name: str, kwargs: dict[str, Any]) -> dict[str, float]:
+        """The registered metrics ``names`` on these features (main process only)."""
+        from torch_fidelity.metric_fid import fid_input_id_to_statistics_cached
+        from torch_fidelity.utils import extract_featuresdict_from_input_id_cached
+
+        ref_kwargs = dict(kwargs, input2=reference_images, input2_cache_name=cache_name)
+        inputs = MetricInputs(
+            generated=generated, layer=extractor.get_default_feature_layer_for_metric, labels=labels,
+            reference_features=lambda: extract_featuresdict_from_input_id_cached(2, extractor, **ref_kwargs),
+            reference_fid_statistics=lambda layer: fid_input_id_to_statistics_cached(2, extractor, layer, **ref_kwargs),
+            options=kwargs)
+        out: dict[str, float] = {}
+        for m in names:
+            out.update(METRICS[m].fn(inputs))
+        return out
 
     results: dict[str, Any] = {}
     kid_subset_size = per_class_n = None
@@ -367,33 +480,41 @@ def evaluate(source: Source, dataset_cfg: Mapping[str, Any], cfg: Union[EvalConf
         source.eval()  # sampling, not training: batch norm and dropout in inference mode
     try:
         for name, metrics in plan.items():
-            if not metrics:
+            if not metrics and not (cfg.intra_fid and name == cfg.extractor):
                 continue
-            kwargs = dict(common, feature_extractor=name, feature_extractor_weights_path=weights_path_argument(name, weights[name]),
-                          **{m: m in metrics for m in METRICS})
-            if "kid" in metrics:  # torch-fidelity refuses subsets larger than either set
-                n1 = n_generated if n_generated is not None else _count_images(source)
-                kid_subset_size = min(cfg.kid_subset_size, n1, reference.size())
-                kwargs["kid_subset_size"] = kid_subset_size
-            out = torch_fidelity.calculate_metrics(**first_input(), input2=reference.images(),
-                                                   input2_cache_name=reference.name + weights_key(name), **kwargs)
-            results.update({_KEYS[k]: float(v) for k, v in out.items() if k in _KEYS})
+            wanted = [METRICS[m].feature for m in metrics] + (["fid"] if cfg.intra_fid and name == cfg.extractor else [])
+            extractor = feature_extractor(name, wanted, weights[name], device, verbose=cfg.verbose)
+            kwargs = dict(common, feature_extractor=name,
+                          feature_extractor_weights_path=weights_path_argument(name, weights[name]))
+            if metrics:
+                generated, labels = features(extractor, kwargs)
+                if any(METRICS[m].needs_labels for m in metrics) and (labels is None or num_classes != 10):
+                    raise ConfigError("eval.metrics=[class_acc] needs a generator conditioned on the 10 digits")
+                if rank == 0:
+                    if "kid" in metrics:  # torch-fidelity refuses subsets larger than either set
+                        n1 = next(iter(generated.values())).shape[0]
+                        kid_subset_size = min(cfg.kid_subset_size, n1, reference.size())
+                        kwargs["kid_subset_size"] = kid_subset_size
+                    results.update(compute(metrics, extractor, generated, labels, reference.images(),
+                                           reference.name + weights_key(name), kwargs))
 
-        if cfg.intra_fid:  # FID per class against that class's reference images, averaged
-            per_class_n = cfg.intra_fid_samples_per_class or max(2, cfg.num_samples // num_classes)
-            fids = []
-            for k in range(num_classes):
-                out = torch_fidelity.calculate_metrics(
-                    **first_input(fixed_class=k, n=per_class_n), input2=reference.class_images(k),
-                    input2_cache_name=f"{reference.name}-class{k}{weights_key(cfg.extractor)}",
-                    **dict(common, rng_seed=class_seed(k), feature_extractor=cfg.extractor,
-                           feature_extractor_weights_path=weights_path_argument(cfg.extractor, weights[cfg.extractor]), fid=True))
-                fids.append(float(out[torch_fidelity.KEY_METRIC_FID]))
-            results["intra_fid"] = float(np.mean(fids))
-            results["intra_fid_per_class"] = fids
+            if cfg.intra_fid and name == cfg.extractor:  # FID per class against that class's images, averaged
+                per_class_n = cfg.intra_fid_samples_per_class or max(2, cfg.num_samples // num_classes)
+                fids = []
+                for k in range(num_classes):
+                    generated, _ = features(extractor, kwargs, fixed_class=k, n=per_class_n, seed=class_seed(k))
+                    if rank == 0:
+                        fids.append(compute(["fid"], extractor, generated, None, reference.class_images(k),
+                                            f"{reference.name}-class{k}{weights_key(name)}",
+                                            dict(kwargs, rng_seed=class_seed(k)))["fid"])
+                if rank == 0:
+                    results["intra_fid"] = float(np.mean(fids))
+                    results["intra_fid_per_class"] = fids
     finally:
         if is_generator:
             source.train(was_training).to(home)
+    if rank != 0:  # the main process computed the numbers from everyone's features; it tells the others
+        return share_from_main(None)
 
     ref = reference.info()
     # The extractor behind the numbers: eval.extractor, unless all it was asked for went elsewhere
@@ -425,7 +546,8 @@ def evaluate(source: Source, dataset_cfg: Mapping[str, Any], cfg: Union[EvalConf
                    "folder": (f"{resolution}x{resolution} by torch-fidelity (Resize + CenterCrop)"
                               if isinstance(source, Path) else None),
                    "extractor": {name: _EXTRACTOR_RESIZE.get(name, "the extractor's own") for name in plan}},
-        "feature_layers": {name: {m: _feature_layer(name, m) for m in metrics + (["fid"] if not metrics else [])}
+        "feature_layers": {name: {m: _feature_layer(name, METRICS[m].feature)
+                                  for m in metrics + (["fid"] if not metrics else [])}
                            for name, metrics in plan.items()},
         "device": str(device),
         "dtype": "float32",  # torch-fidelity's extractors compute in float32 (their internal dtype default)
@@ -440,8 +562,8 @@ def evaluate(source: Source, dataset_cfg: Mapping[str, Any], cfg: Union[EvalConf
         "versions": {"torch_fidelity": torch_fidelity.__version__, "torch": torch.__version__,
                      "torchvision": _version("torchvision"), "PIL": _version("PIL"), "numpy": np.__version__},
     }
-    order = [*_KEYS.values(), "intra_fid", "intra_fid_per_class", "protocol"]
-    return {k: results[k] for k in order if k in results}
+    order = [*result_keys(), "intra_fid_per_class", "protocol"]
+    return share_from_main({k: results[k] for k in order if k in results})
 
 
 def fd_digits(G: nn.Module, dataset_cfg: Mapping[str, Any], num_samples: int = 1000, seed: int = 0,

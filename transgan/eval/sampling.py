@@ -105,14 +105,20 @@ class GeneratorSource(GenerativeModelBase):
     @torch.no_grad()
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """One batch of uint8 RGB images [B, 3, H, W] on the device torch-fidelity put ``z`` on."""
+        out = self.images(z, self.drawn)
+        self.drawn += z.shape[0]
+        return out
+
+    @torch.no_grad()
+    def images(self, z: torch.Tensor, start: int) -> torch.Tensor:
+        """uint8 RGB images of samples ``start .. start + len(z)`` (their labels are those samples')."""
         device = next(self.G.parameters()).device
         n = z.shape[0]
         c = None
         if self.labels is not None:
-            if self.drawn + n > self.num_samples:
+            if start + n > self.num_samples:
                 raise RuntimeError(f"asked for more than the {self.num_samples} samples this source was built for")
-            c = self.labels[self.drawn:self.drawn + n].to(device)
-        self.drawn += n
+            c = self.labels[start:start + n].to(device)
         images = self.generate(z.to(device), c)
         expected = (n, int(self.G.img_channels), int(self.G.img_resolution), int(self.G.img_resolution))
         if tuple(images.shape) != expected:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from transgan.errors import CheckpointError
-from transgan.runs.files import atomic_write
+from transgan.runs.files import atomic_write, atomic_write_text
 
 FORMAT = "transgan-checkpoint-v1"
 _NAME = re.compile(r"^step-(\d{9})\.pt$")
@@ -114,10 +114,33 @@ def unfit_state_is_refused(path: Path) -> Iterator[None]:
 def remove_partial_writes(run_dir: Path) -> int:
     """Delete temporary files of checkpoint writes that never finished (their writer was killed)."""
     folder = Path(run_dir) / "checkpoints"
-    stale = list(folder.glob(".step-*.tmp")) if folder.is_dir() else []
+    stale = [*folder.glob(".step-*.tmp"), *folder.glob(".best.*.tmp")] if folder.is_dir() else []
     for tmp in stale:
         tmp.unlink(missing_ok=True)
     return len(stale)
+
+
+def best_path(run_dir: Path) -> Path:
+    """The best checkpoint by the run's chosen metric: ``checkpoints/best.pt`` (never pruned, not resumed from)."""
+    return Path(run_dir) / "checkpoints" / "best.pt"
+
+
+def save_best(state: dict[str, Any], run_dir: Path, record: dict[str, Any]) -> None:
+    """Write ``state`` as best.pt and its record (step, metric, value) as best.json beside it, each atomically."""
+    import json
+
+    save_atomic(state, best_path(run_dir))
+    atomic_write_text(best_path(run_dir).with_name("best.json"), json.dumps(record) + "\n")
+
+
+def read_best(run_dir: Path) -> dict[str, Any] | None:
+    """The record of the run's best checkpoint (``{"step", "metric", "value"}``), or None before there is one."""
+    import json
+
+    path = best_path(run_dir).with_name("best.json")
+    if not path.is_file() or not best_path(run_dir).is_file():
+        return None
+    return json.loads(path.read_text())
 
 
 def prune_checkpoints(run_dir: Path, keep: int) -> None:

@@ -46,11 +46,28 @@ class TrainConfig:
     eval_every: int = 500
     ckpt_every: int = 500
     keep_checkpoints: int = 3
-    eval_samples_per_class: int = 100
     sample_grid_cols: int = 8
     device: str = "auto"
     cpu_threads: Optional[int] = None
     max_nonfinite_in_row: int = 20
+
+
+@dataclasses.dataclass
+class RunEvalConfig:
+    """Schema of the ``eval`` section: the evaluation during training (built by transgan/eval/training.py)."""
+
+    preset: str = "auto"
+    metrics: Optional[list[str]] = None
+    num_samples: Optional[int] = None
+    best: Optional[str] = "auto"
+    extractor: Optional[str] = None
+    batch_size: Optional[int] = None
+    inception_weights: Optional[str] = None
+    vgg16_weights: Optional[str] = None
+    extractor_weights: Optional[str] = None
+    download_weights: bool = False
+    allow_unverified_weights: bool = False
+    cache_dir: Optional[str] = None
 
 
 def _check_train(train: DictConfig) -> None:
@@ -197,18 +214,20 @@ def _run_choice(key: str, run_cfg: DictConfig, overrides: Sequence[str], config_
 
 def validate_config(cfg: DictConfig) -> DictConfig:
     """Check the top-level keys and the ``train`` schema; return a resolved, read-only copy."""
-    expected = {"model", "dataset", "loss", "train", "seed", "resume", "recipe"}
-    keys = set(cfg.keys())
+    expected = {"model", "dataset", "loss", "train", "eval", "seed", "resume", "recipe"}
+    keys = set(cfg.keys()) | {"eval"}  # runs from before the eval section get its defaults
     if keys - expected:
         raise ConfigError(f"unknown top-level config key(s) {sorted(keys - expected)}; expected {sorted(expected)}")
     if expected - keys:
         raise ConfigError(f"missing top-level config key(s) {sorted(expected - keys)}")
     try:
         train = OmegaConf.merge(OmegaConf.structured(TrainConfig), cfg.train)
+        evaluation = OmegaConf.merge(OmegaConf.structured(RunEvalConfig), cfg.get("eval") or {})
         resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     except Exception as e:  # OmegaConf raises several types for the same kind of mistake
         raise ConfigError(f"bad config: {e}".strip()) from e
     resolved.train = train
+    resolved.eval = evaluation
     _check_train(resolved.train)
     for key in ("generator", "discriminator", "resolution"):
         if key not in resolved.model:

@@ -11,14 +11,14 @@ only the schedule. It knows no backbone by name.
 from __future__ import annotations
 
 import copy
-from contextlib import nullcontext
 import logging
 import math
 import time
 from collections import defaultdict
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Protocol, Sequence
 
 import torch
 import torch.nn as nn
@@ -95,10 +95,25 @@ def resolve_run(argv: Sequence[str]) -> tuple[DictConfig, str, Optional[Path]]:
     return cfg, str(run_dir), latest
 
 
+class Evaluator(Protocol):
+    """The training-time metrics a Trainer is handed (it imports no evaluation code).
+
+    Called with G_ema on every process at every evaluation point (it may be collective);
+    returns the same ``{key: value}`` on every process. ``best_metric`` names the key that
+    picks ``checkpoints/best.pt`` (None: none kept), ``lower_is_better`` its direction.
+    """
+
+    best_metric: Optional[str]
+    lower_is_better: bool
+
+    def __call__(self, G: nn.Module, step: int) -> dict[str, float]: ...
+
+
 class Trainer:
     """Builds everything a run needs from a validated config, then trains."""
 
-    def __init__(self, cfg: DictConfig, run_dir_pattern: str, resume_from: Optional[Path] = None) -> None:
+    def __init__(self, cfg: DictConfig, run_dir_pattern: str, resume_from: Optional[Path] = None,
+                 evaluator: Optional[Evaluator] = None) -> None:
         from accelerate import Accelerator
         from accelerate.utils import broadcast_object_list, set_seed
 
@@ -193,7 +208,8 @@ class Trainer:
         if state is not None:
             ckpt.restore_rng_state(state["rng"][acc.process_index])
         self.writer = None
-        self.judge = None
+        self.evaluator = evaluator
+        self.best: Optional[dict] = None  # the record of checkpoints/best.pt (main process)
         self._log_now = False
         # Non-finite bookkeeping lives on the device (read only at sync points, see _check_numerics).
         self._skipped = torch.tensor(self.progress.skipped_steps, device=acc.device)
@@ -323,26 +339,26 @@ class Trainer:
         self.writer.samples(self.progress.step, images, nrow=self.cfg.train.sample_grid_cols)
 
     def evaluate(self) -> dict[str, float]:
-        """Training-time metrics on G_ema (main process only): on digits, digits_class_acc and fd_digits."""
-        if self.cfg.dataset.name != "digits":
+        """The metrics the Trainer was handed, of G_ema (on every process: evaluation is spread over them)."""
+        if self.evaluator is None:
             return {}
-        from transgan.eval.digits_judge import digits_class_accuracy, load_digits_judge
-        from transgan.eval.metrics import fd_digits
+        return self.evaluator(self.G_ema, self.progress.step)
 
-        n_per_class = self.cfg.train.eval_samples_per_class
-        metrics = {}
-        if self.num_classes == 10:
-            if self.judge is None:
-                self.judge = load_digits_judge(device=self.accelerator.device)
-            metrics["digits_class_acc"] = digits_class_accuracy(self.G_ema, self.judge, n_per_class=n_per_class,
-                                                                seed=self.cfg.seed, device=self.accelerator.device)
-        # FD-digits: 10 x eval_samples_per_class samples against the digits train split (statistics cached).
-        metrics["fd_digits"] = fd_digits(self.G_ema, self.cfg.dataset, num_samples=10 * n_per_class,
-                                         seed=self.cfg.seed)
-        return metrics
+    def _new_best(self, metrics: dict[str, float]) -> Optional[dict]:
+        """The best.json record when ``metrics`` beat the best so far by the chosen metric, else None."""
+        key = self.evaluator.best_metric if self.evaluator is not None else None
+        value = metrics.get(key) if key else None
+        if value is None or not math.isfinite(value):
+            return None
+        old = self.best["value"] if self.best is not None else None
+        lower = self.evaluator.lower_is_better
+        if old is not None and not (value < old if lower else value > old):
+            return None
+        return {"step": self.progress.step, "metric": key, "value": value,
+                "direction": "lower is better" if lower else "higher is better"}
 
-    def save_checkpoint(self) -> None:
-        """Every process contributes its RNG state; the main process writes the file."""
+    def save_checkpoint(self, regular: bool = True, best: Optional[dict] = None) -> None:
+        """Every process contributes its RNG state; the main process writes the step file and/or best.pt."""
         acc = self.accelerator
         rng = ckpt.gather_rng_states()
         if acc.is_main_process:
@@ -361,8 +377,12 @@ class Trainer:
                 "class_names": list(self.dataset.class_names) if self.num_classes else [],
                 "config": OmegaConf.to_yaml(self.cfg),
             }
-            ckpt.save_atomic(state, ckpt.checkpoint_path(self.run_dir, self.progress.step))
-            ckpt.prune_checkpoints(self.run_dir, self.cfg.train.keep_checkpoints)
+            if regular:
+                ckpt.save_atomic(state, ckpt.checkpoint_path(self.run_dir, self.progress.step))
+                ckpt.prune_checkpoints(self.run_dir, self.cfg.train.keep_checkpoints)
+            if best is not None:  # best.pt is not a step-*.pt file: pruning and resume never touch it
+                ckpt.save_best(state, self.run_dir, best)
+                self.best = best
         acc.wait_for_everyone()
 
     # ------------------------------------------------------------------ loop
@@ -418,6 +438,7 @@ class Trainer:
             (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(self.cfg))
             self.writer = RunWriter(self.run_dir)
             log.info("run directory: %s", self.run_dir)
+            self.best = ckpt.read_best(self.run_dir)  # a resumed run keeps beating its own best
             stale = ckpt.remove_partial_writes(self.run_dir)
             if stale:
                 log.info("removed %d partial checkpoint write(s) of an interrupted run", stale)
@@ -484,19 +505,23 @@ class Trainer:
             if acc.is_main_process and (p.step % t.sample_every == 0 or last):
                 with ckpt.preserved_rng_state():
                     self.save_samples()
-            if acc.is_main_process and (p.step % t.eval_every == 0 or last):
+            best = None
+            if self.evaluator is not None and (p.step % t.eval_every == 0 or last):
                 with ckpt.preserved_rng_state():  # metrics must not shift the training stream
-                    metrics = self.evaluate()
-                if metrics:
+                    metrics = self.evaluate()  # every process generates and embeds its share
+                if acc.is_main_process and metrics:
                     self.writer.scalars(p.step, {**metrics, "images_seen": p.images_seen, "time_s": p.elapsed_s,
                                                   "train_s": p.elapsed_s - p.overhead_s},
                                         group="eval")
                     bar.write(f"step {p.step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+                    best = self._new_best(metrics)
+                best = _from_main(best, acc)  # the main process holds the record; all join the write
             # A checkpoint falls due every ckpt_every steps and waits for a step without a non-finite
             # skip, so a run that goes bad never replaces its good checkpoints with ones from the streak.
-            if last or (ckpt_due and p.nonfinite_in_row == 0):
-                self.save_checkpoint()
-                ckpt_due = False
+            regular = last or (ckpt_due and p.nonfinite_in_row == 0)
+            if regular or best is not None:
+                self.save_checkpoint(regular=regular, best=best)
+                ckpt_due = ckpt_due and not regular
             p.overhead_s += time.perf_counter() - outputs_start
 
 
@@ -519,6 +544,15 @@ def _all_processes_agree(ok: torch.Tensor, acc: "Accelerator") -> torch.Tensor: 
     flag = ok.to(torch.int32)
     dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     return flag.bool()
+
+
+def _from_main(value: object, acc: "Accelerator") -> object:  # noqa: F821
+    """The main process's ``value`` on every process."""
+    if acc.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value])[0]
 
 
 def _control_group(acc: "Accelerator") -> Optional[object]:  # noqa: F821
