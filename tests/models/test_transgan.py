@@ -107,7 +107,7 @@ def test_paper_recipe_preset_sets_the_papers_training_recipe(repo_root):
     assert (loss.adversarial, loss.gp_weight, loss.drift_weight) == ("wgan", 10.0, 1e-3)
     assert (t.lr_g, t.lr_d, tuple(t.betas_g), tuple(t.betas_d)) == (1e-4, 1e-4, (0.0, 0.99), (0.0, 0.99))
     assert (t.n_critic, t.grad_clip, t.ema_rampup) == (4, 5.0, 0.1)
-    assert set(t.diffaugment.split(",")) == {"translation", "cutout", "color"}
+    assert t.augment == "diffaugment" and set(t.diffaugment.split(",")) == {"translation", "cutout", "color"}
     assert cfg.model.resolution == 32 and list(cfg.model.generator.depths) == [5, 4, 2]
     cfg, _ = compose_config([select, "model=transgan_64", "train.n_critic=5"])  # the command line wins
     assert cfg.model.resolution == 64 and cfg.train.n_critic == 5 and cfg.loss.drift_weight == 1e-3
