@@ -124,7 +124,8 @@ def summarize(out: Path, modes: Sequence[str], seeds: Sequence[int]) -> dict[str
     return summary
 
 
-def markdown(summary: dict[str, Any], metrics: Sequence[str] = ("fd_digits", "digits_class_acc", "d_overfit_gap")) -> str:
+def markdown(summary: dict[str, Any],
+             metrics: Sequence[str] = ("fd_digits", "digits_class_acc", "d_overfit_gap", "r_t", "ada_p")) -> str:
     """One table per metric: rows are steps, columns modes, cells mean ± std [95% interval]."""
     modes = [m for m in summary if summary[m]]
     text = []
