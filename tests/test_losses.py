@@ -201,6 +201,8 @@ def test_d_main_adds_weighted_gradient_penalty_and_drift():
     assert torch.allclose(stats["gp"], gp, rtol=1e-5)
     assert torch.allclose(stats["drift"], (r**2).mean(), rtol=1e-5)
     assert torch.allclose(stats["d_real"], r.mean()) and torch.allclose(stats["d_fake"], f.mean())
+    # r_t, ADA's overfitting heuristic: the fraction of reals D scores positive, mapped to [-1, 1]
+    assert torch.allclose(stats["r_t"], torch.tensor(2 * (r > 0).float().mean().item() - 1))
     assert torch.equal(stats["loss_d"], total.detach())
     assert all(not v.requires_grad and v.ndim == 0 for v in stats.values())
     total.backward()

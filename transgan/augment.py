@@ -346,9 +346,14 @@ class AdaptiveAugment:
     def observe(self, d_real: Tensor) -> None:
         """Accumulate D's outputs on (augmented) reals of one batch; update p at the end of an interval."""
         d = d_real.detach()
+        self.observe_signs(d.sign().sum(dtype=torch.float64), d.numel())
+
+    def observe_signs(self, sign_sum: Tensor, count: int) -> None:
+        """Accumulate one batch given as the sum of sign(D(real)) over its ``count`` images (a tensor, e.g.
+        already summed over processes); update p at the end of an interval."""
         # kept on the device until the interval closes: no host sync per step
-        self._sign_sum = self._sign_sum + d.sign().sum(dtype=torch.float64)
-        self._count += d.numel()
+        self._sign_sum = self._sign_sum + sign_sum.detach().to(torch.float64)
+        self._count += int(count)
         self._batches += 1
         if self._batches >= self.interval:
             self.update()

@@ -284,7 +284,9 @@ class GANLoss:
         real_logits = self._logits(D, real, c_real)
         fake_logits = self._logits(D, fake, c_fake)
         loss = self.d_adversarial(real_logits, fake_logits)
-        stats = {"d_real": real_logits.mean(), "d_fake": fake_logits.mean(), "loss_d_adv": loss}
+        # r_t, ADA's overfitting heuristic: E[sign(D(real))] on the (augmented) reals D trains on.
+        stats = {"d_real": real_logits.mean(), "d_fake": fake_logits.mean(), "r_t": real_logits.sign().mean(),
+                 "loss_d_adv": loss}
         if self.gp_weight > 0:
             # Gradient penalty on real-fake interpolates; they take the real image's class.
             gp = gradient_penalty(self._sees(D), real, fake, c_real, center=self.gp_center,

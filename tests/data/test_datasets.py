@@ -195,3 +195,20 @@ def test_max_images_is_a_config_key_of_every_dataset():
         assert cfg_.dataset.max_images is None
     cfg_, _ = compose_config(["dataset=digits", "dataset.max_images=300"])
     assert cfg_.dataset.max_images == 300 and len(build_dataset(cfg_.dataset, 8)) == 300
+
+
+def test_heldout_split_for_the_overfitting_monitor(tmp_path):
+    from transgan.data import build_heldout_dataset
+
+    # digits: the fixed test split, whole (not limited by the training run's max_images)
+    held = build_heldout_dataset(cfg("digits", channels=1, max_images=50), 8)
+    test = build_dataset(cfg("digits", channels=1, split="test"), 8)
+    assert torch.equal(held.images, test.images) and held.split == "test"
+    # flowers102: val, the smaller held-out split
+    make_flowers102(tmp_path, per_split=(6, 3, 3), num_classes=3)
+    held = build_heldout_dataset(cfg("flowers102", tmp_path), 8)
+    assert held.split == "val" and len(held) == 3
+    # none where the data has no split, or the run itself trains on another split
+    make_imagefolder(tmp_path / "f", {"a": 3})
+    assert build_heldout_dataset(cfg("imagefolder", tmp_path / "f"), 8) is None
+    assert build_heldout_dataset(cfg("digits", channels=1, split="all"), 8) is None

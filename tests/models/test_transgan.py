@@ -110,6 +110,7 @@ def test_paper_recipe_preset_sets_the_papers_training_recipe(repo_root):
     assert (t.lr_g, t.lr_d, tuple(t.betas_g), tuple(t.betas_d)) == (1e-4, 1e-4, (0.0, 0.99), (0.0, 0.99))
     assert (t.n_critic, t.grad_clip, t.ema_rampup) == (4, 5.0, 0.1)
     # the public code's DiffAugment: translation by 1/5, batch-wise clipped cutout (p 0.3), color
+    assert t.augment == "diffaugment"
     assert t.diffaugment.split(",") == ["translation_transgan", "cutout_transgan", "color"]
     assert cfg.model.resolution == 32 and list(cfg.model.generator.depths) == [5, 4, 2]
     cfg, _ = compose_config([select, "model=transgan_64", "train.n_critic=5"])  # the command line wins

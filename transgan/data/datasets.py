@@ -349,6 +349,22 @@ def limit_images(ds: ImageDataset, max_images: int) -> ImageDataset:
     return ds
 
 
+# The split that holds images a training run never sees, per dataset that has one (imagefolder and
+# synthetic have none: their ``split`` is ignored). flowers102 takes val, the smaller held-out split.
+HELDOUT_SPLITS = {"digits": "test", "celeba": "test", "flowers102": "val", "cifar10": "test"}
+
+
+def build_heldout_dataset(cfg: Mapping[str, Any], resolution: int) -> Optional[ImageDataset]:
+    """The held-out split of the dataset a training config describes, or None where it has none.
+
+    Only for a run on the train split; built without caching (a monitor reads a few images of it).
+    """
+    split = HELDOUT_SPLITS.get(cfg.get("name"))
+    if split is None or str(cfg.get("split") or "train") != "train":
+        return None
+    return build_dataset({**dict(cfg), "split": split, "max_images": None, "cache": False}, resolution)
+
+
 def build_dataset(cfg: Mapping[str, Any], resolution: int) -> ImageDataset:
     """Build the dataset a ``dataset`` config node describes, at ``resolution`` (limited to ``max_images``)."""
     cfg = dict(cfg)

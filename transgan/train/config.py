@@ -40,7 +40,13 @@ class TrainConfig:
     channels_last: Optional[bool] = None
     ema_kimg: float = 10.0
     ema_rampup: Optional[float] = 0.05
-    diffaugment: str = ""
+    augment: str = "none"
+    diffaugment: str = "color,translation,cutout"
+    ada_p: float = 0.0
+    ada_target: Optional[float] = 0.6
+    ada_kimg: float = 500.0
+    ada_interval: int = 4
+    heldout_images: int = 64
     log_every: int = 50
     sample_every: int = 500
     eval_every: int = 500
@@ -50,6 +56,9 @@ class TrainConfig:
     device: str = "auto"
     cpu_threads: Optional[int] = None
     max_nonfinite_in_row: int = 20
+
+
+AUGMENT_MODES = ("none", "diffaugment", "ada")
 
 
 @dataclasses.dataclass
@@ -81,6 +90,13 @@ def _check_train(train: DictConfig) -> None:
          "train.grad_clip and train.grad_clip_d_main must be > 0 (or null)"),
         (train.mixed_precision in ("no", "fp16", "bf16"), "train.mixed_precision must be one of no|fp16|bf16"),
         (train.device in ("auto", "cpu"), "train.device must be auto or cpu"),
+        (train.augment in AUGMENT_MODES, f"train.augment must be one of {'|'.join(AUGMENT_MODES)}, got {train.augment!r}"),
+        (train.augment != "diffaugment" or bool(train.diffaugment.strip()),
+         "train.augment=diffaugment needs a train.diffaugment policy, e.g. color,translation,cutout"),
+        (0.0 <= train.ada_p <= 1.0, "train.ada_p must be in [0, 1]"),
+        (train.ada_target is None or -1.0 < train.ada_target < 1.0, "train.ada_target must be in (-1, 1) or null"),
+        (train.ada_kimg > 0 and train.ada_interval >= 1, "train.ada_kimg must be > 0 and train.ada_interval >= 1"),
+        (train.heldout_images >= 0, "train.heldout_images must be >= 0"),
         (train.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1"),
         (train.max_nonfinite_in_row >= 1, "train.max_nonfinite_in_row must be >= 1"),
         (min(train.log_every, train.sample_every, train.eval_every, train.ckpt_every) >= 1,
@@ -221,7 +237,11 @@ def validate_config(cfg: DictConfig) -> DictConfig:
     if expected - keys:
         raise ConfigError(f"missing top-level config key(s) {sorted(expected - keys)}")
     try:
-        train = OmegaConf.merge(OmegaConf.structured(TrainConfig), cfg.train)
+        given = cfg.train
+        if "augment" not in given and given.get("diffaugment"):
+            # A run saved before train.augment existed turned DiffAugment on by a non-empty policy alone.
+            given = OmegaConf.merge(given, {"augment": "diffaugment"})
+        train = OmegaConf.merge(OmegaConf.structured(TrainConfig), given)
         evaluation = OmegaConf.merge(OmegaConf.structured(RunEvalConfig), cfg.get("eval") or {})
         resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     except Exception as e:  # OmegaConf raises several types for the same kind of mistake

@@ -117,7 +117,7 @@ class Trainer:
         from accelerate import Accelerator
         from accelerate.utils import broadcast_object_list, set_seed
 
-        from transgan.augment import DiffAugment
+        from transgan.augment import ADAPipeline, AdaptiveAugment, DiffAugment
         from transgan.data import build_dataset
         from transgan.losses import build_loss, lazy_regularization_hparams
 
@@ -125,6 +125,9 @@ class Trainer:
         # Everything that can refuse the config runs before the run directory exists.
         self.dataset = build_dataset(cfg.dataset, resolution=int(cfg.model.resolution))
         self.loss = build_loss(cfg.loss)
+        # ADA's p controller (train.augment=ada); its state is checkpointed with the run.
+        self.ada = (AdaptiveAugment(p=t.ada_p, target=t.ada_target, interval=t.ada_interval,
+                                    speed_images=max(1, round(t.ada_kimg * 1000))) if t.augment == "ada" else None)
         self.num_classes = self.dataset.num_classes if cfg.dataset.get("conditional", False) else 0
         shape = dict(img_resolution=int(cfg.model.resolution), img_channels=self.dataset.channels,
                      num_classes=self.num_classes)
@@ -180,6 +183,8 @@ class Trainer:
                 opt_D.load_state_dict(state["opt_D"])
                 self.loss.load_state_dict(state["loss"])
                 self.progress = Progress(**state["progress"])
+                if self.ada is not None and state.get("augment"):
+                    self.ada.load_state_dict(state["augment"])
             _match_param_layouts(opt_G)
             _match_param_layouts(opt_D)
             if acc.is_main_process:
@@ -199,7 +204,13 @@ class Trainer:
         if state is not None and state["scaler"] is not None and acc.scaler is not None:
             acc.scaler.load_state_dict(state["scaler"])
 
-        self.loss.augment = DiffAugment(t.diffaugment) if t.diffaugment else nn.Identity()
+        if t.augment == "ada":
+            self.loss.augment = ADAPipeline(self.ada.p)
+        elif t.augment == "diffaugment":
+            self.loss.augment = DiffAugment(t.diffaugment)
+        else:
+            self.loss.augment = nn.Identity()
+        self._monitor_batches: Optional[dict] = None  # fixed train / held-out reals, built at the first evaluation
         self.data_augment = dict(cfg.dataset.get("augment", {}))
         self.data = BatchSource(self.dataset, t.batch_size, cfg.seed, acc.process_index, acc.num_processes,
                                 acc.device, num_workers=int(cfg.dataset.get("num_workers", 2)),
@@ -275,6 +286,16 @@ class Trainer:
         self._step_bad |= ~finite
         return stats
 
+    def _adapt_augment(self, r_t: torch.Tensor, n_local: int) -> None:
+        """Feed one D step's r_t (this process's mean of sign(D(real))) to ADA's controller; set the new p."""
+        acc = self.accelerator
+        if acc.num_processes > 1:  # one p for every process: the controller sees the global batch
+            r_t = acc.reduce(r_t, reduction="mean")
+        n = n_local * acc.num_processes
+        # r_t * n is the batch's sign sum (an integer; rounded against float32 averaging error)
+        self.ada.observe_signs((r_t.double() * n).round(), n)
+        self.loss.augment.p = self.ada.p
+
     @property
     def schedule_period(self) -> int:
         """G steps after which the phase schedule (which steps run lazy regularization) repeats."""
@@ -299,6 +320,8 @@ class Trainer:
                 z, cf = self._sample_z(r.shape[0])
                 micro.append((G_plain, self.D, r, cr, z, cf))
             stats.update(self._run_phase("d_main", self.D, self.opt_D, micro))
+            if self.ada is not None and self.ada.target is not None:
+                self._adapt_augment(stats["r_t"], real.shape[0])
             self.progress.d_steps += 1
             self.progress.images_seen += real.shape[0] * self.accelerator.num_processes
             interval = self.loss.d_reg_interval
@@ -357,6 +380,52 @@ class Trainer:
         return {"step": self.progress.step, "metric": key, "value": value,
                 "direction": "lower is better" if lower else "higher is better"}
 
+    @torch.no_grad()
+    def overfitting_monitor(self) -> dict[str, float]:
+        """Mean D output (no augmentation) on a fixed batch of training reals and of held-out reals, and the gap.
+
+        A discriminator that memorizes its training set scores training reals above unseen reals of the
+        same distribution; the gap grows with overfitting (Karras et al. 2020, Fig. 1). Empty where the
+        dataset has no held-out split (or ``train.heldout_images=0``). Main process only.
+        """
+        n = self.cfg.train.heldout_images
+        if n == 0:
+            return {}
+        if self._monitor_batches is None:
+            self._monitor_batches = self._build_monitor_batches(n)
+        if not self._monitor_batches:
+            return {}
+        D = self.accelerator.unwrap_model(self.D)
+        means = {}
+        for key, (x, c) in self._monitor_batches.items():
+            with self.accelerator.autocast():
+                means[key] = D(x, c).float().mean().item()
+        return {"d_train_real": means["train"], "d_heldout_real": means["heldout"],
+                "d_overfit_gap": means["train"] - means["heldout"]}
+
+    def _build_monitor_batches(self, n: int) -> dict:
+        """{"train": (x, c), "heldout": (x, c)}: fixed seeded subsets of equal size, or {} without a held-out split."""
+        from transgan.data import build_heldout_dataset
+        from transgan.data.datasets import max_images_indices
+
+        try:
+            heldout = build_heldout_dataset(self.cfg.dataset, int(self.cfg.model.resolution))
+        except ConfigError as e:  # e.g. the held-out files are not on disk: the run goes on without the gap
+            log.warning("overfitting monitor off: the held-out split cannot be loaded (%s)", e)
+            return {}
+        if heldout is None:
+            return {}
+        n = min(n, len(heldout), len(self.dataset))
+        batches = {}
+        for key, ds in (("train", self.dataset), ("heldout", heldout)):
+            items = [ds[int(i)] for i in max_images_indices(len(ds), n)]
+            x = torch.stack([img for img, _ in items]).to(self.accelerator.device)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            c = torch.tensor([label for _, label in items], device=x.device) if self.num_classes else None
+            batches[key] = (x, c)
+        return batches
+
     def save_checkpoint(self, regular: bool = True, best: Optional[dict] = None) -> None:
         """Every process contributes its RNG state; the main process writes the step file and/or best.pt."""
         acc = self.accelerator
@@ -372,6 +441,7 @@ class Trainer:
                 "opt_D": self.opt_D.optimizer.state_dict(),
                 "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
                 "loss": self.loss.state_dict(),
+                "augment": self.ada.state_dict() if self.ada is not None else {},
                 "rng": rng,
                 "model": model_signature(self.cfg, self.num_classes),
                 "class_names": list(self.dataset.class_names) if self.num_classes else [],
@@ -484,6 +554,8 @@ class Trainer:
                 record.update(images_seen=p.images_seen, images_per_s=(p.images_seen - images0) / max(dt, 1e-9),
                               time_s=p.elapsed_s, lr_g=self.opt_G.param_groups[0]["lr"],
                               lr_d=self.opt_D.param_groups[0]["lr"], skipped_steps=p.skipped_steps)
+                if self.ada is not None:
+                    record["ada_p"] = self.ada.p
                 if acc.device.type == "cuda":
                     record["peak_mem_bytes"] = torch.cuda.max_memory_allocated(acc.device)
                 if acc.is_main_process:
@@ -506,9 +578,11 @@ class Trainer:
                 with ckpt.preserved_rng_state():
                     self.save_samples()
             best = None
-            if self.evaluator is not None and (p.step % t.eval_every == 0 or last):
+            if p.step % t.eval_every == 0 or last:
                 with ckpt.preserved_rng_state():  # metrics must not shift the training stream
-                    metrics = self.evaluate()  # every process generates and embeds its share
+                    metrics = dict(self.evaluate())  # every process generates and embeds its share
+                    if acc.is_main_process:
+                        metrics.update(self.overfitting_monitor())
                 if acc.is_main_process and metrics:
                     self.writer.scalars(p.step, {**metrics, "images_seen": p.images_seen, "time_s": p.elapsed_s,
                                                   "train_s": p.elapsed_s - p.overhead_s},
