@@ -24,7 +24,7 @@ from typing import Any, Optional, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from transgan.cli import run_cli  # noqa: E402
-from transgan.registry import ConfigError  # noqa: E402
+from transgan.errors import ConfigError  # noqa: E402
 
 MODES = ("none", "diffaugment", "ada")
 # digits at 16x16 (the images are 8x8: nothing is lost) with a half-width StyleGAN2 (channel_max 32)
@@ -55,8 +55,8 @@ def run_dir(out: Path, mode: str, seed: int) -> Path:
 
 def train_one(out: Path, mode: str, seed: int, shared: Sequence[str]) -> str:
     """Train (or resume, or skip when finished) one run; return a one-line status."""
-    from transgan.ablation.run import run_process
-    from transgan.train import checkpoint as ckpt
+    from transgan.ablation.run import TRAIN_COMMAND, run_process
+    from transgan.runs import checkpoint as ckpt
 
     folder = run_dir(out, mode, seed)
     max_steps = next((int(a.split("=", 1)[1]) for a in reversed(shared) if a.startswith("train.max_steps=")), None)
@@ -71,7 +71,7 @@ def train_one(out: Path, mode: str, seed: int, shared: Sequence[str]) -> str:
 
             shutil.rmtree(folder)  # started but never checkpointed: start again
         args = [*shared, f"train.augment={mode}", f"seed={seed}", f"hydra.run.dir={folder}"]
-    result = run_process([sys.executable, "tools/train.py", *args], out / "logs" / f"{folder.name}.log")
+    result = run_process([sys.executable, *TRAIN_COMMAND, *args], out / "logs" / f"{folder.name}.log")
     if result["rc"] != 0:
         raise ConfigError(f"{folder.name}: training exited with status {result['rc']}; see {out / 'logs'}")
     return f"{folder.name}: trained in {result['wall_s']:.0f} s"

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from tools.limited_data import DEFAULT_ARGS, interval, markdown, run_dir, shared_overrides, summarize
-from transgan.registry import ConfigError
+from transgan.errors import ConfigError
 
 
 def test_interval_is_the_student_t_interval_of_the_mean():

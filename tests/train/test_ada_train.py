@@ -11,8 +11,8 @@ import torch
 from tests.train.test_train_run import assert_same_tree
 from transgan.augment import ADAPipeline
 from transgan.losses import GANLoss
-from transgan.registry import ConfigError
-from transgan.train.checkpoint import latest_checkpoint, load_checkpoint
+from transgan.errors import ConfigError
+from transgan.runs.checkpoint import latest_checkpoint, load_checkpoint
 from transgan.train.config import compose_config
 from transgan.train.trainer import Trainer, resolve_run
 
