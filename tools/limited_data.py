@@ -35,7 +35,7 @@ DEFAULT_ARGS = ["model=stylegan2", "model.resolution=16", "model.generator.chann
                 "model.discriminator.channel_max=32", "dataset=digits", "dataset.max_images=200",
                 "train.cpu_threads=1", "train.max_steps=500", "train.eval_every=100", "train.log_every=50",
                 "train.sample_every=250", "train.ckpt_every=100", "train.ada_kimg=20", "dataset.num_workers=0"]
-METRICS = ("fd_digits", "digits_class_acc", "d_overfit_gap", "d_train_real", "d_heldout_real")
+METRICS = ("fd_digits", "digits_class_acc", "fid", "kid_mean", "d_overfit_gap", "d_train_real", "d_heldout_real")
 TRAIN_METRICS = ("r_t", "ada_p")
 
 
@@ -86,7 +86,7 @@ def read_records(folder: Path) -> tuple[dict[int, dict[str, float]], dict[int, d
         return evals, trains
     for line in path.read_text().splitlines():
         r = json.loads(line)
-        if "fd_digits" in r or "d_overfit_gap" in r:
+        if "fd_digits" in r or "fid" in r or "d_overfit_gap" in r:
             evals[int(r["step"])] = r
         elif "loss_d" in r:
             trains[int(r["step"])] = r

@@ -22,7 +22,7 @@ TINY_RUN = ["model=cwgan_gp", "dataset=digits", "model.resolution=16", "train.ba
 
 MATH_RUN = ["model=transgan", "model.attention=math", "dataset=digits", "model.resolution=16",
             "model.generator.bottom_resolution=4", "train.batch_size=8", "train.n_critic=1", "train.max_steps=1",
-            "train.eval_samples_per_class=1", "train.log_every=1", "train.cpu_threads=1"]
+            "train.log_every=1", "train.cpu_threads=1"]
 
 
 def _train_once(key: str, overrides: list[str], tmp_path_factory) -> Path:
