@@ -55,12 +55,13 @@ def run_ablation(overrides: Sequence[str], dry_run: bool = False, echo: Callable
         echo(f"tuning: {t.trials} trials per cell at seeds {list(t.seeds)}, {t.budget.kind} {t.budget.value:g} per "
              f"trial, over {list(t.space)}; final runs at seeds {list(cfg.seeds)}")
     if dry_run:
-        cells = plan_grid(cfg, tuned=tuned_keys(cfg) if cfg.tuning.trials > 0 else ())
-        prepare(cfg, cells, echo)
+        prepare(cfg, plan_grid(cfg), echo, folders=cfg.tuning.trials == 0)
         return out_dir
     recipes = None
     if cfg.tuning.trials > 0:
-        prepare(cfg, plan_grid(cfg), echo)  # every pairing builds and the data is there before any trial
+        # every pairing builds and the data is there before any trial (the final runs' folders are
+        # checked once their recipes are known)
+        prepare(cfg, plan_grid(cfg), echo, folders=False)
         recipes = tune(cfg, lambda trial_cfg, cells: run_cells(trial_cfg, cells, lambda m: echo(f"  {m}"),
                                                                 report=False), echo)
         cells = final_plan(cfg, recipes)
@@ -70,13 +71,14 @@ def run_ablation(overrides: Sequence[str], dry_run: bool = False, echo: Callable
     return out_dir
 
 
-def prepare(cfg: DictConfig, cells: Sequence[Cell], echo: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
+def prepare(cfg: DictConfig, cells: Sequence[Cell], echo: Callable[[str], None] = print,
+            folders: bool = True) -> dict[str, dict[str, Any]]:
     """The checks before anything runs (data, pairings, evaluation weights, cell folders); print the plan."""
     check_data(cells[0])
     stats = measure_cells(cells)
     if cfg.eval.source == "tool":
         check_eval_protocol(cfg)
-    for c in cells:
+    for c in cells if folders else ():
         check_cell_folder(c, fingerprint(c, cfg))
     echo(describe(cfg, cells, stats))
     return stats

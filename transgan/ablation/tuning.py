@@ -86,7 +86,7 @@ def _trial_cfg(cfg: DictConfig, spec_index: int, recipe: Sequence[str], out_dir:
     tree = OmegaConf.to_container(cfg)
     spec = OmegaConf.to_container(OmegaConf.structured(cell_specs(cfg)[spec_index]))
     tree.update(cells=[spec], seeds=list(cfg.tuning.seeds), out_dir=str(out_dir), budget=tree["tuning"]["budget"],
-                train_args=[*tree["train_args"], *recipe], contrasts=[])
+                extra_args=[*tree["extra_args"], *recipe], contrasts=[])  # after the shared args, as in final_plan
     tree["tuning"]["trials"] = 0
     return OmegaConf.create(tree)
 
