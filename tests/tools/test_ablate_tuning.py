@@ -138,3 +138,13 @@ def test_tuning_then_final_runs_with_fresh_seeds_and_nothing_rerun(tmp_path):
     # another search space on the same folder belongs to another tuning: refused
     with pytest.raises(AblationError, match="another search space"):
         run_ablation([*args[:-1], "tuning.space={train.lr_g:[1.0e-4,1.0e-3]}"], echo=said.append)
+
+
+def test_curve_bands_are_the_sample_std_over_seeds():
+    from transgan.ablation.report import mean_curves
+
+    curves = [{"cell": "a", "seed": s, "step": k, "images_seen": 8 * k, "train_s": k, "metric_value": v}
+              for s, vs in enumerate(([9.0, 5.0], [7.0, 4.0], [8.0, 6.5])) for k, v in zip((1, 2), vs)]
+    first, last = mean_curves(curves)["a"]
+    assert first["metric_std"] == pytest.approx(statistics.stdev([9.0, 7.0, 8.0]))
+    assert last["metric_value"] == pytest.approx(statistics.fmean([5.0, 4.0, 6.5]))

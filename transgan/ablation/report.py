@@ -83,7 +83,7 @@ def markdown_table(rows: Sequence[dict[str, Any]], order: Sequence[str], header:
 
 
 def mean_curves(curves: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, float]]]:
-    """Per cell, the seed-mean of each evaluation step that every seed of the cell reached."""
+    """Per cell, the seed-mean (and sample std: ``metric_std``) of each evaluation step every seed of the cell reached."""
     by_cell: dict[str, dict[int, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     seeds: dict[str, set] = defaultdict(set)
     for p in curves:
@@ -96,14 +96,16 @@ def mean_curves(curves: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, fl
             ps = steps[step]
             if {p["seed"] for p in ps} != seeds[cell]:
                 continue  # a step some seed never reached (seconds budgets): no mean
-            points.append({k: mean_std([p[k] for p in ps])[0] for k in ("images_seen", "train_s", "metric_value")})
+            point = {k: mean_std([p[k] for p in ps])[0] for k in ("images_seen", "train_s", "metric_value")}
+            point["metric_std"] = mean_std([p["metric_value"] for p in ps])[1]
+            points.append(point)
         out[cell] = points
     return out
 
 
 def plot_curves(curves: Sequence[dict[str, Any]], order: Sequence[str], metric: str, out_dir: Path,
                 title: str = "") -> list[Path]:
-    """quality_vs_images.png and quality_vs_time.png: one line per cell (seed mean)."""
+    """quality_vs_images.png and quality_vs_time.png: one line per cell (seed mean), a band of +- one seed std."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -119,8 +121,12 @@ def plot_curves(curves: Sequence[dict[str, Any]], order: Sequence[str], metric: 
         for i, cell in enumerate(order):
             pts = means.get(cell, [])
             if pts:
-                ax.plot([p[x_key] for p in pts], [p["metric_value"] for p in pts], marker="o", markersize=3,
-                        linestyle="-" if i < 10 else "--", label=cell)
+                xs, ys_ = [p[x_key] for p in pts], [p["metric_value"] for p in pts]
+                line, = ax.plot(xs, ys_, marker="o", markersize=3, linestyle="-" if i < 10 else "--", label=cell)
+                spread = [p["metric_std"] for p in pts]
+                if any(v > 0 for v in spread):  # a band of +- one std over seeds (none with one seed)
+                    ax.fill_between(xs, [max(y - d, 1e-9 if log_y else -math.inf) for y, d in zip(ys_, spread)],
+                                    [y + d for y, d in zip(ys_, spread)], color=line.get_color(), alpha=0.15)
         ax.set_xlabel(x_label)
         ax.set_ylabel(metric + (" (log)" if log_y else ""))
         if log_y:

@@ -26,7 +26,7 @@ from transgan.ablation.grid import (TOOL_METRICS, AblationError, Cell, compose_a
                                     plan_grid)
 from transgan.ablation.report import (COLUMNS, CURVE_COLUMNS, markdown_table, plot_curves, statistics_section,
                                       write_csv)
-from transgan.ablation.tuning import check_tuning, final_plan, tune, tuned_keys
+from transgan.ablation.tuning import check_tuning, final_plan, tune
 from transgan.errors import ConfigError
 from transgan.runs import checkpoint as ckpt
 from transgan.runs.files import atomic_write_text
