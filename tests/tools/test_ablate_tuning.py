@@ -148,3 +148,32 @@ def test_curve_bands_are_the_sample_std_over_seeds():
     first, last = mean_curves(curves)["a"]
     assert first["metric_std"] == pytest.approx(statistics.stdev([9.0, 7.0, 8.0]))
     assert last["metric_value"] == pytest.approx(statistics.fmean([5.0, 4.0, 6.5]))
+
+
+def test_an_interrupted_trial_is_asked_again_with_its_parameters_and_finished_ones_are_kept(tmp_path):
+    from transgan.ablation.tuning import tune
+
+    cfg = compose_ablation(["experiment=ablation_digits_tuned", f"out_dir={tmp_path / 'abl'}", "tuning.trials=2",
+                            "cells=[{generator:cwgan_gp,discriminator:cwgan_gp}]"])
+    calls: list[list[str]] = []
+
+    def interrupted(trial_cfg, cells):
+        calls.append(list(trial_cfg.extra_args))
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the process stops in the second trial's run
+        return [{"metric_value": 5.0}]
+
+    with pytest.raises(KeyboardInterrupt):
+        tune(cfg, interrupted, echo=lambda m: None)
+    (study,) = _journal_trials(tmp_path / "abl").values()
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "RUNNING"]
+
+    def finishing(trial_cfg, cells):
+        calls.append(list(trial_cfg.extra_args))
+        return [{"metric_value": 3.0}]
+
+    recipes = tune(cfg, finishing, echo=lambda m: None)
+    assert len(calls) == 3 and calls[2] == calls[1]  # only the interrupted trial again, same recipe (its run resumes)
+    (study,) = _journal_trials(tmp_path / "abl").values()
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert len(counted_trials(study)) == 2 and recipes["cwgan_gp+cwgan_gp"]["value"] == 3.0

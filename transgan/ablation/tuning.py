@@ -129,8 +129,8 @@ def tune(cfg: DictConfig, run_cells: Callable[[DictConfig, list[Cell]], list[dic
         for stale in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             # an interrupted trial: closed as failed and asked again with its parameters (its run resumes)
             study.enqueue_trial(stale.params, skip_if_exists=False)
+            storage.set_trial_user_attr(stale._trial_id, "interrupted", True)  # before it finishes: then read-only
             storage.set_trial_state_values(stale._trial_id, optuna.trial.TrialState.FAIL)
-            storage.set_trial_user_attr(stale._trial_id, "interrupted", True)
         while len(counted_trials(study)) < cfg.tuning.trials:
             trial = study.ask()
             recipe = suggest(trial, cfg.tuning.space)
