@@ -256,6 +256,17 @@ def test_discriminator_projection_conditioning_formula():
     assert (D(x, c) - D(x, (c + 1) % 10)).abs().min() > 1e-6
 
 
+def test_class_embedding_starts_at_glorot_scale_like_the_conv_critics_projection():
+    # Glorot-uniform: std sqrt(2 / (fan_in + fan_out)); ViT's 0.02 left the class term ~0.1 of a logit
+    # (docs/ablation.md, "ViT critic conditioning: measured").
+    torch.manual_seed(0)
+    D = build_discriminator(OmegaConf.to_container(OmegaConf.load(CONFIGS / "discriminator/transgan.yaml")),
+                            32, 1, 10, attention="math")
+    n, dim = D.class_embed.weight.shape
+    assert D.class_embed.weight.std().item() == pytest.approx((2 / (n + dim)) ** 0.5, rel=0.15)
+    assert D.class_embed.weight.abs().max().item() <= (6 / (n + dim)) ** 0.5
+
+
 def test_conditioning_mismatch_is_a_clear_error():
     with pytest.raises(ValueError, match="class-conditional"):
         small_G()(torch.randn(2, 16))

@@ -1,7 +1,8 @@
 """Ablations: a grid of generator x discriminator families x seeds under one equal budget.
 
 ``grid`` composes the grid and refuses unequal cells, ``run`` trains every cell in its own
-``tools/train.py`` process (resumable), ``report`` writes ablation.csv, ablation.md and the
+``tools/train.py`` process (resumable), ``tuning`` gives every cell the same Optuna tuning
+budget before the final runs, ``report`` writes ablation.csv, ablation.md and the
 plots. See docs/ablation.md.
 """
 

@@ -62,6 +62,28 @@ class EvalSpec:
 
 
 @dataclasses.dataclass
+class TuningSpec:
+    """Equal tuning per cell (transgan/ablation/tuning.py): ``trials`` Optuna trials over one ``space``."""
+
+    trials: int = 0                  # trials per cell; 0 = no tuning (the shared train_args recipe)
+    seeds: list[int] = dataclasses.field(default_factory=list)  # trial seeds: disjoint from the final seeds
+    budget: BudgetSpec = dataclasses.field(default_factory=BudgetSpec)  # per trial; images keeps compute equal
+    sampler_seed: int = 0            # TPE sampler seed (cell i uses sampler_seed + i)
+    # The one search space: {loss: {<configs/loss option>: {<loss key>: [low, high]}}, train.<key>: [low, high]
+    # (log-uniform floats), or a list of choices}; see docs/ablation.md.
+    space: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class ContrastSpec:
+    """A headline contrast: cell ``a`` (e.g. attention) against cell ``b`` (e.g. convolution)."""
+
+    name: str = ""
+    a: str = ""
+    b: str = ""
+
+
+@dataclasses.dataclass
 class CellSpec:
     """One (generator, discriminator) cell; ``overrides`` may only touch the ablated factor."""
 
@@ -91,6 +113,8 @@ class AblationConfig:
         "accelerate", "launch", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
         "--dynamo_backend", "no"])
     plots: bool = True
+    tuning: TuningSpec = dataclasses.field(default_factory=TuningSpec)
+    contrasts: list[ContrastSpec] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -202,16 +226,22 @@ def budget_overrides(cfg: DictConfig, train: DictConfig) -> dict[str, Any]:
     return keys
 
 
-def plan_grid(cfg: DictConfig) -> list[Cell]:
-    """Compose every cell's training config (nothing runs); the equal-budget guard passes or raises."""
+def plan_grid(cfg: DictConfig, recipes: Optional[dict[str, list[str]]] = None,
+              tuned: Sequence[str] = ()) -> list[Cell]:
+    """Compose every cell's training config (nothing runs); the equal-budget guard passes or raises.
+
+    ``recipes`` maps a cell label to the overrides its tuning chose; the configs may then differ
+    in the ``tuned`` keys (and the steps a per-cell batch and n_critic derive from the budget).
+    """
     out_dir = Path(cfg.out_dir).expanduser()
     specs = cell_specs(cfg)
+    recipes = recipes or {}
     composed = []
     for s in specs:
         chosen = [f"model/generator={s.generator}"] * bool(s.generator) + \
                  [f"model/discriminator={s.discriminator}"] * bool(s.discriminator)
         shared = [*cfg.train_args, *cfg.extra_args, *([f"dataset.root={cfg.data_root}"] if cfg.data_root else [])]
-        args = [*shared, *s.overrides, *chosen]
+        args = [*shared, *recipes.get(_spec_label(s), []), *s.overrides, *chosen]
         try:
             base, _ = compose_config(args)
         except ConfigError as err:
@@ -222,15 +252,15 @@ def plan_grid(cfg: DictConfig) -> list[Cell]:
     if len(set(labels)) != len(labels):
         raise AblationError(f"two cells share a label ({sorted({x for x in labels if labels.count(x) > 1})}); "
                             "give cells distinct labels")
-    check_equal_budget([(label, base) for label, _, base in composed])
+    check_equal_budget([(label, base) for label, _, base in composed], tuned)
     if cfg.eval.source == "trainer" and composed[0][2].dataset.name != "digits":
         raise AblationError("eval.source=trainer measures digits runs only (the trainer evaluates nothing else); "
                             "use eval.source=tool with an eval.preset")
-    train_keys = budget_overrides(cfg, composed[0][2].train)
     # With the tool source, tools/eval.py evaluates the checkpoints afterwards: the runs evaluate nothing themselves.
     quiet = ["eval.metrics=[]"] if cfg.eval.source == "tool" else []
     cells = []
     for label, args, base in composed:
+        train_keys = budget_overrides(cfg, base.train)  # equal images; steps follow the cell's batch x n_critic
         for seed in cfg.seeds:
             run_dir = out_dir / "runs" / f"{label}__seed{seed}"
             full = OmegaConf.to_container(base)
@@ -245,17 +275,22 @@ def plan_grid(cfg: DictConfig) -> list[Cell]:
     return cells
 
 
+def _spec_label(s: CellSpec) -> str:
+    return s.label or f"{s.generator}+{s.discriminator}"
+
+
 def _hydra_value(v: Any) -> str:
     return "null" if v is None else str(v)
 
 
-def outside_factor(cfg: DictConfig) -> dict[str, Any]:
-    """A training config as flat ``key: value`` pairs, less the ablated factor and the seed."""
+def outside_factor(cfg: DictConfig, tuned: Sequence[str] = ()) -> dict[str, Any]:
+    """A training config as flat ``key: value`` pairs, less the ablated factor, the seed and the ``tuned`` keys."""
     tree = OmegaConf.to_container(cfg)
     for key in ABLATED:
         tree["model"].pop(key, None)
     tree.pop("seed", None)
-    return _flatten(tree)
+    flat = _flatten(tree)
+    return {k: v for k, v in flat.items() if not any(k == t or k.startswith(t + ".") for t in tuned)}
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -267,12 +302,12 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: tree}
 
 
-def check_equal_budget(cells: Sequence[tuple[str, DictConfig]]) -> None:
-    """Refuse cells whose training configs differ anywhere but in model.generator/discriminator (and seed)."""
+def check_equal_budget(cells: Sequence[tuple[str, DictConfig]], tuned: Sequence[str] = ()) -> None:
+    """Refuse cells whose training configs differ anywhere but in model.generator/discriminator, seed and ``tuned``."""
     (ref_label, ref_cfg), *rest = cells
-    ref = outside_factor(ref_cfg)
+    ref = outside_factor(ref_cfg, tuned)
     for label, cfg in rest:
-        other = outside_factor(cfg)
+        other = outside_factor(cfg, tuned)
         diff = [f"{k}: {ref.get(k, '<absent>')!r} in {ref_label}, {other.get(k, '<absent>')!r} in {label}"
                 for k in sorted(ref.keys() | other.keys()) if ref.get(k, "<absent>") != other.get(k, "<absent>")]
         if diff:

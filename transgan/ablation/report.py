@@ -83,7 +83,7 @@ def markdown_table(rows: Sequence[dict[str, Any]], order: Sequence[str], header:
 
 
 def mean_curves(curves: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, float]]]:
-    """Per cell, the seed-mean of each evaluation step that every seed of the cell reached."""
+    """Per cell, the seed-mean (and sample std: ``metric_std``) of each evaluation step every seed of the cell reached."""
     by_cell: dict[str, dict[int, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     seeds: dict[str, set] = defaultdict(set)
     for p in curves:
@@ -96,14 +96,16 @@ def mean_curves(curves: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, fl
             ps = steps[step]
             if {p["seed"] for p in ps} != seeds[cell]:
                 continue  # a step some seed never reached (seconds budgets): no mean
-            points.append({k: mean_std([p[k] for p in ps])[0] for k in ("images_seen", "train_s", "metric_value")})
+            point = {k: mean_std([p[k] for p in ps])[0] for k in ("images_seen", "train_s", "metric_value")}
+            point["metric_std"] = mean_std([p["metric_value"] for p in ps])[1]
+            points.append(point)
         out[cell] = points
     return out
 
 
 def plot_curves(curves: Sequence[dict[str, Any]], order: Sequence[str], metric: str, out_dir: Path,
                 title: str = "") -> list[Path]:
-    """quality_vs_images.png and quality_vs_time.png: one line per cell (seed mean)."""
+    """quality_vs_images.png and quality_vs_time.png: one line per cell (seed mean), a band of +- one seed std."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -119,8 +121,12 @@ def plot_curves(curves: Sequence[dict[str, Any]], order: Sequence[str], metric: 
         for i, cell in enumerate(order):
             pts = means.get(cell, [])
             if pts:
-                ax.plot([p[x_key] for p in pts], [p["metric_value"] for p in pts], marker="o", markersize=3,
-                        linestyle="-" if i < 10 else "--", label=cell)
+                xs, ys_ = [p[x_key] for p in pts], [p["metric_value"] for p in pts]
+                line, = ax.plot(xs, ys_, marker="o", markersize=3, linestyle="-" if i < 10 else "--", label=cell)
+                spread = [p["metric_std"] for p in pts]
+                if any(v > 0 for v in spread):  # a band of +- one std over seeds (none with one seed)
+                    ax.fill_between(xs, [max(y - d, 1e-9 if log_y else -math.inf) for y, d in zip(ys_, spread)],
+                                    [y + d for y, d in zip(ys_, spread)], color=line.get_color(), alpha=0.15)
         ax.set_xlabel(x_label)
         ax.set_ylabel(metric + (" (log)" if log_y else ""))
         if log_y:
@@ -134,3 +140,119 @@ def plot_curves(curves: Sequence[dict[str, Any]], order: Sequence[str], metric: 
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+# ---------------------------------------------------------------------------- statistics
+CONFIDENCE = 0.95
+N_RESAMPLES = 9999
+PLATEAU_GAIN = 0.05  # a run still improving by more than this over the last third of its budget is not converged
+
+
+def bootstrap_ci(values: Sequence[float], seed: int = 0, n_resamples: int = N_RESAMPLES) -> tuple[float, float]:
+    """95% percentile bootstrap interval of the mean (scipy.stats.bootstrap); (nan, nan) below two values."""
+    from scipy.stats import bootstrap
+
+    xs = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if len(xs) < 2:
+        return math.nan, math.nan
+    if len(set(xs)) == 1:  # every resample has the same mean: the interval is that point
+        return xs[0], xs[0]
+    res = bootstrap((xs,), statistic=_mean, confidence_level=CONFIDENCE, n_resamples=n_resamples,
+                    method="percentile", random_state=seed, vectorized=True)
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def _mean(x: Any, axis: int = -1) -> Any:
+    import numpy as np
+
+    return np.mean(x, axis=axis)
+
+
+def _diff_of_means(a: Any, b: Any, axis: int = -1) -> Any:
+    import numpy as np
+
+    return np.mean(a, axis=axis) - np.mean(b, axis=axis)
+
+
+def contrast(a: Sequence[float], b: Sequence[float], seed: int = 0) -> dict[str, float]:
+    """Cell a against cell b: difference of means with its bootstrap interval, Cohen's d, Welch's t-test p."""
+    from scipy.stats import bootstrap, ttest_ind
+
+    a = [float(v) for v in a if v is not None and math.isfinite(float(v))]
+    b = [float(v) for v in b if v is not None and math.isfinite(float(v))]
+    if len(a) < 2 or len(b) < 2:
+        return {"diff": math.nan, "low": math.nan, "high": math.nan, "d": math.nan, "p": math.nan}
+    diff = statistics.fmean(a) - statistics.fmean(b)
+    pooled = math.sqrt(((len(a) - 1) * statistics.variance(a) + (len(b) - 1) * statistics.variance(b))
+                       / (len(a) + len(b) - 2))
+    res = bootstrap((a, b), statistic=_diff_of_means, confidence_level=CONFIDENCE, n_resamples=N_RESAMPLES,
+                    method="percentile", random_state=seed, vectorized=True)
+    p = float(ttest_ind(a, b, equal_var=False).pvalue) if pooled > 0 else math.nan
+    return {"diff": diff, "low": float(res.confidence_interval.low), "high": float(res.confidence_interval.high),
+            "d": diff / pooled if pooled > 0 else math.nan, "p": p}
+
+
+def plateau_gain(curve: Sequence[dict[str, Any]], lower_better: bool = True) -> float:
+    """Relative improvement of the metric over the last third of a run's images (positive = still improving)."""
+    pts = sorted((p for p in curve if p["metric_value"] is not None), key=lambda p: p["images_seen"])
+    if len(pts) < 2:
+        return math.nan
+    mark = 2 / 3 * pts[-1]["images_seen"]
+    before = min(pts[:-1], key=lambda p: abs(p["images_seen"] - mark))["metric_value"]
+    end = pts[-1]["metric_value"]
+    if not (math.isfinite(before) and math.isfinite(end)) or before == 0:
+        return math.nan
+    return (before - end) / abs(before) if lower_better else (end - before) / abs(before)
+
+
+def statistics_section(rows: Sequence[dict[str, Any]], curves: Sequence[dict[str, Any]], order: Sequence[str],
+                       contrasts: Sequence[dict[str, str]], recipes: Optional[dict[str, Any]] = None) -> str:
+    """Markdown: chosen recipes, per-cell mean/std/95% CI with the plateau check, and the headline contrasts."""
+    if not rows:
+        return ""
+    groups = _grouped(rows)
+    metric = rows[0]["metric"]
+    lower = lower_is_better(metric) is not False
+    lines = []
+    if recipes:
+        lines += ["", "Chosen recipes (equal tuning budget per cell; tuning seeds disjoint from the final seeds):", "",
+                  "| cell | recipe | tuning value | trials (diverged) |", "|---|---|---:|---:|"]
+        for cell in order:
+            r = recipes.get(cell)
+            if r:
+                lines.append(f"| {cell} | `{' '.join(r['recipe'])}` | {r['value']:.3f} | {r['trials']} ({r['diverged']}) |")
+    lines += ["", f"{metric}: mean, sample std and {CONFIDENCE:.0%} percentile bootstrap interval of the mean over "
+              f"seeds; converged = the last third of the budget improved the metric by at most {PLATEAU_GAIN:.0%} "
+              "in every seed.", "",
+              "| cell | seeds | mean | std | 95% CI | last-third gain (max over seeds) | converged |",
+              "|---|---:|---:|---:|---|---:|---|"]
+    cis = {}
+    for cell in order:
+        rs = groups.get(cell, [])
+        if not rs:
+            continue
+        vals = [r["metric_value"] for r in rs]
+        m, s, n = mean_std(vals)
+        cis[cell] = bootstrap_ci(vals)
+        gains = [plateau_gain([p for p in curves if p["cell"] == cell and p["seed"] == r["seed"]], lower) for r in rs]
+        worst = max((g for g in gains if math.isfinite(g)), default=math.nan)
+        ok = "yes" if math.isfinite(worst) and worst <= PLATEAU_GAIN else "**no: not converged**"
+        lines.append(f"| {cell} | {n} | {m:.3f} | {s:.3f} | [{cis[cell][0]:.3f}, {cis[cell][1]:.3f}] "
+                     f"| {worst:+.1%} | {ok} |")
+    usable = [c for c in contrasts if c["a"] in groups and c["b"] in groups]
+    if usable:
+        lines += ["", f"Contrasts (a - b in {metric}; difference of means with its {CONFIDENCE:.0%} bootstrap "
+                  "interval, Cohen's d with the pooled std, Welch's t-test p; cells whose intervals overlap: "
+                  "no finding):", "", "| contrast | a | b | a - b | 95% CI | Cohen's d | Welch p | reading |",
+                  "|---|---|---|---:|---|---:|---:|---|"]
+        for c in usable:
+            k = contrast([r["metric_value"] for r in groups[c["a"]]], [r["metric_value"] for r in groups[c["b"]]])
+            (al, ah), (bl, bh) = cis[c["a"]], cis[c["b"]]
+            if not all(math.isfinite(v) for v in (al, ah, bl, bh)) or (al <= bh and bl <= ah):
+                reading = "no finding (intervals overlap)"
+            else:
+                better = c["a"] if (k["diff"] < 0) == lower else c["b"]
+                reading = f"{better} better"
+            lines.append(f"| {c['name']} | {c['a']} | {c['b']} | {k['diff']:+.3f} | [{k['low']:+.3f}, {k['high']:+.3f}] "
+                         f"| {k['d']:+.2f} | {k['p']:.3g} | {reading} |")
+    return "\n".join(lines) + "\n"

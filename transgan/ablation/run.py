@@ -24,7 +24,9 @@ from omegaconf import DictConfig, OmegaConf
 import transgan
 from transgan.ablation.grid import (TOOL_METRICS, AblationError, Cell, compose_ablation, fingerprint,
                                     plan_grid)
-from transgan.ablation.report import COLUMNS, CURVE_COLUMNS, markdown_table, plot_curves, write_csv
+from transgan.ablation.report import (COLUMNS, CURVE_COLUMNS, markdown_table, plot_curves, statistics_section,
+                                      write_csv)
+from transgan.ablation.tuning import check_tuning, final_plan, tune
 from transgan.errors import ConfigError
 from transgan.runs import checkpoint as ckpt
 from transgan.runs.files import atomic_write_text
@@ -40,20 +42,54 @@ EVAL_DIR = "ablation_eval"         # in a cell's run dir: tools/eval.py results 
 
 
 def run_ablation(overrides: Sequence[str], dry_run: bool = False, echo: Callable[[str], None] = print) -> Path:
-    """Compose, check and run the grid (or only plan it with ``dry_run``); write the report; return its folder."""
+    """Compose, check and run the grid (or only plan it with ``dry_run``); write the report; return its folder.
+
+    With ``tuning.trials`` > 0, every cell is first tuned (transgan/ablation/tuning.py) and the
+    final runs train each cell at its chosen recipe.
+    """
     cfg = compose_ablation(overrides)
-    cells = plan_grid(cfg)
+    check_tuning(cfg)
+    out_dir = Path(cfg.out_dir).expanduser()
+    if cfg.tuning.trials > 0:
+        t = cfg.tuning
+        echo(f"tuning: {t.trials} trials per cell at seeds {list(t.seeds)}, {t.budget.kind} {t.budget.value:g} per "
+             f"trial, over {list(t.space)}; final runs at seeds {list(cfg.seeds)}")
+    if dry_run:
+        prepare(cfg, plan_grid(cfg), echo, folders=cfg.tuning.trials == 0)
+        return out_dir
+    recipes = None
+    if cfg.tuning.trials > 0:
+        # every pairing builds and the data is there before any trial (the final runs' folders are
+        # checked once their recipes are known)
+        prepare(cfg, plan_grid(cfg), echo, folders=False)
+        recipes = tune(cfg, lambda trial_cfg, cells: run_cells(trial_cfg, cells, lambda m: echo(f"  {m}"),
+                                                                report=False), echo)
+        cells = final_plan(cfg, recipes)
+    else:
+        cells = plan_grid(cfg)
+    run_cells(cfg, cells, echo, recipes=recipes)
+    return out_dir
+
+
+def prepare(cfg: DictConfig, cells: Sequence[Cell], echo: Callable[[str], None] = print,
+            folders: bool = True) -> dict[str, dict[str, Any]]:
+    """The checks before anything runs (data, pairings, evaluation weights, cell folders); print the plan."""
     check_data(cells[0])
     stats = measure_cells(cells)
     if cfg.eval.source == "tool":
         check_eval_protocol(cfg)
-    prints = {c.key: fingerprint(c, cfg) for c in cells}
-    for c in cells:
-        check_cell_folder(c, prints[c.key])
-    out_dir = Path(cfg.out_dir).expanduser()
+    for c in cells if folders else ():
+        check_cell_folder(c, fingerprint(c, cfg))
     echo(describe(cfg, cells, stats))
-    if dry_run:
-        return out_dir
+    return stats
+
+
+def run_cells(cfg: DictConfig, cells: Sequence[Cell], echo: Callable[[str], None] = print, report: bool = True,
+              recipes: Optional[dict[str, Any]] = None) -> list[dict[str, Any]]:
+    """Train every planned cell not finished earlier; return the rows of all of them (and write the report)."""
+    stats = prepare(cfg, cells, echo)
+    out_dir = Path(cfg.out_dir).expanduser()
+    prints = {c.key: fingerprint(c, cfg) for c in cells}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "ablation.yaml").write_text(OmegaConf.to_yaml(cfg))
     failed = []
@@ -73,13 +109,15 @@ def run_ablation(overrides: Sequence[str], dry_run: bool = False, echo: Callable
         _write_json(c.run_dir / MARKER, {"fingerprint": prints[c.key], "row": row, "curve": curve})
         echo(f"{where}: {cfg.eval.metric}={row['metric_value']} after {row['images_seen']} images, "
              f"{row['train_s']:.0f} s training ({time.perf_counter() - t0:.0f} s for the cell)")
-        write_report(cfg, cells, out_dir)
-    paths = write_report(cfg, cells, out_dir)
-    echo("wrote " + ", ".join(str(p) for p in paths))
+        if report:
+            write_report(cfg, cells, out_dir, recipes)
+    if report:
+        paths = write_report(cfg, cells, out_dir, recipes)
+        echo("wrote " + ", ".join(str(p) for p in paths))
     if failed:
         raise AblationError(f"{len(failed)} cell(s) failed: {', '.join(failed)} (logs in {out_dir / 'logs'}); "
                             "rerun the same command to retry them, finished cells are kept")
-    return out_dir
+    return [json.loads((c.run_dir / MARKER).read_text())["row"] for c in cells]
 
 
 # ---------------------------------------------------------------------------- before anything runs
@@ -331,8 +369,9 @@ def budget_value(cfg: DictConfig) -> float:
     return float(cfg.budget.value) if cfg.budget.kind == "seconds" else int(cfg.budget.value)
 
 
-def write_report(cfg: DictConfig, cells: Sequence[Cell], out_dir: Path) -> list[Path]:
-    """ablation.csv, curves.csv, ablation.md and the plots from every finished cell of the plan."""
+def write_report(cfg: DictConfig, cells: Sequence[Cell], out_dir: Path,
+                 recipes: Optional[dict[str, Any]] = None) -> list[Path]:
+    """ablation.csv, curves.csv, ablation.md (with recipes, intervals, plateau check, contrasts) and the plots."""
     rows, curves = [], []
     for c in cells:
         marker = c.run_dir / MARKER
@@ -348,7 +387,8 @@ def write_report(cfg: DictConfig, cells: Sequence[Cell], out_dir: Path) -> list[
     header += f"; seeds {list(cfg.seeds)}; mean ± sample std over seeds; {len(rows)}/{len(cells)} runs finished."
     paths = [write_csv(out_dir / "ablation.csv", rows, COLUMNS), write_csv(out_dir / "curves.csv", curves, CURVE_COLUMNS)]
     md = out_dir / "ablation.md"
-    md.write_text(markdown_table(rows, order, header))
+    md.write_text(markdown_table(rows, order, header) + statistics_section(
+        rows, curves, order, [OmegaConf.to_container(c) for c in cfg.contrasts], recipes))
     paths.append(md)
     if cfg.plots and curves:
         paths += plot_curves(curves, order, cfg.eval.metric, out_dir, title=f"{cfg.name}: {b.kind} budget {b.value:g}")

@@ -3,11 +3,13 @@
     python tools/ablate.py experiment=ablation_digits                 # CPU, digits 32x32, FD-digits
     python tools/ablate.py experiment=ablation_celeba64 train_args='[dataset.root=/data/celeba]'
     python tools/ablate.py experiment=ablation_digits seeds=[0] out_dir=/tmp/abl --dry-run
+    python tools/ablate.py experiment=ablation_digits_tuned          # equal Optuna tuning per cell, 3 seeds
 
 Arguments are Hydra overrides of configs/ablation/config.yaml (presets in configs/ablation/
 experiment/): out_dir=, seeds=, budget.kind=images|steps|seconds, budget.value=, eval.*=,
 train_args=[...] (tools/train.py overrides shared by every cell), cells=[...] or
-generators=[...] discriminators=[...]. --dry-run composes and checks the grid (equal budget,
+generators=[...] discriminators=[...], tuning.*= (trials per cell, trial seeds and budget,
+the search space), contrasts=[...]. --dry-run composes and checks the grid (equal budget,
 every pairing buildable, evaluation weights present), prints the plan and runs nothing.
 
 Every cell is a ``tools/train.py`` run under out_dir/runs/; rerunning the same command skips

@@ -420,7 +420,10 @@ class TransGANDiscriminator(nn.Module):
         self.apply(_init_vit)
         trunc_normal_(self.cls_token, std=0.02)
         if self.class_embed is not None:
-            trunc_normal_(self.class_embed.weight, std=0.02)
+            # Glorot-uniform like ClassProjection (conv, StyleGAN2 critics), not ViT's 0.02: with 0.02 the class
+            # term starts at ~0.1 of a logit and a WGAN-GP critic learned almost no class margin in 200 steps
+            # (docs/ablation.md, "ViT critic conditioning: measured").
+            nn.init.xavier_uniform_(self.class_embed.weight)
 
     def features(self, x: Tensor) -> Tensor:
         """Images [B, C, R, R] -> the normalized [cls] feature [B, dim]."""

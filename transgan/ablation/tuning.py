@@ -1,0 +1,188 @@
+"""Equal tuning per cell with Optuna, then final runs at each cell's chosen recipe.
+
+Every cell gets ``tuning.trials`` trials over the one declared ``tuning.space`` (loss family
+with its penalty weight, learning rates, n_critic, batch), each trial a training run of
+``tuning.budget`` at one of ``tuning.seeds``: seeds the final runs never use, and since the
+trainer's evaluation draws its latents from the run seed, evaluation latents they never use
+either. Trials live in an Optuna journal file (``out_dir/tuning/optuna.journal``), one study
+per cell: a finished trial is never rerun, an interrupted one is asked again with the same
+parameters and resumes its run from its checkpoint. The chosen recipes are written to
+``out_dir/tuning/recipes.json``; the final runs then train every cell at its recipe for every
+seed in ``seeds`` (resumable as any grid).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from transgan.ablation.grid import AblationError, Cell, cell_specs, plan_grid
+from transgan.eval.metric_registry import lower_is_better
+
+JOURNAL = "optuna.journal"
+RECIPES = "recipes.json"
+LOSS_KEY = "loss"  # the space's categorical over configs/loss options, each with its own penalty range
+
+
+def check_tuning(cfg: DictConfig) -> None:
+    """Refuse a tuning section that cannot give every cell the same, separate tuning budget."""
+    t = cfg.tuning
+    if t.trials <= 0:
+        return
+    if not t.seeds:
+        raise AblationError("tuning.seeds must name the trial seeds (disjoint from seeds)")
+    shared = sorted(set(t.seeds) & set(cfg.seeds))
+    if shared:
+        raise AblationError(f"tuning.seeds and seeds share {shared}: a final run must not reuse a tuning seed "
+                            "(its evaluation latents come from the seed)")
+    if t.budget.kind not in ("images", "seconds") or t.budget.value <= 0:
+        raise AblationError("tuning.budget must be images or seconds > 0: with batch and n_critic tuned, a steps "
+                            "budget would give trials unequal compute")
+    if cfg.budget.kind == "steps" and any(k in t.space for k in ("train.batch_size", "train.n_critic")):
+        raise AblationError("budget.kind=steps with a tuned batch or n_critic gives cells unequal compute; "
+                            "use images or seconds")
+    if not t.space:
+        raise AblationError("tuning.space is empty")
+    for s in cell_specs(cfg):
+        if not (s.generator and s.discriminator):
+            raise AblationError("a tuned grid names every cell's generator and discriminator")
+    for key in t.space:
+        if key != LOSS_KEY and not key.startswith("train."):
+            raise AblationError(f"tuning.space key {key!r}: only loss and train.* keys are tuned")
+
+
+def tuned_keys(cfg: DictConfig) -> list[str]:
+    """Config keys whose values may differ between tuned cells (the space's keys; the loss section as a whole)."""
+    return [LOSS_KEY if k == LOSS_KEY else k for k in cfg.tuning.space]
+
+
+def suggest(trial: Any, space: DictConfig) -> list[str]:
+    """Sample one recipe from the space as tools/train.py overrides (floats log-uniform, lists categorical)."""
+    out: list[str] = []
+    for key, dom in space.items():
+        if key == LOSS_KEY:
+            family = trial.suggest_categorical("loss", sorted(dom.keys()))
+            out.append(f"loss={family}")
+            for sub, rng in (dom[family] or {}).items():
+                out.append(f"loss.{sub}={_suggest_value(trial, f'{family}.{sub}', rng)}")
+        else:
+            out.append(f"{key}={_suggest_value(trial, key, dom)}")
+    return out
+
+
+def _suggest_value(trial: Any, name: str, dom: Any) -> Any:
+    dom = list(dom)
+    if len(dom) == 2 and all(isinstance(v, float) for v in dom):
+        return trial.suggest_float(name, dom[0], dom[1], log=dom[0] > 0)
+    return trial.suggest_categorical(name, dom)
+
+
+def _trial_cfg(cfg: DictConfig, spec_index: int, recipe: Sequence[str], out_dir: Path) -> DictConfig:
+    tree = OmegaConf.to_container(cfg)
+    spec = OmegaConf.to_container(OmegaConf.structured(cell_specs(cfg)[spec_index]))
+    tree.update(cells=[spec], seeds=list(cfg.tuning.seeds), out_dir=str(out_dir), budget=tree["tuning"]["budget"],
+                extra_args=[*tree["extra_args"], *recipe], contrasts=[])  # after the shared args, as in final_plan
+    tree["tuning"]["trials"] = 0
+    return OmegaConf.create(tree)
+
+
+def _metric(rows: Sequence[dict[str, Any]]) -> float:
+    vals = [r["metric_value"] for r in rows]
+    if any(v is None or not math.isfinite(v) for v in vals):
+        return math.nan
+    return sum(vals) / len(vals)
+
+
+def tune(cfg: DictConfig, run_cells: Callable[[DictConfig, list[Cell]], list[dict[str, Any]]],
+         echo: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
+    """Run the missing trials of every cell (same count each), write and return the chosen recipes.
+
+    ``run_cells(trial_cfg, cells)`` trains the planned cells (skipping finished ones) and returns
+    their rows. A trial whose metric is not finite counts against the cell's budget as a failure.
+    """
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    check_tuning(cfg)
+    root = Path(cfg.out_dir).expanduser() / "tuning"
+    root.mkdir(parents=True, exist_ok=True)
+    storage = JournalStorage(JournalFileBackend(str(root / JOURNAL)))
+    direction = "minimize" if lower_is_better(cfg.eval.metric) is not False else "maximize"
+    declared = json.dumps({"space": OmegaConf.to_container(cfg.tuning.space), "budget": OmegaConf.to_container(
+        cfg.tuning.budget), "seeds": list(cfg.tuning.seeds), "metric": cfg.eval.metric}, sort_keys=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    recipes: dict[str, dict[str, Any]] = {}
+    for i, spec in enumerate(cell_specs(cfg)):
+        label = spec.label or f"{spec.generator}+{spec.discriminator}"
+        study = optuna.create_study(study_name=label, storage=storage, load_if_exists=True, direction=direction,
+                                    sampler=optuna.samplers.TPESampler(seed=int(cfg.tuning.sampler_seed) + i))
+        if study.user_attrs.get("declared", declared) != declared:
+            raise AblationError(f"{root / JOURNAL} holds trials of cell {label} under another search space, trial "
+                                "budget, seeds or metric; choose another out_dir or delete the tuning folder")
+        study.set_user_attr("declared", declared)
+        for stale in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            # an interrupted trial: closed as failed and asked again with its parameters (its run resumes)
+            study.enqueue_trial(stale.params, skip_if_exists=False)
+            storage.set_trial_user_attr(stale._trial_id, "interrupted", True)  # before it finishes: then read-only
+            storage.set_trial_state_values(stale._trial_id, optuna.trial.TrialState.FAIL)
+        while len(counted_trials(study)) < cfg.tuning.trials:
+            trial = study.ask()
+            recipe = suggest(trial, cfg.tuning.space)
+            tag = hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:10]
+            trial.set_user_attr("recipe", recipe)
+            trial_cfg = _trial_cfg(cfg, i, recipe, root / label / tag)
+            echo(f"tuning {label}: trial {len(counted_trials(study)) + 1}/{cfg.tuning.trials}: {' '.join(recipe)}")
+            value = _metric(run_cells(trial_cfg, plan_grid(trial_cfg)))
+            if math.isfinite(value):
+                study.tell(trial, value)
+            else:
+                trial.set_user_attr("diverged", True)
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        check_equal_tuning({label: study}, int(cfg.tuning.trials))
+        done = [t for t in counted_trials(study) if t.state == optuna.trial.TrialState.COMPLETE]
+        if not done:
+            raise AblationError(f"cell {label}: every tuning trial diverged; widen or move tuning.space")
+        best = min(done, key=lambda t: t.value) if direction == "minimize" else max(done, key=lambda t: t.value)
+        recipes[label] = {"recipe": best.user_attrs["recipe"], "value": best.value, "trial": best.number,
+                          "trials": len(counted_trials(study)), "diverged": len(counted_trials(study)) - len(done)}
+    (root / RECIPES).write_text(json.dumps(recipes, indent=1) + "\n")
+    return recipes
+
+
+def counted_trials(study: Any) -> list[Any]:
+    """The trials that spent the cell's tuning budget: finished, or failed by divergence (not by interruption)."""
+    import optuna
+
+    states = optuna.trial.TrialState
+    return [t for t in study.get_trials(deepcopy=False)
+            if t.state == states.COMPLETE or (t.state == states.FAIL and t.user_attrs.get("diverged"))]
+
+
+def check_equal_tuning(studies: dict[str, Any], trials: int) -> None:
+    """Refuse cells whose studies spent other than exactly ``trials`` trials, or budgets that differ per trial."""
+    counts = {label: len(counted_trials(s)) for label, s in studies.items()}
+    unequal = {label: n for label, n in counts.items() if n != trials}
+    if unequal:
+        raise AblationError(f"unequal tuning budgets: every cell gets {trials} trials, but {unequal}")
+    declared = {s.user_attrs.get("declared") for s in studies.values()}
+    if len(declared) > 1:
+        raise AblationError("unequal tuning budgets: the cells' studies were run under different search spaces, "
+                            "trial budgets or seeds")
+
+
+def final_plan(cfg: DictConfig, recipes: dict[str, dict[str, Any]]) -> list[Cell]:
+    """Every cell at its chosen recipe for every final seed; configs may differ only in the tuned keys."""
+    return plan_grid(cfg, {label: r["recipe"] for label, r in recipes.items()}, tuned_keys(cfg))
+
+
+def load_recipes(cfg: DictConfig) -> Optional[dict[str, dict[str, Any]]]:
+    """recipes.json of an earlier tuning, if any."""
+    path = Path(cfg.out_dir).expanduser() / "tuning" / RECIPES
+    return json.loads(path.read_text()) if path.is_file() else None
+
