@@ -71,6 +71,21 @@ def test_modulated_conv_equals_per_sample_loop_of_conv2d(demodulate):
         assert torch.allclose(got, expected, atol=1e-12, rtol=1e-10), fused
 
 
+@pytest.mark.parametrize("kernel", [3, 1])
+def test_modulated_conv_up_is_the_conv_of_the_zero_inserted_input(kernel):
+    """up=True (a stride-2 transposed convolution) equals the plain modulated conv of x with zeros inserted, fully padded."""
+    x = torch.randn(2, 5, 6, 6, generator=gen(6), dtype=torch.float64)
+    weight = torch.randn(3, 5, kernel, kernel, generator=gen(7), dtype=torch.float64)
+    styles = torch.randn(2, 5, generator=gen(8), dtype=torch.float64)
+    zeros = x.new_zeros(2, 5, 11, 11)
+    zeros[:, :, ::2, ::2] = x
+    expected = per_sample_reference(zeros, weight, styles, True, padding=kernel - 1)
+    for fused in (False, True):
+        got = modulated_conv2d(x, weight, styles, True, fused=fused, up=True)
+        assert got.shape == expected.shape == (2, 3, 10 + kernel, 10 + kernel)
+        assert torch.allclose(got, expected, atol=1e-12, rtol=1e-10), fused
+
+
 def test_demodulated_output_has_unit_variance_per_output_channel():
     # Unit-variance i.i.d. input: each output is <W''_o, patch> with ||W''_o|| = 1, so its variance is 1.
     # Valid convolution (no padding) keeps zero borders out; 32 x 30 x 30 outputs per channel.

@@ -52,8 +52,8 @@ from einops import rearrange
 from torch import Tensor
 
 from transgan.nn.attention import check_kernel, scaled_dot_product
-from transgan.nn.layers import (RESAMPLE_MODES, EqualizedLinear, NoiseInjection, fir_kernel, leaky_relu_gain,
-                                upsample2d, upsample2d_fir)
+from transgan.nn.layers import (RESAMPLE_MODES, EqualizedLinear, NoiseInjection, blur2d, fir_kernel,
+                                leaky_relu_gain, upsample2d)
 
 __all__ = [
     "normalize_2nd_moment", "MappingNetwork", "modulated_conv2d", "ModulatedConv2d", "StyledConv2d", "ToRGB",
@@ -165,13 +165,16 @@ class MappingNetwork(nn.Module):
 # ----------------------------------------------------------------------------- modulated convolution
 
 def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, demodulate: bool = True, padding: int = 0,
-                     fused: bool = False) -> Tensor:
+                     fused: bool = False, up: bool = False) -> Tensor:
     """StyleGAN2 modulated convolution: W'_b = W * s_b (per input channel), then W'' = W' / ||W'||.
 
     x [B, I, H, W], weight [O, I, k, k], styles [B, I]. ``fused=True`` convolves each sample with
     its own W''_b as one grouped convolution (cheap at inference); ``fused=False`` scales the
     activations instead — x * s, one shared conv, output * demodulation coefficient — whose
     backward is a plain convolution's (training). The two are the same function.
+    ``up=True`` convolves x with its zeros inserted (x at even positions, 2H - 1 long) with full
+    padding, as a stride-2 transposed convolution that skips the zeros: [B, O, 2H + k - 2, ...]
+    (``padding`` ignored).
     """
     B, I = x.shape[:2]
     O = weight.shape[0]
@@ -182,10 +185,18 @@ def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, demodulate: bool
         w = weight.unsqueeze(0) * styles.reshape(B, 1, I, 1, 1)          # W'_b  [B, O, I, k, k]
         if demodulate:
             w = w * (w.square().sum(dim=(2, 3, 4), keepdim=True) + 1e-8).rsqrt()
-        out = F.conv2d(x.reshape(1, B * I, *x.shape[2:]), w.reshape(B * O, I, *weight.shape[2:]),
-                       padding=padding, groups=B)
+        if up:  # a transposed convolution with the flipped kernel is the correlation of the zero-inserted x
+            w_t = w.transpose(1, 2).flip((3, 4)).reshape(B * I, O, *weight.shape[2:])
+            out = F.conv_transpose2d(x.reshape(1, B * I, *x.shape[2:]), w_t, stride=2, groups=B)
+        else:
+            out = F.conv2d(x.reshape(1, B * I, *x.shape[2:]), w.reshape(B * O, I, *weight.shape[2:]),
+                           padding=padding, groups=B)
         return out.reshape(B, O, *out.shape[2:])
-    out = F.conv2d(x * styles.reshape(B, I, 1, 1), weight, padding=padding)
+    x = x * styles.reshape(B, I, 1, 1)
+    if up:
+        out = F.conv_transpose2d(x, weight.transpose(0, 1).flip((2, 3)), stride=2)
+    else:
+        out = F.conv2d(x, weight, padding=padding)
     if not demodulate:
         return out
     # ||W'_b,o||^2 = sum_i s_bi^2 sum_k W_oik^2: a [B, I] x [I, O] product, no [B, O, I, k, k] tensor.
@@ -208,8 +219,9 @@ class ModulatedConv2d(nn.Module):
         # Without demodulation the equalized-lr gain keeps the output scale (ToRGB).
         self.weight_gain = 1.0 if demodulate else 1.0 / math.sqrt(in_channels * kernel_size * kernel_size)
 
-    def forward(self, x: Tensor, w: Tensor, fused: Optional[bool] = None, padding: Optional[int] = None) -> Tensor:
-        """x [B, in, H, W], w [B, w_dim] -> [B, out, H, W] (``padding`` default: same size).
+    def forward(self, x: Tensor, w: Tensor, fused: Optional[bool] = None, padding: Optional[int] = None,
+                up: bool = False) -> Tensor:
+        """x [B, in, H, W], w [B, w_dim] -> [B, out, H, W] (``padding`` default: same size; ``up``: see modulated_conv2d).
 
         ``fused=None`` picks the grouped form for inference on CUDA (no autograd) and the
         shared-weight form otherwise; CPU grouped convolutions are slower than the shared one.
@@ -217,7 +229,7 @@ class ModulatedConv2d(nn.Module):
         styles = self.affine(w) * self.weight_gain
         fused = (not torch.is_grad_enabled() and x.is_cuda) if fused is None else fused
         return modulated_conv2d(x, self.weight.to(x.dtype), styles.to(x.dtype), demodulate=self.demodulate,
-                                padding=self.kernel_size // 2 if padding is None else padding, fused=fused)
+                                padding=self.kernel_size // 2 if padding is None else padding, fused=fused, up=up)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, demodulate={self.demodulate}"
@@ -251,14 +263,17 @@ class StyledConv2d(nn.Module):
 
     def forward(self, x: Tensor, w: Tensor, noise_mode: str = "random", fused: Optional[bool] = None) -> Tensor:
         """x [B, in, r, r] ([B, in, r/2, r/2] with ``up``), w [B, w_dim] -> [B, out, r, r]."""
-        padding = None
         if self.up and self.resample == "fir":
-            k = self.conv.kernel_size // 2
-            x, padding = upsample2d_fir(x, self.resample_kernel, padding=(k + 2, k + 1)), 0
-        elif self.up:
+            # The official order: the stride-2 transposed convolution (it skips the inserted zeros, a
+            # quarter of the multiply-adds of a convolution at 2r), then the [1, 3, 3, 1] filter (gain 4).
+            # Both are linear and shift-invariant, so this equals filtering the zero-inserted x first,
+            # zero padded, then convolving; the padding trims the k + 2 border samples to r.
+            x = self.conv(x, w, fused=fused, up=True)
+            x = blur2d(x, self.resample_kernel * 4, padding=2 - self.conv.kernel_size // 2)
+        else:
             # Bilinear x2 = zero insertion + StyleGAN2's [1, 3, 3, 1] filter (up to the borders).
-            x = upsample2d(x)
-        x = self.noise(self.conv(x, w, fused=fused, padding=padding), noise_mode)
+            x = self.conv(upsample2d(x) if self.up else x, w, fused=fused)
+        x = self.noise(x, noise_mode)
         return leaky_relu_gain(x + self.bias.to(x.dtype).reshape(1, -1, 1, 1))
 
 
