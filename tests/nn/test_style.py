@@ -73,7 +73,7 @@ def test_modulated_conv_equals_per_sample_loop_of_conv2d(demodulate):
 
 @pytest.mark.parametrize("kernel", [3, 1])
 def test_modulated_conv_up_is_the_conv_of_the_zero_inserted_input(kernel):
-    """up=True (a stride-2 transposed convolution) equals the plain modulated conv of x with zeros inserted, fully padded."""
+    """up=True (stride-2 transposed conv) equals the modulated conv of x with zeros inserted, fully padded."""
     x = torch.randn(2, 5, 6, 6, generator=gen(6), dtype=torch.float64)
     weight = torch.randn(3, 5, kernel, kernel, generator=gen(7), dtype=torch.float64)
     styles = torch.randn(2, 5, generator=gen(8), dtype=torch.float64)

@@ -221,7 +221,7 @@ class ModulatedConv2d(nn.Module):
 
     def forward(self, x: Tensor, w: Tensor, fused: Optional[bool] = None, padding: Optional[int] = None,
                 up: bool = False) -> Tensor:
-        """x [B, in, H, W], w [B, w_dim] -> [B, out, H, W] (``padding`` default: same size; ``up``: see modulated_conv2d).
+        """x [B, in, H, W], w [B, w_dim] -> [B, out, H, W] (``padding`` default: same size; ``up``: modulated_conv2d's).
 
         ``fused=None`` picks the grouped form for inference on CUDA (no autograd) and the
         shared-weight form otherwise; CPU grouped convolutions are slower than the shared one.
