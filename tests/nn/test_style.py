@@ -262,8 +262,9 @@ def test_noise_injection_modes():
 
 
 def test_spectral_norm_gives_unit_largest_singular_value():
-    conv = apply_spectral_norm(EqualizedConv2d(4, 6, 3))
-    for _ in range(20):
+    torch.manual_seed(0)  # weights and power-iteration vector: a random matrix with close top singular values
+    conv = apply_spectral_norm(EqualizedConv2d(4, 6, 3))  # would need more iterations than any fixed count
+    for _ in range(100):
         conv(torch.randn(1, 4, 5, 5))                    # power iterations run in training mode
     sigma = torch.linalg.matrix_norm(conv.weight.detach().reshape(6, -1), ord=2)
     assert float(sigma) == pytest.approx(1.0, abs=0.02)
