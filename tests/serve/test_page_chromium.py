@@ -43,20 +43,27 @@ def test_choose_a_class_press_generate_and_the_grid_shows_its_images(digits_serv
         assert driver.find_element(By.ID, "error").text == ""
 
         # A count beyond the server's limit: the page shows the server's 422 message, the grid stays.
-        driver.execute_script("document.getElementById('count').max = 1000;")
-        box = driver.find_element(By.ID, "count")
-        box.clear()
-        box.send_keys("1000")
-        driver.find_element(By.ID, "generate").click()
-        from selenium.webdriver.support.ui import WebDriverWait
-
-        WebDriverWait(driver, 20).until(lambda d: d.find_element(By.ID, "error").text)
+        submit_a_count_over_the_limit(driver)
         assert "count must be at most" in driver.find_element(By.ID, "error").text
         assert len(driver.find_elements(By.CSS_SELECTOR, "#grid img")) == 6
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and "422" not in e["message"]]
         assert errors == []  # no script errors, no blocked resources (CSP)
     screenshot = Image.open(shot)
     assert screenshot.size[0] > 500 and screenshot.getextrema() != ((255, 255),) * 3  # a rendered page
+
+
+def submit_a_count_over_the_limit(driver):
+    """Lift the page's own count limit, submit 1000 and wait for the server's error; returns the count box."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.execute_script("document.getElementById('count').max = 1000;")
+    box = driver.find_element(By.ID, "count")
+    box.clear()
+    box.send_keys("1000")
+    driver.find_element(By.ID, "generate").click()
+    WebDriverWait(driver, 20).until(lambda d: d.find_element(By.ID, "error").text)
+    return box
 
 
 def shown_pixels(img) -> np.ndarray:
@@ -118,12 +125,7 @@ def test_first_load_new_button_downloads_permalink_viewer_and_stale_error(digits
         assert "truncation" in driver.find_element(By.ID, "truncation-hint").text.lower()
 
         # Stale error: a server error, then a submit the browser blocks (count below 1) clears it.
-        driver.execute_script("document.getElementById('count').max = 1000;")
-        box = driver.find_element(By.ID, "count")
-        box.clear()
-        box.send_keys("1000")
-        driver.find_element(By.ID, "generate").click()
-        WebDriverWait(driver, 20).until(lambda d: d.find_element(By.ID, "error").text)
+        box = submit_a_count_over_the_limit(driver)
         box.clear()
         box.send_keys("0")
         driver.find_element(By.ID, "generate").click()

@@ -50,9 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def check_args(args: argparse.Namespace) -> None:
-    """Refuse out-of-range options before anything is bound or loaded."""
+def check_args(args: argparse.Namespace) -> tuple[list[str], Any]:
+    """Refuse bad options before anything is bound or loaded; return the allowed Host names and the device."""
     from transgan.errors import ConfigError
+    from transgan.serve.server import allowed_hosts_for
 
     if not 1 <= args.max_count <= 1024:
         raise ConfigError(f"--max-count must be in 1..1024, got {args.max_count}")
@@ -62,40 +63,39 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--port must be in 0..65535, got {args.port}")
     if args.threads is not None and not 1 <= args.threads <= 1024:
         raise ConfigError(f"--threads must be in 1..1024, got {args.threads}")
+    return args.allowed_host or allowed_hosts_for(args.host), resolve_device(args.device)
 
 
 def build_app(args: argparse.Namespace) -> Any:
     """The web app for parsed arguments: the generator loaded once, with the run's attention kernel."""
+    return _load_app(args, *check_args(args))
+
+
+def _load_app(args: argparse.Namespace, allowed_hosts: list[str], device: Any) -> Any:
+    """The web app for checked arguments."""
     import torch
 
     from transgan.runs.load import load_source
     from transgan.serve.app import ServeLimits, create_app
-    from transgan.serve.server import allowed_hosts_for
 
-    check_args(args)
-    allowed = args.allowed_host or allowed_hosts_for(args.host)
-    device = resolve_device(args.device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     loaded = load_source(args.source, args.network, attention=args.attention)
     loaded.G.to(device)
     limits = ServeLimits(max_count=args.max_count, batch_images=args.batch)
-    return create_app(loaded, limits, title=args.title, allowed_hosts=allowed)
+    return create_app(loaded, limits, title=args.title, allowed_hosts=allowed_hosts)
 
 
 def run(argv: Sequence[str]) -> None:
     """Load the generator once and serve until interrupted."""
-    from transgan.serve.server import allowed_hosts_for, bind_socket, is_loopback_host, serve_forever
+    from transgan.serve.server import bind_socket, is_loopback_host, serve_forever
 
     args = build_parser().parse_args(argv)
-    check_args(args)
-    if not args.allowed_host:
-        allowed_hosts_for(args.host)  # a --host that needs --allowed-host fails before the bind
-    resolve_device(args.device)
+    checked = check_args(args)
     # The port first: a taken one fails at once, not after the model load.
     sock = bind_socket(args.host, args.port)
     try:
-        app = build_app(args)
+        app = _load_app(args, *checked)
         info = app.state.service.describe()
         # Flushed: tools/load_test.py --compare-batching reads the URL (and its port 0's choice) from a pipe.
         print(f"{info['description']}; serving on http://{args.host}:{sock.getsockname()[1]}/", flush=True)
