@@ -177,3 +177,36 @@ def test_an_interrupted_trial_is_asked_again_with_its_parameters_and_finished_on
     (study,) = _journal_trials(tmp_path / "abl").values()
     assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "COMPLETE"]
     assert len(counted_trials(study)) == 2 and recipes["cwgan_gp+cwgan_gp"]["value"] == 3.0
+
+
+def test_only_names_cells_of_the_grid():
+    with pytest.raises(AblationError, match=r"only names \['stylegan2\+cwgan_gp'\]"):
+        run_ablation(["experiment=ablation_digits_tuned", "only=[stylegan2+cwgan_gp]"], dry_run=True)
+
+
+def test_a_grid_run_in_parts_is_reported_whole_without_rerunning_a_part(tmp_path):
+    out = tmp_path / "abl"
+    cells = ["cwgan_gp+cwgan_gp", "transgan+cwgan_gp"]
+    args = ["experiment=ablation_digits_tuned", f"out_dir={out}", "seeds=[0]", "launcher=[python]",
+            "budget.value=16", "eval.points=1", "tuning.trials=1", "tuning.seeds=[7]", "tuning.budget.value=16",
+            "cells=[{generator:cwgan_gp,discriminator:cwgan_gp},{generator:transgan,discriminator:cwgan_gp}]",
+            "contrasts=[]", "extra_args=['eval.num_samples=30','train.log_every=1','train.cpu_threads=1']",
+            "tuning.space={loss:{wgan_gp:{gp_weight:[1.0,10.0]}},train.lr_g:[1.0e-4,1.0e-3],"
+            "train.n_critic:[1],train.batch_size:[8]}"]
+    for part in cells:  # the parts (side by side on a real machine; one after the other here)
+        said: list[str] = []
+        run_ablation([*args, f"only=[{part}]"], echo=said.append)
+        assert any(f"tuning {part}: trial" in s for s in said)
+        assert not any(f"tuning {other}: trial" in m for other in cells if other != part for m in said)
+        assert not (out / "ablation.md").exists() and not (out / "tuning" / "recipes.json").exists()
+    studies = _journal_trials(out)
+    assert sorted(studies) == cells and all(len(counted_trials(s)) == 1 for s in studies.values())
+
+    said = []
+    run_ablation(args, echo=said.append)  # the whole grid: nothing trains again, the report covers both cells
+    assert not any(": trial" in s for s in said)
+    assert sum("finished earlier, not rerun" in s for s in said) == 2  # the 2 final runs
+    recipes = json.loads((out / "tuning" / "recipes.json").read_text())
+    assert {k: v["value"] for k, v in recipes.items()} == {k: s.best_value for k, s in studies.items()}
+    report = (out / "ablation.md").read_text()
+    assert all(c in report for c in cells)

@@ -115,6 +115,9 @@ class AblationConfig:
     plots: bool = True
     tuning: TuningSpec = dataclasses.field(default_factory=TuningSpec)
     contrasts: list[ContrastSpec] = dataclasses.field(default_factory=list)
+    # Run (tune and train) only these cells, by label: a grid split into parts that run side by side
+    # (each with train.cpu_threads set), then reported by one run of the whole grid. [] = every cell.
+    only: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -206,7 +209,16 @@ def cell_specs(cfg: DictConfig) -> list[CellSpec]:
         _refuse_reserved(s.overrides, f"cell {s.label or (s.generator, s.discriminator)}")
         if s.label is not None and (not s.label or "/" in s.label or s.label.startswith(".")):
             raise AblationError(f"cell label {s.label!r} cannot name a folder")
+    unknown = sorted(set(cfg.get("only") or ()) - {spec_label(s) for s in specs})
+    if unknown:
+        raise AblationError(f"only names {unknown}, which are not cells of this grid "
+                            f"({', '.join(spec_label(s) for s in specs)})")
     return specs
+
+
+def selected(cfg: DictConfig, label: str) -> bool:
+    """Whether this invocation runs the cell ``label`` (``only`` empty: every cell)."""
+    return not cfg.get("only") or label in cfg.only
 
 
 def budget_overrides(cfg: DictConfig, train: DictConfig) -> dict[str, Any]:
@@ -241,7 +253,7 @@ def plan_grid(cfg: DictConfig, recipes: Optional[dict[str, list[str]]] = None,
         chosen = [f"model/generator={s.generator}"] * bool(s.generator) + \
                  [f"model/discriminator={s.discriminator}"] * bool(s.discriminator)
         shared = [*cfg.train_args, *cfg.extra_args, *([f"dataset.root={cfg.data_root}"] if cfg.data_root else [])]
-        args = [*shared, *recipes.get(_spec_label(s), []), *s.overrides, *chosen]
+        args = [*shared, *recipes.get(spec_label(s), []), *s.overrides, *chosen]
         try:
             base, _ = compose_config(args)
         except ConfigError as err:
@@ -275,7 +287,8 @@ def plan_grid(cfg: DictConfig, recipes: Optional[dict[str, list[str]]] = None,
     return cells
 
 
-def _spec_label(s: CellSpec) -> str:
+def spec_label(s: CellSpec) -> str:
+    """A cell's row name: its label, or ``<generator>+<discriminator>``."""
     return s.label or f"{s.generator}+{s.discriminator}"
 
 

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import transgan
 from transgan.ablation.grid import (TOOL_METRICS, AblationError, Cell, compose_ablation, fingerprint,
-                                    plan_grid)
+                                    plan_grid, selected)
 from transgan.ablation.report import (COLUMNS, CURVE_COLUMNS, markdown_table, plot_curves, statistics_section,
                                       write_csv)
 from transgan.ablation.tuning import check_tuning, final_plan, tune
@@ -66,8 +66,10 @@ def run_ablation(overrides: Sequence[str], dry_run: bool = False, echo: Callable
                                                                 report=False), echo)
         cells = final_plan(cfg, recipes)
     else:
-        cells = plan_grid(cfg)
-    run_cells(cfg, cells, echo, recipes=recipes)
+        cells = [c for c in plan_grid(cfg) if selected(cfg, c.label)]
+    if cfg.only:
+        echo(f"running the cells {list(cfg.only)} only: no report (run the whole grid to write it)")
+    run_cells(cfg, cells, echo, report=not cfg.only, recipes=recipes)
     return out_dir
 
 

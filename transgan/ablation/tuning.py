@@ -13,6 +13,7 @@ seed in ``seeds`` (resumable as any grid).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -21,7 +22,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from transgan.ablation.grid import AblationError, Cell, cell_specs, plan_grid
+from transgan.ablation.grid import AblationError, Cell, cell_specs, plan_grid, selected, spec_label
 from transgan.eval.metric_registry import lower_is_better
 
 JOURNAL = "optuna.journal"
@@ -86,7 +87,8 @@ def _trial_cfg(cfg: DictConfig, spec_index: int, recipe: Sequence[str], out_dir:
     tree = OmegaConf.to_container(cfg)
     spec = OmegaConf.to_container(OmegaConf.structured(cell_specs(cfg)[spec_index]))
     tree.update(cells=[spec], seeds=list(cfg.tuning.seeds), out_dir=str(out_dir), budget=tree["tuning"]["budget"],
-                extra_args=[*tree["extra_args"], *recipe], contrasts=[])  # after the shared args, as in final_plan
+                # the recipe after the shared args, as in final_plan
+                extra_args=[*tree["extra_args"], *recipe], contrasts=[], only=[])
     tree["tuning"]["trials"] = 0
     return OmegaConf.create(tree)
 
@@ -118,8 +120,10 @@ def tune(cfg: DictConfig, run_cells: Callable[[DictConfig, list[Cell]], list[dic
         cfg.tuning.budget), "seeds": list(cfg.tuning.seeds), "metric": cfg.eval.metric}, sort_keys=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     recipes: dict[str, dict[str, Any]] = {}
-    for i, spec in enumerate(cell_specs(cfg)):
-        label = spec.label or f"{spec.generator}+{spec.discriminator}"
+    for i, spec in enumerate(cell_specs(cfg)):  # i seeds the cell's sampler: the same in a part as in the whole
+        label = spec_label(spec)
+        if not selected(cfg, label):
+            continue
         study = optuna.create_study(study_name=label, storage=storage, load_if_exists=True, direction=direction,
                                     sampler=optuna.samplers.TPESampler(seed=int(cfg.tuning.sampler_seed) + i))
         if study.user_attrs.get("declared", declared) != declared:
@@ -151,7 +155,8 @@ def tune(cfg: DictConfig, run_cells: Callable[[DictConfig, list[Cell]], list[dic
         best = min(done, key=lambda t: t.value) if direction == "minimize" else max(done, key=lambda t: t.value)
         recipes[label] = {"recipe": best.user_attrs["recipe"], "value": best.value, "trial": best.number,
                           "trials": len(counted_trials(study)), "diverged": len(counted_trials(study)) - len(done)}
-    (root / RECIPES).write_text(json.dumps(recipes, indent=1) + "\n")
+    if not cfg.only:  # a part's recipes are in the journal; the whole grid's run writes the file
+        (root / RECIPES).write_text(json.dumps(recipes, indent=1) + "\n")
     return recipes
 
 
@@ -177,7 +182,11 @@ def check_equal_tuning(studies: dict[str, Any], trials: int) -> None:
 
 
 def final_plan(cfg: DictConfig, recipes: dict[str, dict[str, Any]]) -> list[Cell]:
-    """Every cell at its chosen recipe for every final seed; configs may differ only in the tuned keys."""
+    """Every (selected) cell at its chosen recipe for every final seed; configs may differ only in the tuned keys."""
+    if cfg.only:  # the other cells' recipes are not known here: plan the selected cells alone
+        tree = OmegaConf.to_container(cfg)
+        tree["cells"] = [dataclasses.asdict(s) for s in cell_specs(cfg) if selected(cfg, spec_label(s))]
+        cfg = OmegaConf.create(tree)
     return plan_grid(cfg, {label: r["recipe"] for label, r in recipes.items()}, tuned_keys(cfg))
 
 

@@ -27,6 +27,7 @@ class TrainConfig:
     max_steps: int = 2000
     max_seconds: Optional[float] = None
     batch_size: int = 64
+    batch_size_g: Optional[int] = None  # G step's batch (TransGAN: twice D's); null = batch_size
     grad_accum: int = 1
     n_critic: int = 3
     lr_g: float = 5e-4
@@ -40,6 +41,7 @@ class TrainConfig:
     channels_last: Optional[bool] = None
     ema_kimg: float = 10.0
     ema_rampup: Optional[float] = 0.05
+    ema_beta: Optional[float] = None  # a fixed decay per G step instead of ema_kimg (TransGAN 256: 0.995)
     augment: str = "none"
     diffaugment: str = "color,translation,cutout"
     ada_p: float = 0.0
@@ -85,6 +87,8 @@ def _check_train(train: DictConfig) -> None:
         (train.max_seconds is None or train.max_seconds > 0, "train.max_seconds must be > 0 (or null)"),
         (train.batch_size >= 1, "train.batch_size must be >= 1"),
         (train.grad_accum >= 1, "train.grad_accum must be >= 1"),
+        (train.batch_size_g is None or train.batch_size_g >= 1, "train.batch_size_g must be >= 1 (or null)"),
+        (train.ema_beta is None or 0.0 <= train.ema_beta < 1.0, "train.ema_beta must be in [0, 1) (or null)"),
         (train.n_critic >= 1, "train.n_critic must be >= 1"),
         (all(c is None or c > 0 for c in (train.grad_clip, train.grad_clip_d_main)),
          "train.grad_clip and train.grad_clip_d_main must be > 0 (or null)"),

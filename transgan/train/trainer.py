@@ -152,9 +152,10 @@ class Trainer:
             # NHWC convolutions run on tensor cores without layout transposes. Converted before the
             # optimizers exist, so their state is created in the same layout.
             G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
-        if t.batch_size % (acc.num_processes * t.grad_accum):
-            raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by processes x grad_accum "
-                              f"= {acc.num_processes} x {t.grad_accum}")
+        for key in ("batch_size", "batch_size_g"):
+            if (t[key] or t.batch_size) % (acc.num_processes * t.grad_accum):
+                raise ConfigError(f"train.{key}={t[key]} must be divisible by processes x grad_accum "
+                                  f"= {acc.num_processes} x {t.grad_accum}")
         if len(self.dataset) < t.batch_size:
             raise ConfigError(f"dataset has {len(self.dataset)} images, fewer than one batch ({t.batch_size})")
 
@@ -329,7 +330,7 @@ class Trainer:
                 stats.update(self._run_phase("d_reg", self.D, self.opt_D, [(self.D, r, cr) for r, cr in reals]))
         # G phase: D is used, not trained; its weights need no gradient.
         self.D.requires_grad_(False)
-        per = t.batch_size // self.accelerator.num_processes // k
+        per = (t.batch_size_g or t.batch_size) // self.accelerator.num_processes // k
         micro = [(self.G, D_plain, *self._sample_z(per)) for _ in range(k)]
         stats.update(self._run_phase("g_main", self.G, self.opt_G, micro))
         interval = self.loss.g_reg_interval
@@ -340,7 +341,8 @@ class Trainer:
         self._in_row = (self._in_row + 1) * self._step_bad  # consecutive steps with a skip
         self.progress.step += 1
         self.progress.data_position = self.data.position
-        beta = ema_beta(t.batch_size, self.progress.images_seen, t.ema_kimg, t.ema_rampup)
+        beta = t.ema_beta if t.ema_beta is not None else ema_beta(t.batch_size, self.progress.images_seen,
+                                                                   t.ema_kimg, t.ema_rampup)
         update_ema(self.G_ema, G_plain, beta)
         return stats
 
