@@ -167,3 +167,79 @@ def test_transgan_cutout_cuts_whole_batches_with_probability_03_and_clips_square
             full += int(z.sum()) == 256
     assert 60 < cut_batches < 120  # 300 * 0.3 = 90
     assert clipped > 0 and full > 0
+
+
+# --------------------------------------------------------------------------- TransGAN's 256 policy
+
+def _official_aug256():
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(__file__).parent / "fixtures" / "official" / "transgan_aug256.safetensors"))
+
+
+def test_filter_bank_equals_the_official_one_and_sums_to_an_impulse():
+    from transgan.augment import FILTER_BANK
+
+    gold = _official_aug256()
+    torch.testing.assert_close(FILTER_BANK, gold["filter_bank"], rtol=0, atol=1e-7)
+    impulse = torch.zeros(FILTER_BANK.shape[1])
+    impulse[FILTER_BANK.shape[1] // 2] = 1
+    torch.testing.assert_close(FILTER_BANK.sum(0), impulse, rtol=0, atol=1e-6)  # unit gains: the identity
+
+
+def test_filter_and_hue_equal_the_official_ops_under_the_same_seed():
+    from transgan.augment import filter_transgan, hue_transgan
+
+    gold = _official_aug256()
+    torch.manual_seed(11)
+    torch.testing.assert_close(filter_transgan(gold["input"].clone()), gold["filter_seed11"], rtol=0, atol=1e-5)
+    torch.manual_seed(12)
+    torch.testing.assert_close(hue_transgan(gold["input"].clone()), gold["hue_seed12"], rtol=0, atol=1e-5)
+    assert not torch.allclose(gold["filter_seed11"], gold["input"])  # the fixture does transform
+
+
+def test_hue_keeps_gray_and_the_distance_from_it():
+    from transgan.augment import hue_transgan
+
+    torch.manual_seed(0)
+    x = torch.rand(64, 3, 8, 8) * 2 - 1
+    y = hue_transgan(x)
+    torch.testing.assert_close(y.mean(1), x.mean(1), rtol=0, atol=1e-5)  # rotation about the gray axis
+    chroma = lambda t: (t - t.mean(1, keepdim=True)).norm(dim=1)  # noqa: E731
+    torch.testing.assert_close(chroma(y), chroma(x), rtol=0, atol=1e-5)
+    changed = (y - x).abs().flatten(1).amax(1) > 1e-4
+    assert 20 <= changed.sum() <= 44  # about half the images (p 0.5)
+    gray = torch.rand(4, 1, 8, 8)
+    torch.testing.assert_close(hue_transgan(gray), gray)
+
+
+def test_erase_transgan_cuts_a_batch_wide_rectangle_size_with_probability_0_3():
+    from transgan.augment import erase_transgan
+
+    torch.manual_seed(0)
+    cut, sizes = 0, set()
+    for _ in range(400):
+        y = erase_transgan(torch.ones(6, 2, 40, 40))
+        zero = y[:, 0] == 0
+        assert torch.equal(zero, y[:, 1] == 0)  # the same box in every channel
+        if zero.any():
+            cut += 1
+            rows, cols = zero.any(2).sum(1), zero.any(1).sum(1)  # box extent per image (clipped)
+            assert int(rows.max()) <= 28 and int(cols.max()) <= 28  # sides at most 0.7 x 40
+            sizes.add((int(rows.max()), int(cols.max())))
+    assert 90 <= cut <= 150  # p 0.3 of 400
+    assert len(sizes) > 10  # sizes vary between batches
+
+
+def test_transgan_256_policy_parses_and_keeps_gradients_of_gradients():
+    from transgan.augment import DiffAugment
+
+    aug = DiffAugment("filter_transgan,translation_transgan,erase_transgan,color,hue_transgan")
+    x = torch.rand(2, 3, 32, 32, requires_grad=True)
+    (g,) = torch.autograd.grad(aug(x).square().sum(), x, create_graph=True)
+    g.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    with pytest.raises(ValueError, match="larger than 21 pixels"):
+        DiffAugment("filter_transgan")(torch.rand(2, 3, 16, 16))

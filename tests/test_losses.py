@@ -209,6 +209,18 @@ def test_d_main_adds_weighted_gradient_penalty_and_drift():
     assert D.v.grad is not None and G.a.grad is None  # fakes come from no_grad
 
 
+def test_drift_on_the_squared_batch_mean_as_transgans_code():
+    G, D = AffineGenerator(), LinearCritic()
+    real, z = images(0), torch.randn(4, G.z_dim)
+    total, stats = GANLoss("wgan", drift_weight=1e-3, drift_form="square_mean").d_main(G, D, real, None, z, None)
+    r, f = D(real).detach(), D(0.5 * z.reshape(SHAPE)).detach()
+    torch.testing.assert_close(total, (f.mean() - r.mean()) + 1e-3 * r.mean() ** 2, rtol=1e-5, atol=0)
+    torch.testing.assert_close(stats["drift"], r.mean() ** 2)
+    assert not torch.allclose(r.mean() ** 2, (r ** 2).mean())  # the two forms differ on these logits
+    with pytest.raises(ConfigError, match="drift_form must be one of mean_square, square_mean"):
+        GANLoss("wgan", drift_form="mean")
+
+
 def test_augment_is_applied_to_every_image_d_sees():
     G, D = AffineGenerator(), LinearCritic()
     real, z = images(0), torch.randn(4, G.z_dim)

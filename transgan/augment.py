@@ -14,7 +14,9 @@ transformation T, and T is differentiable so the generator is trained through it
 TransGAN's public code (models_search/diff_aug.py) differs, and ``translation_transgan`` /
 ``cutout_transgan`` reproduce it: translation by up to 1/5 of the image, and cutout applied to
 the whole batch with probability 0.3 (one draw per batch), each square centred anywhere in
-the image and clipped at the border.
+the image and clipped at the border. Its 256x256 run adds ``filter_transgan`` (ADA's filtering of
+4 frequency bands), ``erase_transgan`` (cutout with a random rectangle of 0.2-0.7 of the sides)
+and ``hue_transgan`` (ADA's hue rotation, half the images).
 
 All randomness comes from torch's global RNG of the input's device, so a run that
 checkpoints and restores the RNG state resumes bit-for-bit. Every operation is built from
@@ -27,6 +29,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Optional
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -35,7 +38,7 @@ from torch import Tensor
 from transgan.errors import ConfigError
 
 __all__ = ["DiffAugment", "brightness", "saturation", "contrast", "translation", "cutout", "cutout_clipped",
-           "translation_transgan", "POLICY_OPS",
+           "translation_transgan", "erase_transgan", "hue_transgan", "filter_transgan", "POLICY_OPS",
            "ADAPipeline", "AdaptiveAugment", "xflip", "rot90", "int_translate", "affine_resample", "color_matrix",
            "apply_color"]
 
@@ -102,8 +105,13 @@ def cutout_clipped(x: Tensor, ratio: float = 0.5, p: float = 0.3) -> Tensor:
     centred anywhere in the image, clipped at the border (TransGAN's and Zhao et al.'s code)."""
     if torch.rand((), device=x.device).item() >= p:  # torch's RNG (not Python's): resumes bit-for-bit
         return x
+    _, _, H, W = x.shape
+    return _zero_centred_boxes(x, int(H * ratio + 0.5), int(W * ratio + 0.5))
+
+
+def _zero_centred_boxes(x: Tensor, sh: int, sw: int) -> Tensor:
+    """Zero an sh x sw box per image, centred anywhere in the image, clipped at the border."""
     B, _, H, W = x.shape
-    sh, sw = int(H * ratio + 0.5), int(W * ratio + 0.5)
     # Centres range over [0, size + 1 - size % 2), as in the public code.
     top = torch.randint(0, H + (1 - sh % 2), (B, 1, 1), device=x.device) - sh // 2
     left = torch.randint(0, W + (1 - sw % 2), (B, 1, 1), device=x.device) - sw // 2
@@ -118,12 +126,87 @@ def translation_transgan(x: Tensor) -> Tensor:
     return translation(x, ratio=0.2)
 
 
+def erase_transgan(x: Tensor, low: float = 0.2, high: float = 0.7, p: float = 0.3) -> Tensor:
+    """TransGAN's 256 ``erase_ratio``: with probability ``p`` for the whole batch, one rectangle size
+    (each side uniform in [low, high] of the image side), one rectangle per image centred anywhere
+    and clipped at the border, zeroed."""
+    if torch.rand((), device=x.device).item() >= p:
+        return x
+    _, _, H, W = x.shape
+    sh = int(torch.randint(int(H * low), int(H * high) + 1, ()).item())
+    sw = int(torch.randint(int(W * low), int(W * high) + 1, ()).item())
+    return _zero_centred_boxes(x, sh, sw)
+
+
+def hue_transgan(x: Tensor, p: float = 0.5) -> Tensor:
+    """TransGAN's 256 ``hue`` (after ADA): rotate each image's colours about the gray axis by an angle
+    uniform in [-pi, pi], with probability ``p`` per image; gray (one-channel) images are unchanged."""
+    B = x.shape[0]
+    theta = (torch.rand([B], device=x.device) * 2 - 1) * math.pi
+    theta = torch.where(torch.rand([B], device=x.device) < p, theta, torch.zeros_like(theta))
+    zero, one = torch.zeros_like(theta), torch.ones_like(theta)
+    return apply_color(x, color_matrix(zero, one, zero, theta, one).to(x.dtype))
+
+
+def _wavelet_filter_bank(lowpass: tuple[float, ...], bands: int = 4) -> Tensor:
+    """ADA's image-filter bank: ``bands`` zero-phase FIR filters [bands, taps] that split an image into
+    octave bands (lowest first) and sum to a unit impulse. Built from an orthogonal wavelet's lowpass
+    filter h: the band filters are h's and its quadrature mirror's autocorrelations, each level
+    upsampled by 2 and smoothed by the lowpass autocorrelation once more."""
+    h = np.asarray(lowpass)
+    g = h * (-1.0) ** np.arange(h.size)        # highpass: the quadrature mirror of h
+    lo2 = np.convolve(h, h[::-1]) / 2           # autocorrelations, halved
+    hi2 = np.convolve(g, g[::-1]) / 2
+    bank = np.zeros((bands, 1))
+    bank[0, 0] = 1.0                            # the lowest band starts as the identity
+    for band in range(1, bands):
+        up = np.zeros((bands, 2 * bank.shape[1] - 1))
+        up[:, ::2] = bank                       # every band so far one octave down
+        bank = np.stack([np.convolve(row, lo2) for row in up])
+        mid = (bank.shape[1] - hi2.size) // 2
+        bank[band, mid:mid + hi2.size] += hi2   # the new band's detail, centred
+    return torch.as_tensor(bank, dtype=torch.float32)
+
+
+# Daubechies' 4-tap wavelet (sym2 = db2), lowpass in closed form, in pywt's reversed order.
+_SYM2 = tuple(v / (4 * math.sqrt(2)) for v in (1 - math.sqrt(3), 3 - math.sqrt(3), 3 + math.sqrt(3), 1 + math.sqrt(3)))
+FILTER_BANK = _wavelet_filter_bank(_SYM2)     # [4, 43]
+_BAND_POWER = (10 / 13, 1 / 13, 1 / 13, 1 / 13)  # the expected power per band of natural images (1/f)
+
+
+def filter_transgan(x: Tensor, p: float = 0.25, std: float = 1.0) -> Tensor:
+    """TransGAN's 256 ``filter`` (ADA's image-space filtering): each of 4 frequency bands of each image
+    is amplified by 2^N(0, std) with probability ``p``, the gains normalized to keep the expected
+    power; applied as one separable filter per image, borders reflected."""
+    B, C, H, W = x.shape
+    bank = FILTER_BANK.to(x.device)
+    pad = bank.shape[1] // 2
+    if min(H, W) <= pad:
+        raise ValueError(f"the filter augmentation needs images larger than {pad} pixels, got {H}x{W}")
+    power = torch.tensor(_BAND_POWER, device=x.device)
+    gains = torch.ones([B, bank.shape[0]], device=x.device)
+    for band in range(bank.shape[0]):
+        t_band = torch.exp2(torch.randn([B], device=x.device) * std)
+        t_band = torch.where(torch.rand([B], device=x.device) < p, t_band, torch.ones_like(t_band))
+        t = torch.ones([B, bank.shape[0]], device=x.device)
+        t[:, band] = t_band
+        gains = gains * t / (power * t.square()).sum(-1, keepdim=True).sqrt()
+    taps = (gains @ bank).to(x.dtype).repeat_interleave(C, 0)   # [B*C, taps]: one filter per image
+    y = F.pad(x.reshape(1, B * C, H, W), [pad] * 4, mode="reflect")
+    y = F.conv2d(y, taps[:, None, None, :], groups=B * C)       # rows, then columns
+    y = F.conv2d(y, taps[:, None, :, None], groups=B * C)
+    return y.reshape(B, C, H, W)
+
+
 POLICY_OPS: dict[str, tuple[Callable[[Tensor], Tensor], ...]] = {
     "color": (brightness, saturation, contrast),
     "translation": (translation,),
     "cutout": (cutout,),
     "translation_transgan": (translation_transgan,),
     "cutout_transgan": (cutout_clipped,),
+    "erase_transgan": (erase_transgan,),
+    "hue_transgan": (hue_transgan,),
+    "filter_transgan": (filter_transgan,),
 }
 
 

@@ -150,6 +150,10 @@ def r1_penalty(D: Discriminator, real: Tensor, c: Optional[Tensor] = None, preci
         return _input_gradient(D, x, c).square().flatten(1).sum(dim=1)
 
 
+# mean_square: E[D(real)^2] (PGGAN, the TransGAN paper); square_mean: E[D(real)]^2 (TransGAN's public code)
+DRIFT_FORMS = ("mean_square", "square_mean")
+
+
 def drift_penalty(real_logits: Tensor) -> Tensor:
     """Karras et al. (PGGAN) epsilon-drift: D(real)^2 per sample, keeps critic outputs near zero."""
     return real_logits.square()
@@ -206,11 +210,12 @@ class GANLoss:
     (default), or, with ``"bf16"`` under bfloat16 autocast, in bfloat16 like the rest of the step.
     """
 
-    OPTIONS = ("adversarial", "gp_weight", "gp_center", "drift_weight", "r1_gamma", "r1_interval",
+    OPTIONS = ("adversarial", "gp_weight", "gp_center", "drift_weight", "drift_form", "r1_gamma", "r1_interval",
                "style_mixing_prob", "pl_weight", "pl_interval", "pl_batch_shrink", "pl_decay", "reg_precision")
 
     def __init__(self, adversarial: str = "wgan", gp_weight: float = 0.0, gp_center: float = 1.0,
-                 drift_weight: float = 0.0, r1_gamma: float = 0.0, r1_interval: int = 16,
+                 drift_weight: float = 0.0, drift_form: str = "mean_square", r1_gamma: float = 0.0,
+                 r1_interval: int = 16,
                  style_mixing_prob: float = 0.0, pl_weight: float = 0.0, pl_interval: int = 4,
                  pl_batch_shrink: int = 2, pl_decay: float = 0.01, reg_precision: str = "float32",
                  **unknown: Any) -> None:
@@ -232,7 +237,9 @@ class GANLoss:
         self.adversarial = adversarial
         self.d_adversarial, self.g_adversarial = ADVERSARIAL_LOSSES[adversarial]
         self.gp_weight, self.gp_center = float(gp_weight), float(gp_center)
-        self.drift_weight = float(drift_weight)
+        if drift_form not in DRIFT_FORMS:
+            raise ConfigError(f"loss.drift_form must be one of {', '.join(DRIFT_FORMS)}, got {drift_form!r}")
+        self.drift_weight, self.drift_form = float(drift_weight), drift_form
         self.r1_gamma, self.r1_interval = float(r1_gamma), r1_interval
         self.style_mixing_prob = float(style_mixing_prob)
         self.pl_weight, self.pl_interval = float(pl_weight), pl_interval
@@ -295,9 +302,9 @@ class GANLoss:
             stats["gp"] = gp.mean()
         if self.drift_weight > 0:
             # Drift: keep the critic's outputs on reals from wandering off.
-            drift = drift_penalty(real_logits)
-            loss = loss + self.drift_weight * drift.mean()
-            stats["drift"] = drift.mean()
+            drift = drift_penalty(real_logits).mean() if self.drift_form == "mean_square" else real_logits.mean().square()
+            loss = loss + self.drift_weight * drift
+            stats["drift"] = drift
         if self.r1_gamma > 0 and self.d_reg_interval is None:
             # R1 every step (r1_interval=1): no lazy scaling.
             r1 = r1_penalty(self._sees(D), real, c_real, precision=self.reg_precision)
