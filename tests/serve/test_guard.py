@@ -103,6 +103,20 @@ def test_the_read_timeout_leaves_slow_generation_and_keep_alive_requests_alone(q
         connection.close()
 
 
+def test_unparsable_http_gets_a_json_400_with_the_security_headers(quick_timeout_server):
+    with socket.create_connection((quick_timeout_server.host, quick_timeout_server.port), timeout=10) as sock:
+        sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    headers = {name.lower(): value for name, value in (line.split(b": ", 1) for line in lines[1:])}
+    assert lines[0] == b"HTTP/1.1 400 Bad Request"
+    assert all(headers.get(name) == value for name, value in SECURITY_HEADERS)
+    assert json.loads(body)["detail"] and int(headers[b"content-length"]) == len(body)
+
+
 @pytest.fixture(scope="module")
 def budget_server(digits_model):
     """The app with small pixel budgets: 8 images of 64x64 per request, 3 such requests in flight."""

@@ -97,37 +97,52 @@ class SecurityHeaders:
 
 
 def read_timeout_protocol(timeout_s: float = READ_TIMEOUT_S) -> type:
-    """uvicorn's h11 protocol with a read timeout: the connection is closed when a request's head and body
-    have not arrived ``timeout_s`` after the connection opened or after the request's first byte.
+    """uvicorn's httptools protocol with a read timeout, and security headers on its own 400 answers.
 
-    uvicorn only times out idle keep-alive connections between requests; a client that connects and
-    sends nothing, or half a request, would hold its connection (and a file descriptor) for good.
+    The connection is closed when a request's head and body have not all arrived ``timeout_s``
+    after the connection opened or after the request's first byte. uvicorn only times out idle
+    keep-alive connections between requests; a client that connects and sends nothing, or half a
+    request, would otherwise hold its connection (and a file descriptor) for good. httptools (the
+    C parser) rather than h11: it parses a request in a fraction of the time, which the load test's
+    requests per second show (docs/serving.md).
     """
-    import h11
-    from uvicorn.protocols.http.h11_impl import H11Protocol
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    class ReadTimeoutH11Protocol(H11Protocol):
-        """H11Protocol whose request reads have a deadline."""
+    class ReadTimeoutProtocol(HttpToolsProtocol):
+        """HttpToolsProtocol whose request reads have a deadline."""
 
         read_timeout_s = timeout_s
 
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            self._read_timer = self.loop.call_later(self.read_timeout_s, self._read_timed_out)
+            self._read_timer = None
+            self._start_read_clock()
 
         def data_received(self, data: bytes) -> None:
-            # The first byte of a request (the connection's first or a kept-alive one's next) starts the clock.
-            if getattr(self, "_read_timer", None) is None and self.conn.their_state in (h11.IDLE, h11.DONE):
-                self._read_timer = self.loop.call_later(self.read_timeout_s, self._read_timed_out)
+            if self._read_timer is None:  # the first byte of a request (kept-alive or pipelined) starts the clock
+                self._start_read_clock()
             super().data_received(data)
 
-        def on_response_complete(self) -> None:
-            self._cancel_read_timer()
-            super().on_response_complete()
+        def on_message_complete(self) -> None:
+            self._cancel_read_timer()  # the whole request is in: what follows is the app's time
+            super().on_message_complete()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._cancel_read_timer()
             super().connection_lost(exc)
+
+        def send_400_response(self, msg: str) -> None:
+            # uvicorn's own answer to unparsable HTTP never reaches the middleware: the same headers and
+            # JSON error shape as the app's answers, written here.
+            body = json.dumps({"detail": msg}).encode()
+            headers = (*self.server_state.default_headers, *SECURITY_HEADERS, (b"content-type", b"application/json"),
+                       (b"content-length", str(len(body)).encode()), (b"connection", b"close"))
+            self.transport.write(b"HTTP/1.1 400 Bad Request\r\n" + b"".join(k + b": " + v + b"\r\n" for k, v in headers)
+                                 + b"\r\n" + body)
+            self.transport.close()
+
+        def _start_read_clock(self) -> None:
+            self._read_timer = self.loop.call_later(self.read_timeout_s, self._read_timed_out)
 
         def _cancel_read_timer(self) -> None:
             if getattr(self, "_read_timer", None) is not None:
@@ -136,9 +151,7 @@ def read_timeout_protocol(timeout_s: float = READ_TIMEOUT_S) -> type:
 
         def _read_timed_out(self) -> None:
             self._read_timer = None
-            # Still reading the head (IDLE) or the body (SEND_BODY): the client stalled. Closed quietly,
-            # as uvicorn closes an idle keep-alive connection; a request being answered is left alone.
-            if self.conn.their_state in (h11.IDLE, h11.SEND_BODY) and not self.transport.is_closing():
+            if not self.transport.is_closing():  # still reading a head or a body: the client stalled
                 self.transport.close()
 
-    return ReadTimeoutH11Protocol
+    return ReadTimeoutProtocol

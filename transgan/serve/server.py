@@ -69,7 +69,8 @@ def _config(app: Any, log_level: str, read_timeout_s: float, keep_alive_s: int) 
     from transgan.serve.guard import read_timeout_protocol
 
     # lifespan off: the app has no startup work (the model is loaded before the app exists).
-    # h11 with a read deadline (transgan.serve.guard); idle keep-alive connections close after keep_alive_s.
+    # httptools with a read deadline (transgan.serve.guard), uvloop where installed (loop="auto"); idle
+    # keep-alive connections close after keep_alive_s.
     return uvicorn.Config(app, log_level=log_level, lifespan="off", access_log=False,
                           http=read_timeout_protocol(read_timeout_s), timeout_keep_alive=keep_alive_s)
 
