@@ -34,8 +34,9 @@ def test_tuned_preset_plans_six_cells_with_one_space_and_disjoint_seeds():
     cells = final_plan(cfg, recipes)
     assert len(cells) == 18
     by = {c.label: c.cfg for c in cells}
-    assert by["cwgan_gp+cwgan_gp"].train.max_steps == 28800 // (64 * 3)  # equal images, own batch x n_critic
-    assert by["transgan+transgan"].train.max_steps == 28800 // 32
+    images = int(cfg.budget.value)
+    assert by["cwgan_gp+cwgan_gp"].train.max_steps == -(-images // (64 * 3))  # equal images, own batch x n_critic
+    assert by["transgan+transgan"].train.max_steps == images // 32
     assert by["transgan+transgan"].loss.adversarial == "ns" and by["cwgan_gp+cwgan_gp"].loss.adversarial == "wgan"
 
 

@@ -1,7 +1,7 @@
 """Request batching: one worker thread runs the model on images gathered from every waiting request.
 
 Requests are :class:`Job` s (seeds, classes, one truncation value). The worker waits for the
-first job, then up to ``window_s`` for more, and takes images from the waiting jobs one at a
+first job, then (when it was idle) up to ``window_s`` for more, and takes images from the waiting jobs one at a
 time in turn (round robin) until ``max_batch`` images are taken: each job gets a slice, so a
 64-image request shares every model call with the small ones behind it instead of holding the
 model for its whole length. Images of the same truncation value go into one ``sample`` call
@@ -124,14 +124,17 @@ class Batcher:
     def _work(self) -> None:
         while True:
             with self._cond:
+                idle = not self._jobs
                 while not self._jobs and not self._closed:
                     self._cond.wait()
                 if not self._jobs:
                     return
-                # A short wait lets concurrent requests arrive and share this call.
-                deadline = time.monotonic() + self.window_s
-                while self._waiting_images() < self.max_batch and (wait := deadline - time.monotonic()) > 0:
-                    self._cond.wait(wait)
+                if idle:
+                    # The first request after a quiet spell: a short wait lets concurrent ones share this call.
+                    # Requests that queued while the model was busy have waited already: they go at once.
+                    deadline = time.monotonic() + self.window_s
+                    while self._waiting_images() < self.max_batch and (wait := deadline - time.monotonic()) > 0:
+                        self._cond.wait(wait)
                 slices = self._take()
             self._run(slices)
 
