@@ -80,6 +80,7 @@ def test_path_lengths_match_closed_form_for_a_linear_synthesis():
 
 
 def test_g_reg_penalty_equals_direct_computation_on_a_shrunk_batch():
+    torch.manual_seed(0)  # not the suite's leftover RNG state: one draw left an entry near 0 failing rtol alone
     G = ToyStyleGenerator()
     loss = GANLoss("ns", pl_weight=2.0, pl_interval=4, pl_batch_shrink=2, pl_decay=0.01)
     z = torch.randn(6, 6)
@@ -99,7 +100,8 @@ def test_g_reg_penalty_equals_direct_computation_on_a_shrunk_batch():
     assert torch.allclose(total.double(), expected, rtol=1e-5)
     assert torch.allclose(loss.pl_mean.double(), pl_mean, rtol=1e-5)
     assert torch.allclose(stats["pl_length"].double(), L.mean(), rtol=1e-5)
-    assert torch.allclose(got_grad, A.grad, rtol=1e-4, atol=1e-8)
+    # float32 against float64: relative to the gradient's scale, not only per entry
+    torch.testing.assert_close(got_grad, A.grad, rtol=1e-4, atol=1e-5 * float(A.grad.abs().max()))
 
     # The running mean continues from its state: pl_mean <- pl_mean + decay (mean L - pl_mean).
     torch.manual_seed(2)
