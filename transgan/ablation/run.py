@@ -66,7 +66,8 @@ def run_ablation(overrides: Sequence[str], dry_run: bool = False, echo: Callable
                                                                 report=False), echo)
         cells = final_plan(cfg, recipes)
     else:
-        cells = [c for c in plan_grid(cfg) if selected(cfg, c.label)]
+        cells = plan_grid(cfg)
+    cells = [c for c in cells if selected(cfg, c.label)]
     if cfg.only:
         echo(f"running the cells {list(cfg.only)} only: no report (run the whole grid to write it)")
     run_cells(cfg, cells, echo, report=not cfg.only, recipes=recipes)

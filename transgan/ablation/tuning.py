@@ -13,7 +13,6 @@ seed in ``seeds`` (resumable as any grid).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -182,11 +181,11 @@ def check_equal_tuning(studies: dict[str, Any], trials: int) -> None:
 
 
 def final_plan(cfg: DictConfig, recipes: dict[str, dict[str, Any]]) -> list[Cell]:
-    """Every (selected) cell at its chosen recipe for every final seed; configs may differ only in the tuned keys."""
-    if cfg.only:  # the other cells' recipes are not known here: plan the selected cells alone
-        tree = OmegaConf.to_container(cfg)
-        tree["cells"] = [dataclasses.asdict(s) for s in cell_specs(cfg) if selected(cfg, spec_label(s))]
-        cfg = OmegaConf.create(tree)
+    """Every cell at its chosen recipe for every final seed; configs may differ only in the tuned keys.
+
+    Cells outside ``only`` have no recipe in a part's run: they are planned without one, and dropped
+    by the caller.
+    """
     return plan_grid(cfg, {label: r["recipe"] for label, r in recipes.items()}, tuned_keys(cfg))
 
 

@@ -145,7 +145,7 @@ def read_timeout_protocol(timeout_s: float = READ_TIMEOUT_S) -> type:
             self._read_timer = self.loop.call_later(self.read_timeout_s, self._read_timed_out)
 
         def _cancel_read_timer(self) -> None:
-            if getattr(self, "_read_timer", None) is not None:
+            if self._read_timer is not None:
                 self._read_timer.cancel()
             self._read_timer = None
 

@@ -8,8 +8,12 @@ import torch
 import torch.nn as nn
 
 
-def ema_beta(batch_size: int, images_seen: int, half_life_kimg: float, rampup: Optional[float]) -> float:
-    """Decay per step for a half-life given in images; ramp-up shortens it early in training."""
+def ema_beta(batch_size: int, images_seen: int, half_life_kimg: float, rampup: Optional[float],
+             fixed: Optional[float] = None) -> float:
+    """Decay per step for a half-life given in images; ramp-up shortens it early in training; ``fixed``
+    (a decay per step, e.g. TransGAN's 0.995) replaces both."""
+    if fixed is not None:
+        return fixed
     half_life = half_life_kimg * 1000.0
     if rampup is not None:
         half_life = min(half_life, images_seen * rampup)

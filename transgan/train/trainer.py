@@ -341,8 +341,7 @@ class Trainer:
         self._in_row = (self._in_row + 1) * self._step_bad  # consecutive steps with a skip
         self.progress.step += 1
         self.progress.data_position = self.data.position
-        beta = t.ema_beta if t.ema_beta is not None else ema_beta(t.batch_size, self.progress.images_seen,
-                                                                   t.ema_kimg, t.ema_rampup)
+        beta = ema_beta(t.batch_size, self.progress.images_seen, t.ema_kimg, t.ema_rampup, fixed=t.ema_beta)
         update_ema(self.G_ema, G_plain, beta)
         return stats
 
