@@ -44,10 +44,15 @@ def main() -> int:
 
     state = PartialState(cpu=True)
     torch.set_num_threads(1)
-    out = evaluate(probe_generator(), DIGITS, cache_dir=sys.argv[2], **PROTOCOL)
-    small = evaluate(probe_generator(), DIGITS, cache_dir=sys.argv[2], **ONE_BATCH)
-    Path(f"{sys.argv[1]}.rank{state.process_index}.json").write_text(json.dumps(
-        {"numbers": numbers(out), "one_batch": numbers(small), "processes": state.num_processes}))
+    try:
+        out = evaluate(probe_generator(), DIGITS, cache_dir=sys.argv[2], **PROTOCOL)
+        small = evaluate(probe_generator(), DIGITS, cache_dir=sys.argv[2], **ONE_BATCH)
+        Path(f"{sys.argv[1]}.rank{state.process_index}.json").write_text(json.dumps(
+            {"numbers": numbers(out), "one_batch": numbers(small), "processes": state.num_processes}))
+    finally:
+        # A gloo group left to interpreter teardown can abort the process ("terminate called without
+        # an active exception", SIGABRT): it failed CI once that way (pytorch/pytorch#190489).
+        state.destroy_process_group()
     return 0
 
 

@@ -518,12 +518,14 @@ class Trainer:
         try:
             with faults.StopSignals() as signals:
                 self._loop(bar, signals)
+            acc.wait_for_everyone()
         finally:
             bar.close()
             if acc.is_main_process and self.writer is not None:
                 self.writer.close()
-        acc.wait_for_everyone()
-        acc.end_training()
+            # Also on an error: a gloo group left to interpreter teardown can abort the process
+            # with SIGABRT instead of the error's message and exit code (pytorch/pytorch#190489).
+            acc.end_training()
         return self.run_dir
 
     def _loop(self, bar: "tqdm", signals: faults.StopSignals) -> None:  # noqa: F821
