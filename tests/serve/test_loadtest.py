@@ -27,17 +27,37 @@ def test_under_load_and_refused_modes(digits_server):
     assert refused.completed == 10 and refused.errors == 0
 
 
-def test_compare_batching_runs_both_servers_in_one_run(repo_root, tmp_path, capsys, digits_model):
+def test_compare_batching_runs_both_servers_in_one_run(repo_root, tmp_path, capsys, digits_model, digits_server):
     from transgan.runs.export import export_generator
 
     export = export_generator(digits_model.G, digits_model.info, tmp_path / "exp")
     tool = load_tool("load_test")
     out = tmp_path / "results.json"
+    # The session's running server stands in for a server of another version (--baseline-url).
     assert tool.main(["--source", str(export), "--compare-batching", "--requests", "16", "--clients", "4",
-                      "--probes", "3", "--threads", "1", "--json", str(out)]) == 0
+                      "--probes", "3", "--threads", "1", "--baseline-url", digits_server.url,
+                      "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "unbatched server (--batch 1)" in printed and "batched / unbatched images/s" in printed
+    assert f"baseline server ({digits_server.url})" in printed and "batched / baseline images/s" in printed
     results = json.loads(out.read_text())
-    assert results["unbatched"]["completed"] == results["batched"]["completed"] == 16
+    assert results["baseline"]["completed"] == results["unbatched"]["completed"] == results["batched"]["completed"] == 16
     assert results["under_load"]["probe"]["completed"] == 3 and results["http_ceiling"]["errors"] == 0
     assert results["speedup"] == results["batched"]["images_per_s"] / results["unbatched"]["images_per_s"]
+    assert results["speedup_over_baseline"] == results["batched"]["images_per_s"] / results["baseline"]["images_per_s"]
+
+
+def test_baseline_url_needs_compare_batching(digits_server, capsys):
+    assert load_tool("load_test").main(["--url", digits_server.url, "--baseline-url", digits_server.url]) == 2
+    assert "add --compare-batching" in capsys.readouterr().err
+
+
+def test_a_url_where_nothing_listens_is_one_error_line(capsys):
+    import socket
+
+    with socket.socket() as sock:  # a free loopback port, closed again: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    assert load_tool("load_test").main(["--url", f"http://127.0.0.1:{port}/", "--requests", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "error: no transgan app answers at" in err and "Traceback" not in err

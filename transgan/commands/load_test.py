@@ -4,13 +4,16 @@
                               [--truncation T] [--time-limit 300] [--json results.json]
     python tools/load_test.py --url ... --under-load [--probes 100]
     python tools/load_test.py --source SOURCE ...     (starts the app itself on a free loopback port)
-    python tools/load_test.py --source SOURCE --compare-batching [--batch 16] [--threads N]
+    python tools/load_test.py --source SOURCE --compare-batching [--batch 16] [--threads N] [--baseline-url URL]
 
 --under-load   the latency of one client's 1-image requests while C clients send the largest
                requests the server allows (count and size from /api/info's limits)
 --compare-batching  one run: starts tools/serve.py twice on free loopback ports, unbatched
                (--batch 1) and batched (--batch B), sends the same C-client load to each, prints
                both images/s and their ratio, then the --under-load figures of the batched server
+--baseline-url  with --compare-batching: a server you started (e.g. an earlier version of
+               transgan, from its own checkout) measured first under the same load in the same
+               run; the batched server's images/s is also given as a multiple of its
 
 Prints the error check (0 errors expected), p50/p95 latency and images/s. Exit status 1 when any
 request failed or was not sent in time; 2 for bad input (a non-loopback URL, more than 5,000
@@ -52,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare-batching", action="store_true", help="batched vs unbatched server (needs --source)")
     p.add_argument("--batch", type=int, default=16, help="images per model call of the batched server")
     p.add_argument("--threads", type=int, default=None, help="torch threads of the compared servers")
+    p.add_argument("--baseline-url", default=None,
+                   help="with --compare-batching: also measure this running server (loopback) in the same run")
     p.add_argument("--json", default=None, help="also write the results here")
     return p
 
@@ -97,6 +102,11 @@ def compare_batching(args: argparse.Namespace, options: dict[str, Any]) -> tuple
     from transgan.serve.loadtest import run_load_test, run_under_load
 
     results: dict[str, Any] = {}
+    if args.baseline_url:
+        run_load_test(args.baseline_url, requests=min(40, args.requests), clients=args.clients)  # warm-up
+        baseline = run_load_test(args.baseline_url, **options)
+        print(f"-- baseline server ({args.baseline_url}):\n{baseline.summary()}")
+        results["baseline"] = baseline.to_json()
     for name, batch in (("unbatched", 1), ("batched", args.batch)):
         with serve_process(args.source, batch, args.threads) as url:
             run_load_test(url, requests=min(40, args.requests), clients=args.clients)  # warm-up
@@ -117,7 +127,11 @@ def compare_batching(args: argparse.Namespace, options: dict[str, Any]) -> tuple
     ratio = results["batched"]["images_per_s"] / results["unbatched"]["images_per_s"]
     results["speedup"] = ratio
     print(f"batched / unbatched images/s: {ratio:.2f}x")
-    errors = sum(r["errors"] + r["not_sent"] for r in (results["unbatched"], results["batched"]))
+    if args.baseline_url:
+        results["speedup_over_baseline"] = results["batched"]["images_per_s"] / results["baseline"]["images_per_s"]
+        print(f"batched / baseline images/s: {results['speedup_over_baseline']:.2f}x")
+    measured = [results[k] for k in ("baseline", "unbatched", "batched") if k in results]
+    errors = sum(r["errors"] + r["not_sent"] for r in measured)
     errors += results["under_load"]["probe"]["errors"] + results["under_load"]["load"]["errors"]
     return errors == 0, results
 
@@ -132,6 +146,9 @@ def run(argv: Sequence[str]) -> bool:
     if args.compare_batching:
         if not args.source:
             raise ConfigError("--compare-batching starts its own servers: give --source, not --url")
+    elif args.baseline_url:
+        raise ConfigError("--baseline-url is measured beside --compare-batching; add --compare-batching")
+    if args.compare_batching:
         ok, results = compare_batching(args, options)
     else:
         def measure(url: str) -> Any:

@@ -227,5 +227,11 @@ def _get_json(host: str, port: Optional[int], path: str, timeout_s: float) -> di
         if response.status != 200:
             raise ConfigError(f"GET {path} answered HTTP {response.status}; is the transgan app running there?")
         return json.loads(payload)
+    except (OSError, http.client.HTTPException) as e:  # refused, reset, timed out, not HTTP
+        raise ConfigError(f"no transgan app answers at http://{host}:{port}{path} "
+                          f"({type(e).__name__}: {e}); start it first (tools/serve.py)") from None
+    except ValueError:
+        raise ConfigError(f"GET {path} at {host}:{port} did not answer JSON; is the transgan app running there?") \
+            from None
     finally:
         conn.close()
