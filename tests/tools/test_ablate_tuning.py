@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from scipy import stats
 
 from transgan.ablation import AblationError, compose_ablation, run_ablation
-from transgan.ablation.report import bootstrap_ci, contrast, plateau_gain
+from transgan.ablation.report import bootstrap_ci, contrast, mean_curve, plateau_gain, statistics_section
 from transgan.ablation.tuning import check_equal_tuning, check_tuning, counted_trials, final_plan
 
 
@@ -94,6 +94,22 @@ def test_plateau_gain_over_the_last_third():
     curve = [{"images_seen": i, "metric_value": v} for i, v in ((100, 20.0), (200, 10.0), (300, 9.0))]
     assert plateau_gain(curve) == pytest.approx((10.0 - 9.0) / 10.0)  # 10% gain after 2/3: not converged
     assert plateau_gain(curve, lower_better=False) == pytest.approx(-0.1)
+
+
+def test_the_plateau_check_reads_the_cells_seed_mean_not_one_noisy_seed():
+    # Seed 0 improves 30% over the last third, seed 1 gets 30% worse: the cell's mean is flat.
+    curves = [{"cell": "a", "seed": s, "images_seen": i, "metric_value": v}
+              for s, vals in ((0, (20.0, 10.0, 7.0)), (1, (20.0, 10.0, 13.0))) for i, v in zip((100, 200, 300), vals)]
+    curves.append({"cell": "a", "seed": 2, "images_seen": 300, "metric_value": 1.0})  # a seed not in the rows
+    assert mean_curve(curves, [0, 1]) == [{"images_seen": i, "metric_value": v}
+                                          for i, v in ((100, 20.0), (200, 10.0), (300, 10.0))]
+    rows = [{"cell": "a", "seed": s, "metric": "fd_digits", "metric_value": v} for s, v in ((0, 7.0), (1, 13.0))]
+    table = statistics_section(rows, curves, ["a"], [])
+    line = next(ln for ln in table.splitlines() if ln.startswith("| a |"))
+    assert "| +0.0% | +30.0% | yes |" in line  # mean gain (10 - 10) / 10; largest seed (10 - 7) / 10
+    curves[5]["metric_value"] = 11.0  # seed 1 now ends at 11: the mean goes 10 -> 9, a 10% gain
+    line = next(ln for ln in statistics_section(rows, curves, ["a"], []).splitlines() if ln.startswith("| a |"))
+    assert "| +10.0% | +30.0% | **no: not converged** |" in line
 
 
 def _journal_trials(out):

@@ -205,6 +205,18 @@ def plateau_gain(curve: Sequence[dict[str, Any]], lower_better: bool = True) -> 
     return (before - end) / abs(before) if lower_better else (end - before) / abs(before)
 
 
+def mean_curve(curves: Sequence[dict[str, Any]], seeds: Sequence[int]) -> list[dict[str, Any]]:
+    """A cell's metric curve: at each evaluation point (images seen) the mean over ``seeds`` of the
+    finite values, kept only where every seed has one (the cell's metric is the seed mean)."""
+    points: dict[int, list[float]] = {}
+    for p in curves:
+        v = p["metric_value"]
+        if p["seed"] in seeds and v is not None and math.isfinite(float(v)):
+            points.setdefault(int(p["images_seen"]), []).append(float(v))
+    return [{"images_seen": i, "metric_value": statistics.fmean(vs)}
+            for i, vs in sorted(points.items()) if len(vs) == len(seeds)]
+
+
 def statistics_section(rows: Sequence[dict[str, Any]], curves: Sequence[dict[str, Any]], order: Sequence[str],
                        contrasts: Sequence[dict[str, str]], recipes: Optional[dict[str, Any]] = None) -> str:
     """Markdown: chosen recipes, per-cell mean/std/95% CI with the plateau check, and the headline contrasts."""
@@ -222,10 +234,11 @@ def statistics_section(rows: Sequence[dict[str, Any]], curves: Sequence[dict[str
             if r:
                 lines.append(f"| {cell} | `{' '.join(r['recipe'])}` | {r['value']:.3f} | {r['trials']} ({r['diverged']}) |")
     lines += ["", f"{metric}: mean, sample std and {CONFIDENCE:.0%} percentile bootstrap interval of the mean over "
-              f"seeds; converged = the last third of the budget improved the metric by at most {PLATEAU_GAIN:.0%} "
-              "in every seed.", "",
-              "| cell | seeds | mean | std | 95% CI | last-third gain (max over seeds) | converged |",
-              "|---|---:|---:|---:|---|---:|---|"]
+              f"seeds; converged = over the last third of the budget the cell's metric (the seed mean at each "
+              f"evaluation point) improved by at most {PLATEAU_GAIN:.0%}. The largest single seed's gain is shown "
+              "beside it: one seed's point-to-point noise is not the cell's trend.", "",
+              "| cell | seeds | mean | std | 95% CI | last-third gain (seed mean) | (largest single seed) | converged |",
+              "|---|---:|---:|---:|---|---:|---:|---|"]
     cis = {}
     for cell in order:
         rs = groups.get(cell, [])
@@ -234,11 +247,13 @@ def statistics_section(rows: Sequence[dict[str, Any]], curves: Sequence[dict[str
         vals = [r["metric_value"] for r in rs]
         m, s, n = mean_std(vals)
         cis[cell] = bootstrap_ci(vals)
-        gains = [plateau_gain([p for p in curves if p["cell"] == cell and p["seed"] == r["seed"]], lower) for r in rs]
+        mine = [p for p in curves if p["cell"] == cell]
+        gains = [plateau_gain([p for p in mine if p["seed"] == r["seed"]], lower) for r in rs]
         worst = max((g for g in gains if math.isfinite(g)), default=math.nan)
-        ok = "yes" if math.isfinite(worst) and worst <= PLATEAU_GAIN else "**no: not converged**"
+        gain = plateau_gain(mean_curve(mine, [r["seed"] for r in rs]), lower)
+        ok = "yes" if math.isfinite(gain) and gain <= PLATEAU_GAIN else "**no: not converged**"
         lines.append(f"| {cell} | {n} | {m:.3f} | {s:.3f} | [{cis[cell][0]:.3f}, {cis[cell][1]:.3f}] "
-                     f"| {worst:+.1%} | {ok} |")
+                     f"| {gain:+.1%} | {worst:+.1%} | {ok} |")
     usable = [c for c in contrasts if c["a"] in groups and c["b"] in groups]
     if usable:
         lines += ["", f"Contrasts (a - b in {metric}; difference of means with its {CONFIDENCE:.0%} bootstrap "
