@@ -11,13 +11,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from tests.data.fixtures import make_celeba
 from transgan.ablation import AblationError, compose_ablation, plan_grid, run_ablation
 from transgan.ablation.grid import outside_factor
 from transgan.ablation.report import COLUMNS
-from transgan.runs.checkpoint import list_checkpoints
+from transgan.runs.checkpoint import list_checkpoints, load_checkpoint
 from transgan.train.config import compose_config
 
 
@@ -142,10 +143,28 @@ def test_rerun_skips_finished_cells_and_resumes_an_interrupted_one(tmp_path):
     assert [x["resumed"] for x in _attempts(b)] == [False, True] and len(_attempts(a)) == 1
     assert [r["steps"] for r in _rows(out)] == ["2", "2"]
 
-    # The same folder with another budget belongs to another grid: refused before training anything.
-    with pytest.raises(AblationError, match="another configuration"):
-        run_ablation([*args, "budget.value=3"], echo=said.append)
+    # A smaller budget, or another configuration, in the same folder belongs to another grid: refused
+    # before training anything.
+    for other in ("budget.value=1", "extra_args=['train.batch_size=8','eval.num_samples=31','train.log_every=1']"):
+        with pytest.raises(AblationError, match="another configuration"):
+            run_ablation([*args, other], echo=said.append)
     assert len(_attempts(b)) == 2
+
+    # A larger budget continues the finished runs (a plateau check that failed asks for this): each
+    # continues from its last checkpoint and ends where a run of the larger budget from the start ends.
+    said.clear()
+    run_ablation([*args, "budget.value=3"], echo=said.append)
+    assert sum("continuing to the larger budget from step-000000002.pt" in s for s in said) == 2
+    assert [r["steps"] for r in _rows(out)] == ["3", "3"] and len(_attempts(a)) == 2
+    fresh = tmp_path / "fresh"
+    run_ablation([*args[:1], f"out_dir={fresh}", *args[2:], "budget.value=3"], echo=said.append)
+    for run in (a, b):
+        extended = load_checkpoint(list_checkpoints(run)[-1])
+        straight = load_checkpoint(list_checkpoints(fresh / "runs" / run.name)[-1])
+        assert extended["progress"]["step"] == straight["progress"]["step"] == 3
+        for net in ("G", "D", "G_ema"):
+            for k, v in straight[net].items():
+                assert torch.equal(extended[net][k], v), (run.name, net, k)
 
 
 def test_celeba64_config_runs_its_first_steps_on_a_celeba_layout_fixture(tmp_path):

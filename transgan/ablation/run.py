@@ -5,7 +5,10 @@ every generator/discriminator pairing is built on the meta device (parameters, F
 evaluation weights are found, and no existing cell folder belongs to another grid. A cell
 is finished when its ``ablation_cell.json`` holds the fingerprint of its config: then it is
 not rerun. An interrupted cell resumes from its newest checkpoint (``resume=<run dir>``), or
-restarts from nothing when it never wrote one.
+restarts from nothing when it never wrote one. A cell folder holding a run of the same
+configuration under a smaller budget (a finished grid rerun with a larger ``budget.value``) is
+continued to the new budget rather than refused: its training schedule is all that differs,
+and a resumed run continues exactly where it stopped.
 """
 
 from __future__ import annotations
@@ -186,25 +189,41 @@ def check_eval_protocol(cfg: DictConfig) -> None:
 
 
 def check_cell_folder(cell: Cell, print_: str) -> None:
-    """Refuse a cell folder that holds a finished or started run of another configuration."""
+    """Refuse a cell folder that holds a finished or started run of another configuration (one that
+    differs from this cell's in more than a smaller training budget)."""
     marker = cell.run_dir / MARKER
     if marker.is_file():
-        if json.loads(marker.read_text()).get("fingerprint") != print_:
-            raise AblationError(f"{cell.run_dir} holds a finished cell of another configuration (budget, data, "
-                                "model or evaluation changed); choose another out_dir or delete that folder")
-    elif ckpt.list_checkpoints(cell.run_dir) and not _same_config(cell):
+        if json.loads(marker.read_text()).get("fingerprint") != print_ and not _smaller_budget(cell):
+            raise AblationError(f"{cell.run_dir} holds a finished cell of another configuration (data, model, "
+                                "evaluation or a larger budget changed); choose another out_dir or delete that folder")
+    elif ckpt.list_checkpoints(cell.run_dir) and not (_same_config(cell) or _smaller_budget(cell)):
         raise AblationError(f"{cell.run_dir} holds a started run of another configuration; choose another "
                             "out_dir or delete that folder")
 
 
-def _same_config(cell: Cell) -> bool:
+# What the budget sets in a cell's config (train.*): a run that differs from the cell only in these,
+# with no more steps than the cell's, is continued to the cell's budget.
+SCHEDULE_KEYS = ("max_steps", "eval_every", "sample_every", "ckpt_every")
+
+
+def _same_config(cell: Cell, schedule: bool = True) -> bool:
+    """Whether the cell folder's saved run config equals the cell's (``schedule=False``: apart from ``SCHEDULE_KEYS``)."""
     saved = cell.run_dir / "config.yaml"
     if not saved.is_file():
         return False
     a, b = OmegaConf.to_container(OmegaConf.load(saved)), OmegaConf.to_container(cell.cfg)
-    a.pop("resume", None)
-    b.pop("resume", None)
+    for c in (a, b):
+        c.pop("resume", None)
+        for key in () if schedule else SCHEDULE_KEYS:
+            c["train"].pop(key, None)
     return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+def _smaller_budget(cell: Cell) -> bool:
+    """Whether the cell folder holds a run of the cell's configuration with fewer steps: it is continued."""
+    saved = cell.run_dir / "config.yaml"
+    return (saved.is_file() and int(OmegaConf.load(saved).train.max_steps) < int(cell.cfg.train.max_steps)
+            and _same_config(cell, schedule=False))
 
 
 def finished(cell: Cell, print_: str) -> bool:
@@ -275,8 +294,10 @@ def run_cell(cell: Cell, cfg: DictConfig, log_path: Path, echo: Callable[[str], 
         echo("training finished earlier")
     else:
         if found:
-            echo(f"resuming from {found[-1].name}")
-            args = [f"resume={cell.run_dir}"]
+            echo(f"{'continuing to the larger budget' if _smaller_budget(cell) else 'resuming'} from {found[-1].name}")
+            # The cell's schedule on top of the run's own config: the same values for an interrupted
+            # run, the larger budget's for a run of a smaller one.
+            args = [f"resume={cell.run_dir}", *(f"train.{k}={cell.cfg.train[k]}" for k in SCHEDULE_KEYS)]
         else:
             if cell.run_dir.exists():
                 shutil.rmtree(cell.run_dir)  # started but never checkpointed: start again from nothing
