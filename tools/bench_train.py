@@ -60,7 +60,8 @@ import torch  # noqa: E402
 
 from tools.bench_memory import peak_rss_bytes, reset_peak_rss, status_bytes  # noqa: E402
 from transgan.eval.complexity import OpCounter  # noqa: E402
-from transgan.train.config import CONFIG_DIR, RECIPE_DIR, recipe_overrides  # noqa: E402
+from transgan.presets import CONFIG_DIR  # noqa: E402
+from transgan.train.config import RECIPE_DIR, recipe_overrides  # noqa: E402
 
 KEYS = ("model", "resolution", "precision", "compile", "batch", "device", "images_per_s", "peak_mem_bytes",
         "flops_per_step", "mfu")

@@ -23,7 +23,7 @@ import time
 import torch
 from omegaconf import OmegaConf
 
-from transgan.train.config import CONFIG_DIR
+from transgan.presets import CONFIG_DIR
 
 
 def probe(name: str, steps: int = 200) -> None:

@@ -22,7 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from transgan.errors import ConfigError
 from transgan.eval.metric_registry import METRICS, training_keys
-from transgan.train.config import CONFIG_DIR, compose_config, validate_config
+from transgan.presets import CONFIG_DIR
+from transgan.train.config import compose_config, validate_config
 
 ABLATION_CONFIG_DIR = CONFIG_DIR / "ablation"
 ABLATED = ("generator", "discriminator")  # the factor: model.<key> may differ between cells

@@ -33,7 +33,6 @@ from transgan.ablation.tuning import check_tuning, final_plan, tune
 from transgan.errors import ConfigError
 from transgan.runs import checkpoint as ckpt
 from transgan.runs.files import atomic_write_text
-from transgan.train.config import CONFIG_DIR
 
 # The commands run as modules of this same copy of transgan (installed or a checkout), never as files.
 TRAIN_COMMAND = ["-m", "transgan.commands.train"]

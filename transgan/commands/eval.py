@@ -42,7 +42,7 @@ from transgan.errors import ConfigError
 from transgan.nn.attention import check_kernel
 from transgan.runs.checkpoint import run_dir_of
 from transgan.runs.load import find_checkpoint, load_generator  # (shared with generate/serve)
-from transgan.train.config import CONFIG_DIR
+from transgan.presets import load_option
 
 
 
@@ -80,18 +80,7 @@ def parse_args(argv: Sequence[str]) -> dict[str, Any]:
 
 def load_dataset_config(name: str) -> Any:
     """A dataset config from configs/dataset/<name>.yaml."""
-    return _load_option("dataset", name, "dataset")
-
-
-def _load_option(group: str, name: str, what: str) -> Any:
-    """configs/<group>/<name>.yaml; an unknown name fails naming the available ones."""
-    from omegaconf import OmegaConf
-
-    path = CONFIG_DIR / group / f"{name}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
-        raise ConfigError(f"unknown {what} {name!r}; available: {known}")
-    return OmegaConf.load(path)
+    return load_option("dataset", name, "dataset")
 
 
 def run(argv: Sequence[str]) -> dict[str, Any]:

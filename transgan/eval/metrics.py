@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
 from transgan.errors import ConfigError
+from transgan.presets import load_option, option_names
 from transgan.eval.metric_registry import METRICS, MetricInputs, metric_names, result_keys
 from transgan.eval.extractors import (
     FD_DIGITS, MissingWeightsError, file_sha256, resolve_weights, verify_weights, weights_path_argument)
@@ -110,20 +111,14 @@ def eval_config(cfg: Union[EvalConfig, Mapping[str, Any], DictConfig, None] = No
     return out
 
 
-PRESET_DIR = Path(__file__).resolve().parents[1] / "configs" / "eval"  # the protocol presets (package data)
-
-
 def preset_names() -> list[str]:
     """The protocol presets of configs/eval/."""
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    return option_names("eval")
 
 
 def load_preset(name: str) -> DictConfig:
     """A protocol preset from configs/eval/<name>.yaml; unknown names fail, listing the known ones."""
-    path = PRESET_DIR / f"{name}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"unknown eval preset {name!r}; available: {preset_names()}")
-    return OmegaConf.load(path)
+    return load_option("eval", name, "eval preset")
 
 
 def default_cache_dir() -> Path:

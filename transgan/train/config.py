@@ -14,10 +14,8 @@ from typing import Any, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from transgan.errors import ConfigError
+from transgan.presets import CONFIG_DIR
 
-# The package's configs: in a checkout transgan/configs links to the repository's configs/, and an
-# installed package holds a copy (package data), so composing never depends on where the source is.
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 @dataclasses.dataclass
