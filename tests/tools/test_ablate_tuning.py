@@ -227,3 +227,22 @@ def test_a_grid_run_in_parts_is_reported_whole_without_rerunning_a_part(tmp_path
     assert {k: v["value"] for k, v in recipes.items()} == {k: s.best_value for k, s in studies.items()}
     report = (out / "ablation.md").read_text()
     assert all(c in report for c in cells)
+
+
+def test_the_report_header_gives_each_tuned_cell_its_own_schedule(tmp_path):
+    from transgan.ablation.grid import Cell
+    from transgan.ablation.run import report_header
+
+    cfg = OmegaConf.create({"name": "g", "seeds": [0, 1], "budget": {"kind": "images", "value": 9600}})
+
+    def cell(label: str, seed: int, steps: int, batch: int, k: int) -> Cell:
+        train = {"max_steps": steps, "batch_size": batch, "n_critic": k}
+        return Cell(label, seed, [], OmegaConf.create({"train": train}), tmp_path / f"{label}{seed}")
+
+    # 9,600 images = 100 steps of 32 x 3 D steps, or 150 steps of 64 x 1: the first cell's schedule is not the grid's
+    tuned = [cell("a", 0, 100, 32, 3), cell("a", 1, 100, 32, 3), cell("b", 0, 150, 64, 1), cell("b", 1, 150, 64, 1)]
+    assert report_header(cfg, tuned) == ("Ablation `g`: images budget 9600 per run (a: 100 steps of batch 32, n_critic 3; "
+                                         "b: 150 steps of batch 64, n_critic 1); seeds [0, 1]; mean ± sample std over seeds")
+    shared = [cell("a", 0, 100, 32, 3), cell("b", 0, 100, 32, 3)]
+    assert report_header(cfg, shared) == ("Ablation `g`: images budget 9600 per run (100 steps of batch 32, n_critic 3); "
+                                          "seeds [0, 1]; mean ± sample std over seeds")

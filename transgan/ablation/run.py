@@ -392,6 +392,23 @@ def budget_value(cfg: DictConfig) -> float:
     return float(cfg.budget.value) if cfg.budget.kind == "seconds" else int(cfg.budget.value)
 
 
+def report_header(cfg: DictConfig, cells: Sequence[Cell]) -> str:
+    """The report's first line: the budget and each run's schedule (per cell when tuned recipes differ)."""
+    b = cfg.budget
+    schedules = {c.label: (c.cfg.train.max_steps, c.cfg.train.batch_size, c.cfg.train.n_critic) for c in cells}
+    if b.kind == "seconds":
+        runs = {label: f"batch {batch}, n_critic {k}" for label, (_, batch, k) in schedules.items()}
+        head = f"Ablation `{cfg.name}`: {b.value:g} s of training per run"
+    else:
+        runs = {label: f"{steps} steps of batch {batch}, n_critic {k}" for label, (steps, batch, k) in schedules.items()}
+        head = f"Ablation `{cfg.name}`: {b.kind} budget {b.value:g} per run"
+    if len(set(runs.values())) == 1:
+        head += f" ({next(iter(runs.values()))})"
+    else:  # tuned recipes choose their own batch and n_critic, so each cell has its own step count
+        head += " (" + "; ".join(f"{label}: {run}" for label, run in runs.items()) + ")"
+    return head + f"; seeds {list(cfg.seeds)}; mean ± sample std over seeds"
+
+
 def write_report(cfg: DictConfig, cells: Sequence[Cell], out_dir: Path,
                  recipes: Optional[dict[str, Any]] = None) -> list[Path]:
     """ablation.csv, curves.csv, ablation.md (with recipes, intervals, plateau check, contrasts) and the plots."""
@@ -403,11 +420,8 @@ def write_report(cfg: DictConfig, cells: Sequence[Cell], out_dir: Path,
             rows.append(done["row"])
             curves += done["curve"]
     order = list(dict.fromkeys(c.label for c in cells))
-    t, b = cells[0].cfg.train, cfg.budget
-    header = (f"Ablation `{cfg.name}`: {b.kind} budget {b.value:g} per run ({t.max_steps} steps of batch "
-              f"{t.batch_size}, n_critic {t.n_critic})" if b.kind != "seconds" else
-              f"Ablation `{cfg.name}`: {b.value:g} s of training per run (batch {t.batch_size}, n_critic {t.n_critic})")
-    header += f"; seeds {list(cfg.seeds)}; mean ± sample std over seeds; {len(rows)}/{len(cells)} runs finished."
+    b = cfg.budget
+    header = report_header(cfg, cells) + f"; {len(rows)}/{len(cells)} runs finished."
     paths = [write_csv(out_dir / "ablation.csv", rows, COLUMNS), write_csv(out_dir / "curves.csv", curves, CURVE_COLUMNS)]
     md = out_dir / "ablation.md"
     md.write_text(markdown_table(rows, order, header) + statistics_section(
