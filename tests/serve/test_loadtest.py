@@ -61,3 +61,20 @@ def test_a_url_where_nothing_listens_is_one_error_line(capsys):
     assert load_tool("load_test").main(["--url", f"http://127.0.0.1:{port}/", "--requests", "2"]) == 2
     err = capsys.readouterr().err
     assert "error: no transgan app answers at" in err and "Traceback" not in err
+
+
+def test_the_server_process_leaves_one_core_to_http_unless_told(tmp_path, digits_model):
+    import subprocess
+    import sys
+
+    from transgan.commands.load_test import serve_process
+    from transgan.runs.export import export_generator
+
+    export = str(export_generator(digits_model.G, digits_model.info, tmp_path / "exp"))
+    # torch's own choice in a fresh process (this test process's count may have been set by other tests)
+    torch_default = int(subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+                                       capture_output=True, text=True, check=True).stdout)
+    with serve_process(export, batch=1, threads=None) as url:
+        assert get_info(url)["torch_threads"] == max(1, torch_default - 1)
+    with serve_process(export, batch=1, threads=3) as url:
+        assert get_info(url)["torch_threads"] == 3

@@ -7,7 +7,8 @@
   SOURCE     an exported generator (folder with generator.safetensors + generator.json, from
              `python tools/generate.py export`), a run directory of tools/train.py or a checkpoint
   --host     interface to listen on; the default 127.0.0.1 keeps the page on this machine
-  --threads  torch threads for generation (default: torch's choice)
+  --threads  torch threads for generation (default: torch's choice less one, at least 1: one core
+             stays with the HTTP event loop)
   --attention attention kernel (auto, sdpa, xformers, math, chunked) instead of the run's model.attention
   --batch    images per model call, gathered from concurrent requests (1 = no batching)
   --allowed-host  a Host name the page is reached by (repeatable); default: the loopback names for a
@@ -88,10 +89,14 @@ def _load_app(args: argparse.Namespace, allowed_hosts: list[str], device: Any) -
 
 def run(argv: Sequence[str]) -> None:
     """Load the generator once and serve until interrupted."""
-    from transgan.serve.server import bind_socket, is_loopback_host, serve_forever
+    from transgan.serve.server import bind_socket, generation_threads, is_loopback_host, serve_forever
 
     args = build_parser().parse_args(argv)
     checked = check_args(args)
+    if args.threads is None:  # the server process's default; build_app (in process: tests, tools) keeps the caller's
+        import torch
+
+        args.threads = generation_threads(torch.get_num_threads())
     # The port first: a taken one fails at once, not after the model load.
     sock = bind_socket(args.host, args.port)
     try:

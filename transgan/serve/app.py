@@ -163,6 +163,7 @@ class GenerationService:
             "limits": {"max_count": self.limits.max_count, "min_size": self.limits.min_size,
                        "max_size": self.limits.max_size, "max_cols": self.limits.max_cols, "max_seed": MAX_SEED,
                        "max_request_pixels": self.limits.max_request_pixels},
+            "torch_threads": torch.get_num_threads(),  # the process's intra-op threads (tools/serve.py --threads)
         }
 
     def check(self, r: GenerateRequest) -> Optional[int]:
