@@ -192,37 +192,37 @@ def check_cell_folder(cell: Cell, print_: str) -> None:
     differs from this cell's in more than a smaller training budget)."""
     marker = cell.run_dir / MARKER
     if marker.is_file():
-        if json.loads(marker.read_text()).get("fingerprint") != print_ and not _smaller_budget(cell):
+        if json.loads(marker.read_text()).get("fingerprint") != print_ and saved_run(cell) != SMALLER_BUDGET:
             raise AblationError(f"{cell.run_dir} holds a finished cell of another configuration (data, model, "
                                 "evaluation or a larger budget changed); choose another out_dir or delete that folder")
-    elif ckpt.list_checkpoints(cell.run_dir) and not (_same_config(cell) or _smaller_budget(cell)):
+    elif ckpt.list_checkpoints(cell.run_dir) and saved_run(cell) not in (SAME, SMALLER_BUDGET):
         raise AblationError(f"{cell.run_dir} holds a started run of another configuration; choose another "
                             "out_dir or delete that folder")
 
 
 # What the budget sets in a cell's config (train.*): a run that differs from the cell only in these,
-# with no more steps than the cell's, is continued to the cell's budget.
+# with fewer steps than the cell's, is continued to the cell's budget.
 SCHEDULE_KEYS = ("max_steps", "eval_every", "sample_every", "ckpt_every")
+SAME, SMALLER_BUDGET, OTHER = "same", "smaller budget", "other"
 
 
-def _same_config(cell: Cell, schedule: bool = True) -> bool:
-    """Whether the cell folder's saved run config equals the cell's (``schedule=False``: apart from ``SCHEDULE_KEYS``)."""
+def saved_run(cell: Cell) -> Optional[str]:
+    """How the run saved in the cell folder relates to the cell: ``SAME`` config, ``SMALLER_BUDGET`` (the
+    same apart from ``SCHEDULE_KEYS``, with fewer steps: it is continued), ``OTHER``; None when nothing is saved."""
     saved = cell.run_dir / "config.yaml"
     if not saved.is_file():
-        return False
+        return None
     a, b = OmegaConf.to_container(OmegaConf.load(saved)), OmegaConf.to_container(cell.cfg)
-    for c in (a, b):
-        c.pop("resume", None)
-        for key in () if schedule else SCHEDULE_KEYS:
-            c["train"].pop(key, None)
-    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
 
+    def key(c: dict[str, Any], drop: Sequence[str] = ()) -> str:
+        c = {**c, "resume": None, "train": {k: v for k, v in c["train"].items() if k not in drop}}
+        return json.dumps(c, sort_keys=True, default=str)
 
-def _smaller_budget(cell: Cell) -> bool:
-    """Whether the cell folder holds a run of the cell's configuration with fewer steps: it is continued."""
-    saved = cell.run_dir / "config.yaml"
-    return (saved.is_file() and int(OmegaConf.load(saved).train.max_steps) < int(cell.cfg.train.max_steps)
-            and _same_config(cell, schedule=False))
+    if key(a) == key(b):
+        return SAME
+    if int(a["train"]["max_steps"]) < int(b["train"]["max_steps"]) and key(a, SCHEDULE_KEYS) == key(b, SCHEDULE_KEYS):
+        return SMALLER_BUDGET
+    return OTHER
 
 
 def finished(cell: Cell, print_: str) -> bool:
@@ -293,7 +293,7 @@ def run_cell(cell: Cell, cfg: DictConfig, log_path: Path, echo: Callable[[str], 
         echo("training finished earlier")
     else:
         if found:
-            echo(f"{'continuing to the larger budget' if _smaller_budget(cell) else 'resuming'} from {found[-1].name}")
+            echo(f"{'continuing to the larger budget' if saved_run(cell) == SMALLER_BUDGET else 'resuming'} from {found[-1].name}")
             # The cell's schedule on top of the run's own config: the same values for an interrupted
             # run, the larger budget's for a run of a smaller one.
             args = [f"resume={cell.run_dir}", *(f"train.{k}={cell.cfg.train[k]}" for k in SCHEDULE_KEYS)]

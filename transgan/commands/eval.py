@@ -40,9 +40,9 @@ from typing import Any, Sequence
 from transgan.cli import console_entry, run_cli
 from transgan.errors import ConfigError
 from transgan.nn.attention import check_kernel
+from transgan.presets import load_option
 from transgan.runs.checkpoint import run_dir_of
 from transgan.runs.load import find_checkpoint, load_generator  # (shared with generate/serve)
-from transgan.presets import load_option
 
 
 

@@ -25,11 +25,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
 from transgan.errors import ConfigError
-from transgan.presets import load_option, option_names
 from transgan.eval.metric_registry import METRICS, MetricInputs, metric_names, result_keys
 from transgan.eval.extractors import (
     FD_DIGITS, MissingWeightsError, file_sha256, resolve_weights, verify_weights, weights_path_argument)
 from transgan.eval.sampling import GeneratorSource, LazyDataset, RealImages, check_truncation, dataset_labels
+from transgan.presets import load_option, option_names
 from transgan.runs.files import atomic_write_text
 
 # Dataset-config keys that do not change the reference images (left out of the cache key;

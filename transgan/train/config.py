@@ -17,7 +17,6 @@ from transgan.errors import ConfigError
 from transgan.presets import CONFIG_DIR
 
 
-
 @dataclasses.dataclass
 class TrainConfig:
     """Schema of the ``train`` group: unknown keys and wrong types fail at composition."""
