@@ -6,7 +6,7 @@ An export is a folder with two files::
                             BatchNorm statistics); the JSON config is also stored in its header
     generator.json          {"format", "generator": {name, options...}, "img_resolution",
                              "img_channels", "num_classes", "class_names", "dataset", "source",
-                             "attention"}
+                             "attention", "norm_stats"}
 
 ``attention`` is the run's attention kernel (``model.attention``); an export written before it was
 recorded has none and rebuilds with the backbone's default (``auto``).
@@ -18,6 +18,7 @@ weights with safetensors — no pickle, no checkpoint, nothing from ``transgan.t
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -26,8 +27,11 @@ import torch
 import torch.nn as nn
 
 from transgan.errors import ConfigError
+from transgan.models.common import NORM_STATS_BATCH_SIZE, NORM_STATS_BATCHES, recompute_norm_statistics
 from transgan.registry import build_generator
 from transgan.runs.files import atomic_write, atomic_write_text
+
+log = logging.getLogger("transgan.eval")
 
 EXPORT_FORMAT = "transgan-generator-v1"
 MAX_GENERATOR_BYTES = 4 * 2**30  # parameters + buffers; the largest registered configs are well under 1 GB
@@ -47,6 +51,9 @@ class GeneratorInfo:
     dataset: Optional[dict[str, Any]] = None   # the training dataset's config (nearest-neighbour reports)
     source: dict[str, Any] = field(default_factory=dict)  # run directory, checkpoint, step, network
     attention: Optional[str] = None    # the run's attention kernel (model.attention); None: the default
+    # "own": BatchNorm statistics (if any) computed from this generator's outputs; "copy": the live G's, as
+    # train.ema_norm_stats=copy chose; None: an export written before G_ema had its own, corrected on load
+    norm_stats: Optional[str] = None
 
     def __post_init__(self) -> None:
         # Checked before anything is built from them: a size from a file must not size an allocation unchecked.
@@ -75,7 +82,7 @@ class GeneratorInfo:
         if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
             raise ConfigError(f"{where} is not a transgan generator export (format {EXPORT_FORMAT!r} expected)")
         keys = {"generator", "img_resolution", "img_channels", "num_classes", "class_names", "dataset", "source",
-                "attention"}
+                "attention", "norm_stats"}
         missing = {"generator", "img_resolution", "img_channels", "num_classes"} - set(data)
         if missing:
             raise ConfigError(f"{where} lacks {sorted(missing)}")
@@ -172,6 +179,11 @@ def load_exported_generator(path: Path | str, device: torch.device | str = "cpu"
         raise ConfigError(f"{weights} is not a readable safetensors file (corrupt or truncated?): {e}") from None
     except RuntimeError as e:
         raise ConfigError(f"{weights} does not fit the generator of {where}: {str(e)[:500]}") from None
+    if info.norm_stats is None and recompute_norm_statistics(G):
+        log.warning("%s was exported before G_ema kept its own BatchNorm statistics (it holds the live G's); "
+                    "recomputed them from its own outputs (%d batches of %d)", weights, NORM_STATS_BATCHES,
+                    NORM_STATS_BATCH_SIZE)
+    info.norm_stats = "own"
     return LoadedGenerator(G.to(device).eval().requires_grad_(False), info)
 
 

@@ -14,6 +14,7 @@ from typing import Any, Optional
 import torch.nn as nn
 
 from transgan.errors import CheckpointError, ConfigError
+from transgan.models.common import NORM_STATS_BATCH_SIZE, NORM_STATS_BATCHES, recompute_norm_statistics
 from transgan.runs.export import GeneratorInfo, LoadedGenerator, is_export, load_exported_generator
 
 log = logging.getLogger("transgan.eval")
@@ -65,6 +66,13 @@ def load_generator(state: dict[str, Any], network: str, num_classes: Optional[in
     except RuntimeError as e:  # missing/unexpected keys or shape mismatches: the config is not the weights'
         raise CheckpointError(f"the checkpoint's {network} weights do not fit the generator its config "
                               f"describes: {str(e)[:400]}") from None
+    if network == "G_ema" and "ema_norm_stats" not in cfg.get("train", {}):
+        # Written before G_ema had statistics of its own: its BatchNorm layers hold the live G's.
+        batch = int(cfg.train.get("batch_size", NORM_STATS_BATCH_SIZE)) // int(cfg.train.get("grad_accum", 1))
+        if recompute_norm_statistics(G, NORM_STATS_BATCHES, max(1, batch), seed=int(cfg.get("seed", 0))):
+            log.warning("this checkpoint was written before G_ema kept its own BatchNorm statistics (it holds "
+                        "the live G's); recomputed them from G_ema's own outputs (%d batches of %d)",
+                        NORM_STATS_BATCHES, batch)
     return G.eval().requires_grad_(False)
 
 
@@ -124,7 +132,8 @@ def load_run(source: Path, network: str = "G_ema", attention: Optional[str] = No
         dataset=OmegaConf.to_container(cfg.dataset, resolve=True),
         source={"run": str(run_dir_of(checkpoint)), "checkpoint": str(checkpoint), "step": int(state["progress"]["step"]),
                 "network": network},
-        attention=attention or cfg.model.get("attention"))
+        attention=attention or cfg.model.get("attention"),
+        norm_stats="copy" if network == "G_ema" and cfg.get("train", {}).get("ema_norm_stats") == "copy" else "own")
     return LoadedGenerator(G, info)
 
 

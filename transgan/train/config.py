@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from transgan.errors import ConfigError
 from transgan.presets import CONFIG_DIR
+from transgan.train.ema import EMA_NORM_STATS
 
 
 @dataclasses.dataclass
@@ -39,6 +40,8 @@ class TrainConfig:
     ema_kimg: float = 10.0
     ema_rampup: Optional[float] = 0.05
     ema_beta: Optional[float] = None  # a fixed decay per G step instead of ema_kimg (TransGAN 256: 0.995)
+    ema_norm_stats: str = "recompute"  # G_ema's BatchNorm statistics: its own (recompute) or the live G's (copy)
+    ema_norm_batches: int = 40  # batches (of G's training batch size) that G_ema's own statistics average
     augment: str = "none"
     diffaugment: str = "color,translation,cutout"
     ada_p: float = 0.0
@@ -87,6 +90,9 @@ def _check_train(train: DictConfig) -> None:
         (train.batch_size_g is None or train.batch_size_g >= 1, "train.batch_size_g must be >= 1 (or null)"),
         (train.ema_beta is None or 0.0 <= train.ema_beta < 1.0, "train.ema_beta must be in [0, 1) (or null)"),
         (train.n_critic >= 1, "train.n_critic must be >= 1"),
+        (train.ema_norm_batches >= 1, "train.ema_norm_batches must be >= 1"),
+        (train.ema_norm_stats in EMA_NORM_STATS,
+         f"train.ema_norm_stats must be one of {'|'.join(EMA_NORM_STATS)}, got {train.ema_norm_stats!r}"),
         (all(c is None or c > 0 for c in (train.grad_clip, train.grad_clip_d_main)),
          "train.grad_clip and train.grad_clip_d_main must be > 0 (or null)"),
         (train.mixed_precision in ("no", "fp16", "bf16"), "train.mixed_precision must be one of no|fp16|bf16"),

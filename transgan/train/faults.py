@@ -30,7 +30,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 # Buffers a training-mode forward pass updates from its inputs: torch's norm layers' running
 # statistics and the style mapping's w_avg. A NaN batch would otherwise poison them for good
-# (G_ema copies G's buffers and runs in eval mode on the running statistics).
+# (G_ema copies G's w_avg and runs in eval mode).
 RUNNING_BUFFERS = ("running_mean", "running_var", "num_batches_tracked", "w_avg")
 
 

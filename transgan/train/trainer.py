@@ -31,7 +31,8 @@ from transgan.train import faults
 from transgan.train.batches import BatchSource
 from transgan.train.config import (check_choices_match_run, compose_config, is_choice, model_signature,
                                    validate_config)
-from transgan.train.ema import ema_beta, update_ema
+from transgan.models.common import recompute_norm_statistics
+from transgan.train.ema import copied_buffers, ema_beta, update_ema
 
 log = logging.getLogger("transgan.train")
 
@@ -202,6 +203,9 @@ class Trainer:
         for model in (self.G, self.D):
             acc.unwrap_model(model, keep_fp32_wrapper=False)
         self.G_ema.to(acc.device)
+        # After every .to(): moving a module replaces its buffer tensors.
+        self._ema_buffers = copied_buffers(self.G_ema, acc.unwrap_model(self.G), t.ema_norm_stats)
+        self._ema_stats_step: Optional[int] = None  # the step G_ema's norm statistics were computed at
         if state is not None and state["scaler"] is not None and acc.scaler is not None:
             acc.scaler.load_state_dict(state["scaler"])
 
@@ -342,8 +346,17 @@ class Trainer:
         self.progress.step += 1
         self.progress.data_position = self.data.position
         beta = ema_beta(t.batch_size, self.progress.images_seen, t.ema_kimg, t.ema_rampup, fixed=t.ema_beta)
-        update_ema(self.G_ema, G_plain, beta)
+        update_ema(self.G_ema, G_plain, beta, self._ema_buffers)
         return stats
+
+    def _own_ema_statistics(self) -> None:
+        """Give G_ema normalization statistics of its own before anything reads it (once per step)."""
+        t = self.cfg.train
+        if t.ema_norm_stats == "recompute" and self._ema_stats_step != self.progress.step:
+            # Batches of the size G's own norm layers see in a D step, so both averages are alike.
+            batch = max(1, t.batch_size // self.accelerator.num_processes // t.grad_accum)
+            recompute_norm_statistics(self.G_ema, t.ema_norm_batches, batch, seed=int(self.cfg.seed))
+            self._ema_stats_step = self.progress.step
 
     # ------------------------------------------------------------------ outputs
     def _fixed_latents(self) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -358,6 +371,7 @@ class Trainer:
     @torch.no_grad()
     def save_samples(self) -> None:
         """Sample grid from G_ema with fixed latents, one row per class."""
+        self._own_ema_statistics()
         z, c = self._fixed_latents()
         images = torch.cat([self.G_ema(zz, cc) for zz, cc in zip(z.split(64), (c.split(64) if c is not None else [None] * len(z.split(64))))])
         self.writer.samples(self.progress.step, images, nrow=self.cfg.train.sample_grid_cols)
@@ -366,6 +380,7 @@ class Trainer:
         """The metrics the Trainer was handed, of G_ema (on every process: evaluation is spread over them)."""
         if self.evaluator is None:
             return {}
+        self._own_ema_statistics()
         return self.evaluator(self.G_ema, self.progress.step)
 
     def _new_best(self, metrics: dict[str, float]) -> Optional[dict]:
@@ -430,6 +445,7 @@ class Trainer:
     def save_checkpoint(self, regular: bool = True, best: Optional[dict] = None) -> None:
         """Every process contributes its RNG state; the main process writes the step file and/or best.pt."""
         acc = self.accelerator
+        self._own_ema_statistics()
         rng = ckpt.gather_rng_states()
         if acc.is_main_process:
             state = {
