@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 from transgan.losses import (
     GANLoss,
+    PhaseInputs,
     build_loss,
     drift_penalty,
     gradient_penalty,
@@ -193,7 +194,7 @@ def test_d_main_adds_weighted_gradient_penalty_and_drift():
     G, D = AffineGenerator(), LinearCritic()
     real, z = images(0), torch.randn(4, G.z_dim)
     loss = GANLoss("wgan", gp_weight=10.0, drift_weight=1e-3)
-    total, stats = loss.d_main(G, D, real, None, z, None)
+    total, stats = loss.d_main(G, D, PhaseInputs(real, None, z, None))
     r, f = D(real).detach(), D(0.5 * z.reshape(SHAPE)).detach()
     gp = (D.v.detach().pow(2).sum().sqrt() - 1) ** 2  # grad of a linear critic is v everywhere
     expected = (f.mean() - r.mean()) + 10.0 * gp + 1e-3 * (r**2).mean()
@@ -212,7 +213,7 @@ def test_d_main_adds_weighted_gradient_penalty_and_drift():
 def test_drift_on_the_squared_batch_mean_as_transgans_code():
     G, D = AffineGenerator(), LinearCritic()
     real, z = images(0), torch.randn(4, G.z_dim)
-    total, stats = GANLoss("wgan", drift_weight=1e-3, drift_form="square_mean").d_main(G, D, real, None, z, None)
+    total, stats = GANLoss("wgan", drift_weight=1e-3, drift_form="square_mean").d_main(G, D, PhaseInputs(real, None, z, None))
     r, f = D(real).detach(), D(0.5 * z.reshape(SHAPE)).detach()
     torch.testing.assert_close(total, (f.mean() - r.mean()) + 1e-3 * r.mean() ** 2, rtol=1e-5, atol=0)
     torch.testing.assert_close(stats["drift"], r.mean() ** 2)
@@ -224,14 +225,14 @@ def test_drift_on_the_squared_batch_mean_as_transgans_code():
 def test_augment_is_applied_to_every_image_d_sees():
     G, D = AffineGenerator(), LinearCritic()
     real, z = images(0), torch.randn(4, G.z_dim)
-    loss = GANLoss("wgan", gp_weight=10.0, r1_gamma=2.0, r1_interval=4)
-    loss.augment = lambda x: 2 * x  # doubles logits and D's input gradient
-    _, stats = loss.d_main(G, D, real, None, z, None)
+    loss = GANLoss("wgan", gp_weight=10.0, r1_gamma=2.0, r1_interval=4,
+                   augment=lambda x: 2 * x)  # doubles logits and D's input gradient
+    _, stats = loss.d_main(G, D, PhaseInputs(real, None, z, None))
     assert torch.allclose(stats["d_real"], 2 * D(real).mean())
     assert torch.allclose(stats["gp"], (2 * D.v.detach().pow(2).sum().sqrt() - 1) ** 2, rtol=1e-5)
-    _, stats = loss.d_reg(D, real, None)
+    _, stats = loss.d_reg(None, D, PhaseInputs(real, None))
     assert torch.allclose(stats["r1"], 4 * D.v.detach().pow(2).sum(), rtol=1e-5)
-    _, stats = loss.g_main(G, D, z, None)
+    _, stats = loss.g_main(G, D, PhaseInputs(z=z, c_fake=None))
     assert torch.allclose(stats["loss_g"], -2 * D(0.5 * z.reshape(SHAPE)).mean())
 
 
@@ -239,12 +240,12 @@ def test_d_reg_is_lazy_r1_scaled_by_interval():
     D, real = QuadraticCritic(0.3), images(0)
     loss = GANLoss("ns", r1_gamma=10.0, r1_interval=16)
     assert loss.d_reg_interval == 16 and loss.g_reg_interval is None
-    total, stats = loss.d_reg(D, real, None)
+    total, stats = loss.d_reg(None, D, PhaseInputs(real, None))
     r1 = (4 * 0.3**2 * real.double() ** 2).sum(dim=(1, 2, 3))
     assert torch.allclose(total.double(), 10.0 / 2 * r1.mean() * 16, rtol=1e-5)
     assert torch.allclose(stats["r1"].double(), r1.mean(), rtol=1e-5)
     # Lazy R1 is not also computed in the main phase.
-    _, main_stats = loss.d_main(AffineGenerator(), LinearCritic(), real, None, torch.randn(4, 75), None)
+    _, main_stats = loss.d_main(AffineGenerator(), LinearCritic(), PhaseInputs(real, None, torch.randn(4, 75), None))
     assert "r1" not in main_stats
 
 
@@ -253,28 +254,38 @@ def test_r1_every_step_is_part_of_d_main_unscaled():
     real, z = images(0), torch.randn(4, G.z_dim)
     loss = GANLoss("ns", r1_gamma=10.0, r1_interval=1)
     assert loss.d_reg_interval is None
-    total, stats = loss.d_main(G, D, real, None, z, None)
+    total, stats = loss.d_main(G, D, PhaseInputs(real, None, z, None))
     r, f = D(real).detach(), D(0.5 * z.reshape(SHAPE)).detach()
     r1 = D.v.detach().pow(2).sum()
     expected = torch.log1p(torch.exp(-r)).mean() + torch.log1p(torch.exp(f)).mean() + 10.0 / 2 * r1
     assert torch.allclose(total, expected, rtol=1e-5)
-    with pytest.raises(RuntimeError, match="no lazy D regularization"):
-        loss.d_reg(D, real, None)
+    assert [p.name for p in loss.phases()] == ["d_main", "g_main"]  # no lazy D phase is scheduled
 
 
 def test_g_main_trains_the_generator_with_its_adversarial_term():
     G, D = AffineGenerator(), LinearCritic()
     z = torch.randn(4, G.z_dim)
-    total, stats = GANLoss("hinge").g_main(G, D, z, None)
+    total, stats = GANLoss("hinge").g_main(G, D, PhaseInputs(z=z, c_fake=None))
     assert torch.allclose(total, -D(0.5 * z.reshape(SHAPE)).mean())
     total.backward()
     assert G.a.grad is not None and G.a.grad != 0
     assert set(stats) == {"loss_g"}
 
 
-def test_g_reg_hook_is_empty_and_state_is_empty():
+def test_phases_are_the_main_ones_plus_each_lazy_regularizer_that_is_on():
+    def table(loss):
+        return [(p.name, p.trains, p.interval, p.needs_reals, p.needs_latents) for p in loss.phases()]
+
+    assert table(GANLoss()) == [("d_main", "D", 1, True, True), ("g_main", "G", 1, False, True)]
+    assert table(GANLoss("ns", r1_gamma=1.0, r1_interval=16, pl_weight=2.0, pl_interval=4)) == [
+        ("d_main", "D", 1, True, True), ("d_reg", "D", 16, True, False), ("g_main", "G", 1, False, True),
+        ("g_reg", "G", 4, False, True)]
+    loss = GANLoss("ns", r1_gamma=1.0, r1_interval=16)
+    assert [p.run for p in loss.phases()] == [loss.d_main, loss.d_reg, loss.g_main]
+
+
+def test_state_is_empty_without_path_length():
     loss = GANLoss()
-    assert loss.g_reg(AffineGenerator(), torch.randn(2, 75), None) is None
     assert loss.state_dict() == {}
     loss.load_state_dict({})
     with pytest.raises(ValueError, match="pl_mean"):
@@ -284,8 +295,8 @@ def test_g_reg_hook_is_empty_and_state_is_empty():
 def test_d_must_return_one_logit_per_sample():
     G = AffineGenerator()
     with pytest.raises(ValueError, match=r"shape \[B\]"):
-        GANLoss().d_main(G, lambda x, c: x.flatten(1).sum(1, keepdim=True), images(0), None,
-                         torch.randn(4, G.z_dim), None)
+        GANLoss().d_main(G, lambda x, c: x.flatten(1).sum(1, keepdim=True),
+                         PhaseInputs(images(0), None, torch.randn(4, G.z_dim), None))
 
 
 # ----------------------------------------------------------------------------- configuration

@@ -17,7 +17,8 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 from omegaconf import OmegaConf
 
-from transgan.losses import GANLoss, build_loss, lazy_regularization_hparams, path_length_penalty, path_lengths
+from transgan.losses import (GANLoss, PhaseInputs, build_loss, lazy_regularization_hparams, path_length_penalty,
+                             path_lengths)
 from transgan.nn.style import StyleGenerator
 
 NUM_WS, W_DIM, C, H, W = 3, 4, 2, 3, 5
@@ -85,7 +86,7 @@ def test_g_reg_penalty_equals_direct_computation_on_a_shrunk_batch():
     loss = GANLoss("ns", pl_weight=2.0, pl_interval=4, pl_batch_shrink=2, pl_decay=0.01)
     z = torch.randn(6, 6)
     torch.manual_seed(1)
-    total, stats = loss.g_reg(G, z, None)
+    total, stats = loss.g_reg(G, None, PhaseInputs(z=z, c_fake=None))
     total.backward()
     got_grad = G.synthesis.A.grad.clone()
 
@@ -105,7 +106,7 @@ def test_g_reg_penalty_equals_direct_computation_on_a_shrunk_batch():
 
     # The running mean continues from its state: pl_mean <- pl_mean + decay (mean L - pl_mean).
     torch.manual_seed(2)
-    loss.g_reg(G, z, None)
+    loss.g_reg(G, None, PhaseInputs(z=z, c_fake=None))
     torch.manual_seed(2)
     L2 = closed_form_lengths(A.detach(), torch.randn(3, C, H, W).double() / math.sqrt(H * W))
     assert torch.allclose(loss.pl_mean.double(), pl_mean + 0.01 * (L2.mean() - pl_mean), rtol=1e-5)
@@ -114,10 +115,10 @@ def test_g_reg_penalty_equals_direct_computation_on_a_shrunk_batch():
 def test_path_length_every_step_is_part_of_g_main_unscaled():
     G, D = ToyStyleGenerator(), ConstantCritic()
     loss = GANLoss("ns", pl_weight=2.0, pl_interval=1)
-    assert loss.g_reg_interval is None and loss.g_reg(G, torch.randn(4, 6), None) is None
+    assert loss.g_reg_interval is None and "g_reg" not in [p.name for p in loss.phases()]
     z = torch.randn(4, 6)
     torch.manual_seed(3)
-    total, stats = loss.g_main(G, D, z, None)
+    total, stats = loss.g_main(G, D, PhaseInputs(z=z, c_fake=None))
     assert {"loss_g", "loss_g_adv", "pl_penalty", "pl_mean"} <= set(stats)
     assert torch.allclose(total, stats["loss_g_adv"] + 2.0 * stats["pl_penalty"])
 
@@ -126,9 +127,9 @@ def test_loss_mixes_styles_of_style_generators_in_every_generation():
     G, D = ToyStyleGenerator(num_classes=3), ConstantCritic()
     z, c = torch.randn(4, 6), torch.tensor([0, 1, 2, 0])
     loss = GANLoss("ns", style_mixing_prob=0.9, pl_weight=1.0)
-    loss.g_main(G, D, z, c)
-    loss.d_main(G, D, torch.randn(4, C, H, W), c, z, c)
-    loss.g_reg(G, z, c)
+    loss.g_main(G, D, PhaseInputs(z=z, c_fake=c))
+    loss.d_main(G, D, PhaseInputs(torch.randn(4, C, H, W), c, z, c))
+    loss.g_reg(G, None, PhaseInputs(z=z, c_fake=c))
     assert [call["style_mixing_prob"] for call in G.calls] == [0.9, 0.9, 0.9]
     assert [call["return_ws"] for call in G.calls] == [False, False, True]
 
@@ -145,10 +146,10 @@ def test_mixing_with_probability_one_changes_the_ws_after_the_crossover():
 def test_path_length_needs_a_style_generator():
     loss = GANLoss("ns", pl_weight=2.0)
     with pytest.raises(TypeError, match="style-based generator"):
-        loss.g_reg(PlainGenerator(), torch.randn(4, 6), None)
+        loss.g_reg(PlainGenerator(), None, PhaseInputs(z=torch.randn(4, 6), c_fake=None))
     # Non-style generators are simply not mixed.
     G, D = PlainGenerator(), ConstantCritic()
-    GANLoss("ns", style_mixing_prob=0.9).g_main(G, D, torch.randn(4, 6), None)
+    GANLoss("ns", style_mixing_prob=0.9).g_main(G, D, PhaseInputs(z=torch.randn(4, 6), c_fake=None))
 
 
 def test_pl_mean_survives_a_checkpoint_round_trip():
@@ -156,9 +157,9 @@ def test_pl_mean_survives_a_checkpoint_round_trip():
     straight = GANLoss("ns", pl_weight=2.0)
     split = GANLoss("ns", pl_weight=2.0)
     torch.manual_seed(4)
-    straight.g_reg(G, z, None)
+    straight.g_reg(G, None, PhaseInputs(z=z, c_fake=None))
     torch.manual_seed(4)
-    split.g_reg(G, z, None)
+    split.g_reg(G, None, PhaseInputs(z=z, c_fake=None))
     assert straight.pl_mean != 0
 
     buffer = io.BytesIO()
@@ -169,9 +170,9 @@ def test_pl_mean_survives_a_checkpoint_round_trip():
     assert torch.equal(resumed.pl_mean, split.pl_mean)
 
     torch.manual_seed(5)
-    straight.g_reg(G, z, None)
+    straight.g_reg(G, None, PhaseInputs(z=z, c_fake=None))
     torch.manual_seed(5)
-    resumed.g_reg(G, z, None)
+    resumed.g_reg(G, None, PhaseInputs(z=z, c_fake=None))
     assert torch.equal(resumed.pl_mean, straight.pl_mean)
 
 
@@ -228,7 +229,7 @@ def _distributed_worker(rank: int, world: int, init_file: str, out_dir: str) -> 
     try:
         torch.manual_seed(10 + rank)                # each process: its own generator and batch
         G, loss = ToyStyleGenerator(), GANLoss("ns", pl_weight=2.0)
-        _, stats = loss.g_reg(G, torch.randn(4, 6), None)
+        _, stats = loss.g_reg(G, None, PhaseInputs(z=torch.randn(4, 6), c_fake=None))
         torch.save({"pl_length": stats["pl_length"], "pl_mean": loss.pl_mean}, os.path.join(out_dir, f"{rank}.pt"))
     finally:
         dist.destroy_process_group()

@@ -32,7 +32,7 @@ def main(argv: list[str]) -> int:
 
     from transgan.eval.training import training_evaluator
     from transgan.train.config import compose_config
-    from transgan.train.trainer import Trainer
+    from transgan.train.build import build_trainer
 
     device = [] if any(o.startswith("train.device=") for o in overrides) else ["train.device=cpu"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -40,7 +40,7 @@ def main(argv: list[str]) -> int:
         evaluator = training_evaluator(cfg)
         if evaluator is None:
             parser.error("eval.metrics=[]: nothing to time")
-        trainer = Trainer(cfg, tmp, evaluator=evaluator)
+        trainer = build_trainer(cfg, tmp, build_evaluator=lambda _: evaluator)
         trainer.train_step()  # warm-up
         t = time.perf_counter()
         for _ in range(args.steps):

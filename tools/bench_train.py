@@ -161,14 +161,14 @@ def count_step_work(trainer: Any, steps: int) -> dict[str, int]:
 def run_case(case: dict[str, Any]) -> dict[str, Any]:
     """Build the trainer of one case, time whole schedule periods, count FLOPs; return its record."""
     from transgan.train.config import compose_config
-    from transgan.train.trainer import Trainer
+    from transgan.train.build import build_trainer
 
     overrides, preset = case_overrides(case)
     cfg, _ = compose_config(overrides)
     cuda = case["device"] == "cuda"
     rss_before = None if cuda else status_bytes("VmRSS")
     with tempfile.TemporaryDirectory() as tmp:  # the trainer names a run directory; nothing is written
-        trainer = Trainer(cfg, str(Path(tmp) / "run"))
+        trainer = build_trainer(cfg, str(Path(tmp) / "run"))
     period = trainer.schedule_period
     timing = not case.get("count_only")
     warmup = period * math.ceil(max(case["warmup"], 1) / period) if timing else 0

@@ -353,11 +353,17 @@ class ADAPipeline(nn.Module):
     scale, rotation, anisotropic scale and fractional translation in one resample) and color
     (brightness, contrast, luma flip, hue, saturation) transforms, each applied to each image
     independently with probability ``p``; strengths are the paper's defaults. ``p = 0`` is the identity.
+    With a ``controller`` (:class:`AdaptiveAugment`) p is the controller's, read at every call.
     """
 
-    def __init__(self, p: float = 0.0) -> None:
+    def __init__(self, p: float = 0.0, controller: Optional["AdaptiveAugment"] = None) -> None:
         super().__init__()
-        self.p = float(p)
+        self._p, self.controller = float(p), controller
+
+    @property
+    def p(self) -> float:
+        """The probability of each transform: the controller's current p, else the fixed one."""
+        return self.controller.p if self.controller is not None else self._p
 
     def forward(self, x: Tensor, p: Optional[float] = None) -> Tensor:
         """Augment a batch [B, C, H, W] with probability ``p`` (default ``self.p``) per transform per image."""

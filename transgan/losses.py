@@ -2,8 +2,10 @@
 
 Adversarial terms take logits and return a scalar. Regularizers return one value per
 sample ([B]); the loss object weights and averages them. :class:`GANLoss` has one method
-per training phase (StyleGAN2-ADA's split): ``d_main``, ``d_reg``, ``g_main``, ``g_reg``.
-The trainer decides when each phase runs; this file owns only the mathematics.
+per training phase (StyleGAN2-ADA's split): ``d_main``, ``d_reg``, ``g_main``, ``g_reg``, all
+called as ``phase(G, D, inputs) -> (loss, stats)``, and :meth:`GANLoss.phases` lists the ones
+this loss schedules (a lazy regularizer that is off is not a phase). The trainer decides when
+each phase runs; this file owns only the mathematics.
 
 Style-based generators (``G.mapping`` / ``G.synthesis``, see transgan/nn/style.py) are called
 through their ``forward`` with ``style_mixing_prob`` and ``return_ws``, so style mixing and
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Optional
 
 import torch
@@ -38,7 +41,7 @@ __all__ = [
     "wgan_d_loss", "wgan_g_loss", "hinge_d_loss", "hinge_g_loss", "ns_d_loss", "ns_g_loss",
     "minimax_d_loss", "minimax_g_loss", "gradient_penalty", "r1_penalty", "drift_penalty",
     "path_lengths", "path_length_penalty",
-    "GANLoss", "build_loss", "lazy_regularization_hparams", "ADVERSARIAL_LOSSES",
+    "PhaseInputs", "PhaseSpec", "GANLoss", "build_loss", "lazy_regularization_hparams", "ADVERSARIAL_LOSSES",
 ]
 
 
@@ -188,11 +191,36 @@ def _mean_over_processes(x: Tensor) -> Tensor:
 
 # ----------------------------------------------------------------------------- composed loss
 
+@dataclass
+class PhaseInputs:
+    """What one phase's micro-batch gets: real images and labels, latents and the labels to generate."""
+
+    real: Optional[Tensor] = None
+    c_real: Optional[Tensor] = None
+    z: Optional[Tensor] = None
+    c_fake: Optional[Tensor] = None
+
+
+Phase = Callable[[Callable, Discriminator, PhaseInputs], tuple[Tensor, dict[str, Tensor]]]
+
+
+@dataclass(frozen=True)
+class PhaseSpec:
+    """A phase the loss schedules: its method, the network it trains, how often, and what it reads."""
+
+    name: str
+    run: Phase
+    trains: str                  # "D" or "G"
+    interval: int = 1            # runs on every interval-th step of the network it trains
+    needs_reals: bool = False    # a real batch (shared by the phases of one network step)
+    needs_latents: bool = True   # fresh latents of its own
+
+
 class GANLoss:
     """Composes an adversarial loss with its regularizers; one method per training phase.
 
-    ``D`` is called as ``D(x, c)`` and returns logits [B]. ``self.augment`` (identity unless
-    the trainer sets, e.g., ``DiffAugment``) is applied to every image D sees: reals, fakes,
+    ``D`` is called as ``D(x, c)`` and returns logits [B]. ``augment`` (e.g. ``DiffAugment`` or
+    ``ADAPipeline``; identity by default) is applied to every image D sees: reals, fakes,
     gradient-penalty interpolates and R1 reals; penalties differentiate through it.
 
     The gradient penalty and drift are computed every D step (in ``d_main``). R1 is lazy
@@ -218,7 +246,7 @@ class GANLoss:
                  r1_interval: int = 16,
                  style_mixing_prob: float = 0.0, pl_weight: float = 0.0, pl_interval: int = 4,
                  pl_batch_shrink: int = 2, pl_decay: float = 0.01, reg_precision: str = "float32",
-                 **unknown: Any) -> None:
+                 augment: Optional[Callable[[Tensor], Tensor]] = None, **unknown: Any) -> None:
         if unknown:
             raise ConfigError(f"unknown loss option(s) {sorted(unknown)}; options are {', '.join(self.OPTIONS)}")
         if adversarial not in ADVERSARIAL_LOSSES:
@@ -248,10 +276,21 @@ class GANLoss:
             raise ConfigError(f"loss.reg_precision must be one of {', '.join(REG_PRECISIONS)}, got {reg_precision!r}")
         self.reg_precision = reg_precision
         self.pl_mean = torch.zeros(())
-        self.augment: Callable[[Tensor], Tensor] = _identity
+        self.augment: Callable[[Tensor], Tensor] = augment if augment is not None else _identity
 
     def __repr__(self) -> str:
         return "GANLoss(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in self.OPTIONS) + ")"
+
+    def phases(self) -> list[PhaseSpec]:
+        """The phases this loss schedules, in the order they run within a step of their network."""
+        table = [PhaseSpec("d_main", self.d_main, "D", needs_reals=True)]
+        if self.d_reg_interval is not None:
+            table.append(PhaseSpec("d_reg", self.d_reg, "D", self.d_reg_interval, needs_reals=True,
+                                   needs_latents=False))
+        table.append(PhaseSpec("g_main", self.g_main, "G"))
+        if self.g_reg_interval is not None:
+            table.append(PhaseSpec("g_reg", self.g_reg, "G", self.g_reg_interval))
+        return table
 
     @property
     def d_reg_interval(self) -> Optional[int]:
@@ -283,13 +322,13 @@ class GANLoss:
             return G(z, c)
         return G(z, c, style_mixing_prob=self.style_mixing_prob, return_ws=return_ws)
 
-    def d_main(self, G: Callable, D: Discriminator, real: Tensor, c_real: Optional[Tensor], z: Tensor,
-               c_fake: Optional[Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+    def d_main(self, G: Callable, D: Discriminator, x: PhaseInputs) -> tuple[Tensor, dict[str, Tensor]]:
         """Dmain: the adversarial D loss plus the penalties computed every D step."""
+        real, c_real = x.real, x.c_real
         with torch.no_grad():
-            fake = self._generate(G, z, c_fake)
+            fake = self._generate(G, x.z, x.c_fake)
         real_logits = self._logits(D, real, c_real)
-        fake_logits = self._logits(D, fake, c_fake)
+        fake_logits = self._logits(D, fake, x.c_fake)
         loss = self.d_adversarial(real_logits, fake_logits)
         # r_t, ADA's overfitting heuristic: E[sign(D(real))] on the (augmented) reals D trains on.
         stats = {"d_real": real_logits.mean(), "d_fake": fake_logits.mean(), "r_t": real_logits.sign().mean(),
@@ -313,36 +352,29 @@ class GANLoss:
         stats["loss_d"] = loss
         return loss, {k: v.detach() for k, v in stats.items()}
 
-    def d_reg(self, D: Discriminator, real: Tensor, c_real: Optional[Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        """Dreg: lazy R1 on reals, gamma/2 * ||grad D(x)||^2, times the interval (StyleGAN2)."""
-        if self.d_reg_interval is None:
-            raise RuntimeError("d_reg called, but this loss has no lazy D regularization (d_reg_interval is None)")
-        r1 = r1_penalty(self._sees(D), real, c_real, precision=self.reg_precision)
+    def d_reg(self, G: Callable, D: Discriminator, x: PhaseInputs) -> tuple[Tensor, dict[str, Tensor]]:
+        """Dreg: lazy R1 on reals, gamma/2 * ||grad D(x)||^2, times the interval (StyleGAN2); G is unused."""
+        r1 = r1_penalty(self._sees(D), x.real, x.c_real, precision=self.reg_precision)
         loss = r1.mean() * (self.r1_gamma / 2) * self.r1_interval
         return loss, {"r1": r1.mean().detach(), "loss_d_reg": loss.detach()}
 
-    def g_main(self, G: Callable, D: Discriminator, z: Tensor,
-               c_fake: Optional[Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+    def g_main(self, G: Callable, D: Discriminator, x: PhaseInputs) -> tuple[Tensor, dict[str, Tensor]]:
         """Gmain: the adversarial G loss on freshly generated images (plus path length if not lazy)."""
-        fake_logits = self._logits(D, self._generate(G, z, c_fake), c_fake)
+        fake_logits = self._logits(D, self._generate(G, x.z, x.c_fake), x.c_fake)
         loss = self.g_adversarial(fake_logits)
         stats = {}
         if self.pl_weight > 0 and self.g_reg_interval is None:
             # Path length every step (pl_interval=1): no lazy scaling.
-            pl_loss, stats = self._path_length_loss(G, z, c_fake, gain=1.0)
+            pl_loss, stats = self._path_length_loss(G, x.z, x.c_fake, gain=1.0)
             stats["loss_g_adv"] = loss.detach()
             loss = loss + pl_loss
         stats["loss_g"] = loss.detach()
         return loss, stats
 
-    def g_reg(self, G: Callable, z: Tensor, c: Optional[Tensor]) -> Optional[tuple[Tensor, dict[str, Tensor]]]:
-        """Greg: lazy path-length penalty, pl_weight * (L - pl_mean)^2, times the interval (StyleGAN2).
-
-        Returns None for a loss without a lazy G regularizer (``g_reg_interval`` is None).
-        """
-        if self.g_reg_interval is None:
-            return None
-        return self._path_length_loss(G, z, c, gain=float(self.pl_interval))
+    def g_reg(self, G: Callable, D: Discriminator, x: PhaseInputs) -> tuple[Tensor, dict[str, Tensor]]:
+        """Greg: lazy path-length penalty, pl_weight * (L - pl_mean)^2, times the interval (StyleGAN2);
+        D is unused."""
+        return self._path_length_loss(G, x.z, x.c_fake, gain=float(self.pl_interval))
 
     def _path_length_loss(self, G: Callable, z: Tensor, c: Optional[Tensor],
                           gain: float) -> tuple[Tensor, dict[str, Tensor]]:
@@ -397,10 +429,12 @@ def _unwrap(G: Callable) -> Callable:
     return getattr(G, "module", G)
 
 
-def build_loss(cfg: Mapping[str, Any]) -> GANLoss:
-    """Build the loss from the ``loss`` config node (its ``name`` is only a label)."""
+def build_loss(cfg: Mapping[str, Any], augment: Optional[Callable[[Tensor], Tensor]] = None) -> GANLoss:
+    """Build the loss from the ``loss`` config node (its ``name`` is only a label), seeing through ``augment``."""
     options = {k: v for k, v in dict(cfg).items() if k != "name"}
-    return GANLoss(**options)
+    if "augment" in options:  # chosen by train.augment, not a loss option
+        raise ConfigError(f"unknown loss option(s) ['augment']; options are {', '.join(GANLoss.OPTIONS)}")
+    return GANLoss(**options, augment=augment)
 
 
 def lazy_regularization_hparams(lr: float, betas: tuple[float, float],

@@ -29,13 +29,13 @@ def _train_once(key: str, overrides: list[str], tmp_path_factory) -> Path:
     """A tools/train.py run directory (config.yaml + checkpoint) for ``overrides``, made once per session."""
     if key not in _RUNS:
         from transgan.train.config import compose_config
-        from transgan.train.trainer import Trainer
+        from transgan.train.build import build_trainer
 
         run = tmp_path_factory.mktemp(f"tiny_{key}_run") / "run"
         cfg, _ = compose_config([*overrides, f"hydra.run.dir={run}"])
         threads = torch.get_num_threads()
         try:
-            Trainer(cfg, str(run)).train()
+            build_trainer(cfg, str(run)).train()
         finally:
             torch.set_num_threads(threads)  # the Trainer sets torch's threads; leave other tests as they were
         _RUNS[key] = run

@@ -25,7 +25,7 @@ from tests.data.fixtures import make_celeba, make_flowers102
 from tests.eval.run_fixtures import tiny_math_attention_run
 from transgan.registry import GENERATORS, register_generator
 from transgan.runs.checkpoint import FORMAT, checkpoint_path, save_atomic
-from transgan.train.config import model_signature
+from transgan.runs.state import model_signature
 
 EXTRACTOR = "test-pool-tool"
 GENERATOR = "test-tiny-eval"

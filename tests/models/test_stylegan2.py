@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from transgan.errors import ConfigError
-from transgan.losses import GANLoss
+from transgan.losses import GANLoss, PhaseInputs
 from transgan.models.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
 from transgan.registry import build_discriminator, build_generator
 
@@ -195,10 +195,12 @@ def test_one_training_step_of_every_phase_updates_both_networks():
     opt_G, opt_D = torch.optim.Adam(G.parameters(), 1e-3), torch.optim.Adam(D.parameters(), 1e-3)
     g0, d0 = [p.detach().clone() for p in G.parameters()], [p.detach().clone() for p in D.parameters()]
     real, c, z = torch.randn(8, 1, 16, 16), torch.arange(8) % 10, torch.randn(8, 16)
-    for phase, args, opt in [("d_main", (G, D, real, c, z, c), opt_D), ("d_reg", (D, real, c), opt_D),
-                             ("g_main", (G, D, z, c), opt_G), ("g_reg", (G, z, c), opt_G)]:
+    inputs = PhaseInputs(real, c, z, c)
+    assert [p.name for p in loss.phases()] == ["d_main", "d_reg", "g_main", "g_reg"]
+    for phase in loss.phases():
+        opt = opt_D if phase.trains == "D" else opt_G
         opt.zero_grad()
-        total, stats = getattr(loss, phase)(*args)
+        total, stats = phase.run(G, D, inputs)
         assert torch.isfinite(total)
         total.backward()
         opt.step()

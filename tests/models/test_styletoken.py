@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from transgan.errors import ConfigError
-from transgan.losses import GANLoss
+from transgan.losses import GANLoss, PhaseInputs
 from transgan.models.stylegan2 import StyleGAN2Discriminator
 from transgan.models.styletoken import StyleTokenGenerator, TokenStyleLayer
 from transgan.nn.style import StyleTokenAttention
@@ -90,7 +90,7 @@ def test_path_length_regularization_runs_through_attention():
     # The penalty differentiates G's gradient: attention must take its twice-differentiable path.
     G = small_G()
     loss = GANLoss("ns", pl_weight=2.0, pl_interval=4, style_mixing_prob=0.9)
-    total, stats = loss.g_reg(G, torch.randn(4, 16), torch.tensor([0, 1, 2, 3]))
+    total, stats = loss.g_reg(G, None, PhaseInputs(z=torch.randn(4, 16), c_fake=torch.tensor([0, 1, 2, 3])))
     total.backward()
     keys = [layer.modulation.keys for layer in G.synthesis.modules() if isinstance(layer, TokenStyleLayer)]
     assert all(k.grad is not None and k.grad.abs().sum() > 0 for k in keys)

@@ -230,7 +230,7 @@ def test_truncation_to_the_class_average_through_the_generic_code():
 
 def test_style_mixing_through_the_loss_reaches_the_blocks():
     """GANLoss(style_mixing_prob=1) with a fixed crossover: blocks before it see the first z's w."""
-    from transgan.losses import GANLoss
+    from transgan.losses import GANLoss, PhaseInputs
 
     torch.manual_seed(0)
     G = small_generator()
@@ -253,14 +253,14 @@ def test_style_mixing_through_the_loss_reaches_the_blocks():
     seen.clear()
     from transgan.models.stylegan2 import StyleGAN2Discriminator
 
-    loss.g_main(G, StyleGAN2Discriminator(16, 1, 10, channel_base=64, channel_max=16), z, c)
+    loss.g_main(G, StyleGAN2Discriminator(16, 1, 10, channel_base=64, channel_max=16), PhaseInputs(z=z, c_fake=c))
     assert torch.allclose(seen[0], w_first)
     assert any((w - w_first).abs().max() > 1e-3 for w in seen[1:])
 
 
 def test_path_length_through_swin_generator_with_gradient_checkpointing():
     """The generic path-length penalty differentiates twice through the blocks, checkpointed or not."""
-    from transgan.losses import GANLoss
+    from transgan.losses import GANLoss, PhaseInputs
 
     results = []
     for checkpointing in (False, True):
@@ -268,7 +268,7 @@ def test_path_length_through_swin_generator_with_gradient_checkpointing():
         G = small_generator(img_resolution=8, gradient_checkpointing=checkpointing)
         loss = GANLoss(adversarial="ns", pl_weight=2.0, pl_interval=4, pl_batch_shrink=1)
         torch.manual_seed(1)
-        value, stats = loss.g_reg(G, torch.randn(4, 16), torch.tensor([0, 1, 2, 3]))
+        value, stats = loss.g_reg(G, None, PhaseInputs(z=torch.randn(4, 16), c_fake=torch.tensor([0, 1, 2, 3])))
         value.backward()
         grads = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in G.parameters()]
         results.append((value.detach(), grads))

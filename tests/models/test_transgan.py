@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from transgan.errors import ConfigError
-from transgan.losses import GANLoss, gradient_penalty, ns_d_loss, r1_penalty, wgan_d_loss
+from transgan.losses import GANLoss, PhaseInputs, gradient_penalty, ns_d_loss, r1_penalty, wgan_d_loss
 from transgan.models import transgan as T
 from transgan.nn import attention as A
 from transgan.registry import build_discriminator, build_generator
@@ -382,11 +382,11 @@ def _train_a_few_steps(G, D, num_classes: int, steps: int = 3) -> None:
     for _ in range(steps):
         real = torch.rand(4, G.img_channels, G.img_resolution, G.img_resolution) * 2 - 1
         c = torch.randint(0, num_classes, (4,))
-        d_loss, stats = loss.d_main(G, D, real, c, torch.randn(4, G.z_dim), c)
+        d_loss, stats = loss.d_main(G, D, PhaseInputs(real, c, torch.randn(4, G.z_dim), c))
         opt_D.zero_grad()
         d_loss.backward()
         opt_D.step()
-        g_loss, _ = loss.g_main(G, D, torch.randn(4, G.z_dim), c)
+        g_loss, _ = loss.g_main(G, D, PhaseInputs(z=torch.randn(4, G.z_dim), c_fake=c))
         opt_G.zero_grad()
         g_loss.backward()
         opt_G.step()

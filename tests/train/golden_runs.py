@@ -39,12 +39,12 @@ def train(name: str, run_dir: Path) -> dict:
     """Train CONFIGS[name] into ``run_dir``; return its final checkpoint."""
     from transgan.runs.checkpoint import latest_checkpoint, load_checkpoint
     from transgan.train.config import compose_config
-    from transgan.train.trainer import Trainer
+    from transgan.train.build import build_trainer
 
     cfg, _ = compose_config([*CONFIGS[name], *COMMON, f"hydra.run.dir={run_dir}"])
     threads = torch.get_num_threads()
     try:
-        Trainer(cfg, str(run_dir)).train()
+        build_trainer(cfg, str(run_dir)).train()
     finally:
         torch.set_num_threads(threads)
     return load_checkpoint(latest_checkpoint(run_dir))

@@ -10,11 +10,12 @@ import torch
 
 from tests.train.test_train_run import assert_same_tree
 from transgan.augment import ADAPipeline
-from transgan.losses import GANLoss
+from transgan.losses import GANLoss, PhaseInputs
 from transgan.errors import ConfigError
 from transgan.runs.checkpoint import latest_checkpoint, load_checkpoint
-from transgan.train.config import compose_config
-from transgan.train.trainer import Trainer, resolve_run
+from transgan.train.build import build_trainer
+from transgan.train.config import compose_config, resolve_run
+from transgan.train.trainer import Trainer
 
 # WGAN-GP (the penalty pass differentiates through the pipeline) on tiny synthetic images. The target
 # is low and the speed high, so p rises within a few steps; interval 3 leaves a partly accumulated
@@ -29,7 +30,7 @@ ADA = ["train.augment=ada", "train.ada_target=-0.9", "train.ada_kimg=0.2", "trai
 def _train(run, *overrides: str) -> Trainer:
     cfg, pattern, resume = resolve_run([*overrides, f"hydra.run.dir={run}"] if not any(
         o.startswith("resume=") for o in overrides) else list(overrides))
-    trainer = Trainer(cfg, pattern, resume)
+    trainer = build_trainer(cfg, pattern, resume)
     trainer.train()
     return trainer
 
@@ -54,7 +55,7 @@ def test_ada_p_adapts_is_logged_and_resumes_exactly(tmp_path):
         assert_same_tree(a[key], b[key], key)
     # 16 D steps of 8 images in intervals of 3: 5 updates of 24 images, each +24/200 while r_t > -0.9
     assert a["augment"]["p"] > 0 and a["augment"]["batches"] == 16 % 3
-    assert full.ada.p == resumed.ada.p == a["augment"]["p"] == resumed.loss.augment.p
+    assert full.state.ada.p == resumed.state.ada.p == a["augment"]["p"] == resumed.loss.augment.p
     records = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if "loss_d" in r]
     assert [r["step"] for r in train] == [2, 4, 6, 8]
@@ -63,15 +64,15 @@ def test_ada_p_adapts_is_logged_and_resumes_exactly(tmp_path):
 
 
 def test_fixed_p_mode_and_bad_settings(tmp_path):
-    trainer = Trainer(compose_config([*TINY, "train.augment=ada", "train.ada_target=null", "train.ada_p=0.3"])[0],
+    trainer = build_trainer(compose_config([*TINY, "train.augment=ada", "train.ada_target=null", "train.ada_p=0.3"])[0],
                       str(tmp_path / "run"))
     assert isinstance(trainer.loss.augment, ADAPipeline)
     for _ in range(3):
         stats = trainer.train_step()
-    assert trainer.ada.p == trainer.loss.augment.p == 0.3 and trainer.ada.r_t is None
+    assert trainer.state.ada.p == trainer.loss.augment.p == 0.3 and trainer.state.ada.r_t is None
     assert -1 <= stats["r_t"].item() <= 1
-    none = Trainer(compose_config([*TINY])[0], str(tmp_path / "none"))
-    assert none.ada is None and isinstance(none.loss.augment, torch.nn.Identity)
+    none = build_trainer(compose_config([*TINY])[0], str(tmp_path / "none"))
+    assert none.state.ada is None and isinstance(none.loss.augment, torch.nn.Identity)
     for bad in ("train.augment=adaptive", "train.ada_p=1.5", "train.ada_target=1.0", "train.ada_kimg=0"):
         with pytest.raises(ConfigError):
             compose_config([*TINY, "train.augment=ada", bad])
@@ -85,11 +86,10 @@ def test_r1_runs_on_augmented_reals_with_double_backward():
     D = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Softplus(), torch.nn.Flatten(),
                             torch.nn.Linear(4 * 16 * 16, 1))
     disc = lambda x, c: D(x).squeeze(1)  # noqa: E731
-    loss = GANLoss(adversarial="ns", r1_gamma=2.0, r1_interval=4)
-    loss.augment = ADAPipeline(1.0)
+    loss = GANLoss(adversarial="ns", r1_gamma=2.0, r1_interval=4, augment=ADAPipeline(1.0))
     real = torch.randn(4, 3, 16, 16)
     torch.manual_seed(1)
-    value, stats = loss.d_reg(disc, real, None)
+    value, stats = loss.d_reg(None, disc, PhaseInputs(real=real))
     value.backward()
     # every weight but the last bias (which no input gradient depends on) gets a gradient
     grads = [None if p.grad is None else p.grad.clone() for p in D.parameters()]
@@ -119,7 +119,7 @@ DIGITS = ["model=cwgan_gp", "model.generator.channel_max=16", "model.discriminat
 def test_overfitting_monitor_compares_training_and_heldout_reals(tmp_path):
     from transgan.data import build_dataset
 
-    trainer = Trainer(compose_config(DIGITS)[0], str(tmp_path / "run"))
+    trainer = build_trainer(compose_config(DIGITS)[0], str(tmp_path / "run"))
     out = trainer.overfitting_monitor()
     x_train, c_train = trainer._monitor_batches["train"]
     x_held, c_held = trainer._monitor_batches["heldout"]
@@ -127,7 +127,8 @@ def test_overfitting_monitor_compares_training_and_heldout_reals(tmp_path):
     # the held-out images are the digits test split's, none of them among the training images
     test_split = build_dataset({**trainer.cfg.dataset, "split": "test", "max_images": None}, 32)
     test_images = torch.stack([test_split[i][0] for i in range(len(test_split))]).flatten(1)
-    train_images = torch.stack([trainer.dataset[i][0] for i in range(len(trainer.dataset))]).flatten(1)
+    dataset = trainer.data.dataset
+    train_images = torch.stack([dataset[i][0] for i in range(len(dataset))]).flatten(1)
     assert all((test_images == row).all(1).any() for row in x_held.flatten(1))
     assert not any((train_images == row).all(1).any() for row in x_held.flatten(1))
     assert all((train_images == row).all(1).any() for row in x_train.flatten(1))
@@ -138,8 +139,8 @@ def test_overfitting_monitor_compares_training_and_heldout_reals(tmp_path):
     assert out["d_heldout_real"] == pytest.approx(want_held, abs=1e-6)
     assert out["d_overfit_gap"] == pytest.approx(want_train - want_held, abs=1e-6)
     _reset_accelerate()
-    off = Trainer(compose_config([*DIGITS, "train.heldout_images=0"])[0], str(tmp_path / "off"))
+    off = build_trainer(compose_config([*DIGITS, "train.heldout_images=0"])[0], str(tmp_path / "off"))
     assert off.overfitting_monitor() == {}
     _reset_accelerate()
-    synthetic = Trainer(compose_config(TINY)[0], str(tmp_path / "synthetic"))  # no held-out split
+    synthetic = build_trainer(compose_config(TINY)[0], str(tmp_path / "synthetic"))  # no held-out split
     assert synthetic.overfitting_monitor() == {}

@@ -10,6 +10,7 @@ import torch
 import torch._dynamo
 
 from transgan.train.config import compose_config
+from transgan.train.build import build_trainer
 from transgan.train.trainer import Trainer
 
 # Swin-GAN exercises the most: window attention (sdpa in the main passes, the chunked kernel in
@@ -24,7 +25,7 @@ TINY = ["model=swin_gan", "experiment=styleswin_paper", "model.generator.adain_s
 
 def _train(tmp_path, compiled: bool, steps: int) -> tuple[list[dict], Trainer]:
     cfg, _ = compose_config([*TINY, f"train.compile={str(compiled).lower()}"])
-    trainer = Trainer(cfg, str(tmp_path / ("compiled" if compiled else "eager")))
+    trainer = build_trainer(cfg, str(tmp_path / ("compiled" if compiled else "eager")))
     return [{k: float(v) for k, v in trainer.train_step().items()} for _ in range(steps)], trainer
 
 

@@ -17,6 +17,8 @@ from safetensors.torch import load_file
 from tests.train.golden_runs import COMMON, CONFIGS, FIXTURES, tensors, train
 from transgan.runs.checkpoint import latest_checkpoint, load_checkpoint
 from transgan.runs.load import load_run
+from transgan.train.build import build_trainer
+from transgan.train.config import compose_config, resolve_run
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -36,16 +38,14 @@ def test_a_checkpoint_written_before_resumes_exactly_and_loads(tmp_path):
     (run / "config.yaml").write_text(old["config"])
     assert load_run(run).info.source["step"] == 3
 
-    from transgan.train.config import compose_config
-    from transgan.train.trainer import Trainer, resolve_run
 
     cfg, _, resume_from = resolve_run([f"resume={run}", "train.max_steps=4"])
     threads = torch.get_num_threads()
     try:
-        Trainer(cfg, str(run), resume_from).train()
+        build_trainer(cfg, str(run), resume_from).train()
         straight, _ = compose_config([*CONFIGS["conv_wgan_gp"], "train.max_steps=4", *COMMON,
                                       f"hydra.run.dir={tmp_path / 'straight'}"])
-        Trainer(straight, str(tmp_path / "straight")).train()
+        build_trainer(straight, str(tmp_path / "straight")).train()
     finally:
         torch.set_num_threads(threads)
     a, b = load_checkpoint(latest_checkpoint(run)), load_checkpoint(latest_checkpoint(tmp_path / "straight"))

@@ -6,7 +6,7 @@ import pytest
 
 from transgan.errors import ConfigError
 from transgan.train.config import compose_config
-from transgan.train.trainer import Trainer
+from transgan.train.build import build_trainer
 
 SMALL = ["model=stylegan2", "loss=ns_r1", "train.n_critic=1", "loss.r1_interval=2", "dataset=synthetic",
          "dataset.channels=3", "train.batch_size=4", "train.device=cpu", "train.cpu_threads=1"]
@@ -15,7 +15,7 @@ SMALL = ["model=stylegan2", "loss=ns_r1", "train.n_critic=1", "loss.r1_interval=
 def _clips(tmp_path, *overrides: str) -> list[float]:
     """max_norm of every clip_grad_norm_ call in the phases of one schedule period (D main, D reg, G main)."""
     cfg, _ = compose_config([*SMALL, *overrides])
-    trainer = Trainer(cfg, str(tmp_path / "run"))
+    trainer = build_trainer(cfg, str(tmp_path / "run"))
     calls: list[float] = []
     real = trainer.accelerator.clip_grad_norm_
 

@@ -24,6 +24,7 @@ import torch
 from tests.train.test_train_run import assert_same_tree
 from transgan.runs.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint
 from transgan.train.config import compose_config
+from transgan.train.build import build_trainer
 from transgan.train.trainer import Trainer
 
 # Tiny and fast (about 30 steps/s on one core), a checkpoint every second step.
@@ -149,7 +150,7 @@ def test_kill_anywhere_then_resume_equals_an_uninterrupted_run(repo_root, tmp_pa
 
 def _in_process_trainer(tmp_path, *overrides: str) -> Trainer:
     cfg, _ = compose_config([*TINY, "train.device=cpu", "train.ckpt_every=1000", *overrides])
-    return Trainer(cfg, str(tmp_path / "run"))
+    return build_trainer(cfg, str(tmp_path / "run"))
 
 
 def _signal_at(trainer: Trainer, step: int, signals: list[int]) -> None:

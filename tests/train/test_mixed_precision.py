@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from transgan.train.config import compose_config
+from transgan.train.build import build_trainer
 from transgan.train.trainer import Trainer
 
 # StyleGAN2 with lazy R1 and lazy path length both due every second step (schedule period 2).
@@ -16,7 +17,7 @@ STYLE = ["model=stylegan2", "loss=ns_r1_pl", "train.n_critic=1", "loss.r1_interv
 
 def _trainer(tmp_path, *overrides: str) -> Trainer:
     cfg, _ = compose_config([*STYLE, *overrides])
-    return Trainer(cfg, str(tmp_path / "run"))
+    return build_trainer(cfg, str(tmp_path / "run"))
 
 
 @pytest.mark.parametrize("reg_precision", ["float32", "bf16"])

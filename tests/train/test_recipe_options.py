@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from transgan.errors import ConfigError
+from tests.train.phases import wrap_phase
 from transgan.train.config import compose_config
+from transgan.train.build import build_trainer
 from transgan.train.trainer import Trainer
 
 SMALL = ["model=cwgan_gp", "dataset=synthetic", "dataset.channels=3", "train.batch_size=4", "train.n_critic=2",
@@ -17,21 +19,20 @@ SMALL = ["model=cwgan_gp", "dataset=synthetic", "dataset.channels=3", "train.bat
 
 def _trainer(tmp_path, *overrides: str) -> Trainer:
     cfg, _ = compose_config([*SMALL, *overrides])
-    return Trainer(cfg, str(tmp_path / "run"))
+    return build_trainer(cfg, str(tmp_path / "run"))
 
 
 def test_generator_steps_use_their_own_batch_in_accumulated_micro_batches(tmp_path):
     trainer = _trainer(tmp_path, "train.batch_size_g=8", "train.grad_accum=2")
     seen: dict[str, list[int]] = {"d_main": [], "g_main": []}
     for phase in seen:
-        real = getattr(trainer.loss, phase)
+        def spy(run, _phase=phase):
+            def counted(G, D, inputs):
+                seen[_phase].append(inputs.z.shape[0])
+                return run(G, D, inputs)
+            return counted
 
-        def spy(*args, _real=real, _phase=phase):
-            z = args[4] if _phase == "d_main" else args[2]  # (G, D, real, c, z, c_fake) | (G, D, z, c)
-            seen[_phase].append(z.shape[0])
-            return _real(*args)
-
-        setattr(trainer.loss, phase, spy)
+        wrap_phase(trainer, phase, spy)
     trainer.train_step()
     assert seen == {"d_main": [2, 2, 2, 2], "g_main": [4, 4]}  # D: 2 steps x 2 micro-batches of 4/2; G: 8/2 x 2
     assert trainer.progress.images_seen == 8  # real images shown to D: n_critic x batch_size

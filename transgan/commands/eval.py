@@ -43,6 +43,7 @@ from transgan.nn.attention import check_kernel
 from transgan.presets import load_option
 from transgan.runs.checkpoint import run_dir_of
 from transgan.runs.load import find_checkpoint, load_generator  # (shared with generate/serve)
+from transgan.runs.state import saved_config, saved_progress
 
 
 
@@ -98,7 +99,7 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
         from transgan.runs.checkpoint import load_checkpoint
 
         state = load_checkpoint(checkpoint)
-        run_cfg = OmegaConf.create(state["config"])
+        run_cfg = saved_config(state)
     if args["dataset"]:
         dataset_cfg = load_dataset_config(args["dataset"])
         dataset_cfg.resolution = None  # the group's ${model.resolution}; the protocol gives the resolution
@@ -131,8 +132,8 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
     info: dict[str, Any] = {"source": str(source), "preset": preset}
     if checkpoint is not None:
         target: Any = load_generator(state, cfg.network, attention=args["attention"])
-        info.update(checkpoint=str(checkpoint), step=state["progress"]["step"],
-                    images_seen=state["progress"]["images_seen"],
+        progress = saved_progress(state)
+        info.update(checkpoint=str(checkpoint), step=progress.step, images_seen=progress.images_seen,
                     attention=getattr(target, "attention_kernel", None))
     else:
         target = source

@@ -20,17 +20,17 @@ from transgan.cli import console_entry, run_cli
 def main(argv: list[str]) -> int:
     """Compose the config, build the run, train; return the exit status."""
     from transgan.eval.training import training_evaluator
-    from transgan.train.trainer import Trainer, resolve_run
+    from transgan.train.build import build_trainer
+    from transgan.train.config import resolve_run
 
     def run() -> None:
         cfg, run_dir, resume_from = resolve_run(argv)
-        trainer = Trainer(cfg, run_dir, resume_from)  # refuses bad data first; writes nothing yet
-        # The composition root: the evaluation protocol is built here (a missing weights file is
-        # refused now, before the run directory exists) and handed to the Trainer, which imports no
-        # evaluation code (docs/architecture.md).
-        evaluator = trainer.evaluator = training_evaluator(cfg)
-        if evaluator is not None and trainer.accelerator.is_main_process:
-            logging.getLogger("transgan.train").info(evaluator.describe())
+        # The composition root: the evaluation protocol is built from here (a missing weights file is
+        # refused before the run directory exists) and handed to the Trainer, which imports no
+        # evaluation code (docs/architecture.md). Bad data and networks are refused first.
+        trainer = build_trainer(cfg, run_dir, resume_from, training_evaluator)
+        if trainer.evaluator is not None and trainer.accelerator.is_main_process:
+            logging.getLogger("transgan.train").info(trainer.evaluator.describe())
         out = trainer.train()
         if trainer.accelerator.is_main_process and trainer.stopped_by:
             print(f"stopped by {trainer.stopped_by} at step {trainer.progress.step}, checkpoint saved; "

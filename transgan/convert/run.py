@@ -1,9 +1,9 @@
 """A converted official model as a normal transgan run directory (config.yaml + a step-0 checkpoint).
 
-The checkpoint has every entry tools/train.py writes, so ``tools/eval.py``, ``tools/generate.py``,
-``tools/serve.py`` and ``resume=<run dir>`` (fine-tuning) take it like any run: the converted
-G, D and G_ema, fresh Adam states for the preset's learning rates, the loss's initial state and
-the current RNG state. It is written with the trainer's own atomic writer.
+The checkpoint is written by :class:`transgan.runs.state.TrainingState`, as a trained run's is, so
+``tools/eval.py``, ``tools/generate.py``, ``tools/serve.py`` and ``resume=<run dir>`` (fine-tuning)
+take it like any run: the converted G, D and G_ema, fresh Adam states for the preset's learning
+rates, the loss's and ADA's initial states and the current RNG state, written atomically.
 """
 
 from __future__ import annotations
@@ -17,6 +17,10 @@ from omegaconf import OmegaConf
 
 from transgan.convert.common import Converted
 from transgan.convert.unpickle import ConvertError
+from transgan.registry import build_discriminator
+from transgan.runs import checkpoint as ckpt
+from transgan.runs.state import TrainingState
+from transgan.train.config import compose_config, validate_config
 
 __all__ = ["write_run"]
 
@@ -25,12 +29,6 @@ log = logging.getLogger("transgan.convert")
 
 def write_run(conv: Converted, out: Path, overrides: Sequence[str]) -> Path:
     """Compose ``overrides`` (a preset and its data), put the converted networks in, write ``out``; return the file."""
-    from transgan.losses import build_loss, lazy_regularization_hparams
-    from transgan.registry import build_discriminator
-    from transgan.runs import checkpoint as ckpt
-    from transgan.train.config import compose_config, model_signature, validate_config
-    from transgan.train.trainer import Progress
-
     out = Path(out)
     if ckpt.list_checkpoints(out):
         raise ConvertError(f"{out} already holds a run; choose an empty folder")
@@ -61,27 +59,9 @@ def write_run(conv: Converted, out: Path, overrides: Sequence[str]) -> Path:
         torch.manual_seed(int(cfg.seed))
         D = build_discriminator(cfg.model.discriminator, img_resolution=int(cfg.model.resolution),
                                 img_channels=int(cfg.dataset.channels), num_classes=conv.num_classes)
-    loss = build_loss(cfg.loss)
-    t = cfg.train
-    lr_g, betas_g = lazy_regularization_hparams(t.lr_g, tuple(t.betas_g), loss.g_reg_interval)
-    lr_d, betas_d = lazy_regularization_hparams(t.lr_d, tuple(t.betas_d), loss.d_reg_interval)
-    G, G_ema = conv.G, conv.G_ema or conv.G
-    state = {
-        "format": ckpt.FORMAT,
-        "progress": vars(Progress()).copy(),
-        "G": G.state_dict(),
-        "D": D.state_dict(),
-        "G_ema": G_ema.state_dict(),
-        "opt_G": torch.optim.Adam(G.parameters(), lr=lr_g, betas=betas_g, fused=True).state_dict(),
-        "opt_D": torch.optim.Adam(D.parameters(), lr=lr_d, betas=betas_d, fused=True).state_dict(),
-        "scaler": None,
-        "loss": loss.state_dict(),
-        "rng": [ckpt.capture_rng_state()],
-        "model": model_signature(cfg, conv.num_classes),
-        "class_names": [str(k) for k in range(conv.num_classes)],
-        "config": OmegaConf.to_yaml(cfg),
-    }
+    state = TrainingState.build(cfg, conv.num_classes, [str(k) for k in range(conv.num_classes)],
+                                networks=(conv.G, D, conv.G_ema))
     path = ckpt.checkpoint_path(out, 0)
-    ckpt.save_atomic(state, path)
+    ckpt.save_atomic(state.state_dict(rng=[ckpt.capture_rng_state()]), path)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     return path

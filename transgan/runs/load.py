@@ -16,6 +16,7 @@ import torch.nn as nn
 from transgan.errors import CheckpointError, ConfigError
 from transgan.models.common import NORM_STATS_BATCH_SIZE, NORM_STATS_BATCHES, recompute_norm_statistics
 from transgan.runs.export import GeneratorInfo, LoadedGenerator, is_export, load_exported_generator
+from transgan.runs.state import saved_config, saved_num_classes, saved_progress
 
 log = logging.getLogger("transgan.eval")
 
@@ -49,13 +50,13 @@ def load_generator(state: dict[str, Any], network: str, num_classes: Optional[in
 
     from transgan.registry import build_generator
 
-    cfg = OmegaConf.create(state["config"])
+    cfg = saved_config(state)
     if num_classes is None:
         num_classes = 0
         if cfg.dataset.get("conditional", False):
             # The number of classes is the dataset's; read it from the checkpoint when it is recorded there.
-            recorded = state.get("model", {}).get("num_classes")
-            num_classes = int(recorded if recorded is not None else _dataset_num_classes(cfg))
+            recorded = saved_num_classes(state)
+            num_classes = recorded if recorded is not None else _dataset_num_classes(cfg)
     G = build_generator(cfg.model.generator, img_resolution=int(cfg.model.resolution),
                         img_channels=int(cfg.dataset.channels), num_classes=num_classes,
                         attention=attention or cfg.model.get("attention"))
@@ -122,15 +123,15 @@ def load_run(source: Path, network: str = "G_ema", attention: Optional[str] = No
     if checkpoint is None:
         raise ConfigError(f"{source} is neither a run directory, a checkpoint nor an exported generator")
     state = load_checkpoint(checkpoint)
-    cfg = OmegaConf.create(state["config"])
-    num_classes, names = run_classes(cfg, state.get("model", {}).get("num_classes"), state.get("class_names"))
+    cfg = saved_config(state)
+    num_classes, names = run_classes(cfg, saved_num_classes(state), state.get("class_names"))
     G = load_generator(state, network, num_classes=num_classes, attention=attention)
     info = GeneratorInfo(
         generator=OmegaConf.to_container(cfg.model.generator, resolve=True),
         img_resolution=int(cfg.model.resolution), img_channels=int(cfg.dataset.channels),
         num_classes=num_classes, class_names=names,
         dataset=OmegaConf.to_container(cfg.dataset, resolve=True),
-        source={"run": str(run_dir_of(checkpoint)), "checkpoint": str(checkpoint), "step": int(state["progress"]["step"]),
+        source={"run": str(run_dir_of(checkpoint)), "checkpoint": str(checkpoint), "step": saved_progress(state).step,
                 "network": network},
         attention=attention or cfg.model.get("attention"),
         norm_stats="copy" if network == "G_ema" and cfg.get("train", {}).get("ema_norm_stats") == "copy" else "own")

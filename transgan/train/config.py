@@ -13,8 +13,9 @@ from typing import Any, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from transgan.errors import ConfigError
+from transgan.errors import CheckpointError, ConfigError
 from transgan.presets import CONFIG_DIR
+from transgan.runs import checkpoint as ckpt
 from transgan.train.ema import EMA_NORM_STATS
 
 
@@ -264,12 +265,47 @@ def validate_config(cfg: DictConfig) -> DictConfig:
     return resolved
 
 
-def model_signature(cfg: DictConfig, num_classes: int) -> dict[str, Any]:
-    """What a checkpoint must agree with to be loadable into this run's networks."""
-    return {
-        "num_classes": int(num_classes),  # also lets eval/generate rebuild G without the dataset
-        "generator": OmegaConf.to_container(cfg.model.generator),
-        "discriminator": OmegaConf.to_container(cfg.model.discriminator),
-        "resolution": int(cfg.model.resolution),
-        "channels": int(cfg.dataset.channels),
-    }
+def resolve_run(argv: Sequence[str]) -> tuple[DictConfig, str, Optional[Path]]:
+    """Turn command-line overrides into (config, run-dir pattern, checkpoint to resume).
+
+    With ``resume=<run dir>`` the run's saved config.yaml is the base and plain
+    ``key=value`` overrides (e.g. ``train.max_steps=4000``) apply on top. The original
+    command's group choices (``model=...``) and ``hydra.run.dir`` may be repeated; a choice
+    that would change the run is refused.
+    """
+    resume = [a for a in argv if a.startswith("resume=")]
+    if not resume or resume[-1] in ("resume=", "resume=null"):
+        cfg, run_dir = compose_config([a for a in argv if not a.startswith("resume=")])
+        return cfg, run_dir, None
+    run_dir = Path(resume[-1].split("=", 1)[1]).expanduser()
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        raise CheckpointError(f"cannot resume from {run_dir}: no config.yaml there (is it a transgan run directory?)")
+    latest = ckpt.latest_checkpoint(run_dir)
+    base = OmegaConf.load(saved)
+    rest = []
+    for override in argv:
+        key = override.split("=", 1)[0]
+        if override.startswith("resume="):
+            continue
+        if key == "hydra.run.dir":  # the original command names the run's own directory
+            given = Path(override.split("=", 1)[1]).expanduser()
+            if given.resolve() != run_dir.resolve():
+                raise ConfigError(f"on resume, hydra.run.dir={given} differs from the run's directory {run_dir}")
+            continue
+        rest.append(override)
+        key = key.lstrip("+~")
+        if not is_choice(override) and ("=" not in override or "." not in key or key.startswith("hydra")):
+            raise ConfigError(f"on resume only key=value overrides of existing keys and the run's own group "
+                              f"choices are allowed, not {override!r}")
+    OmegaConf.set_struct(base, True)
+    try:
+        cfg = OmegaConf.merge(base, OmegaConf.from_dotlist([o for o in rest if not is_choice(o)]))
+    except Exception as e:
+        raise ConfigError(f"bad override on resume: {e}") from e
+    with_resume = OmegaConf.to_container(cfg)
+    with_resume["resume"] = str(run_dir)
+    cfg = validate_config(OmegaConf.create(with_resume))
+    check_choices_match_run(cfg, rest)
+    return cfg, str(run_dir), latest
+
