@@ -1,8 +1,8 @@
 """Registries of generator and discriminator backbones, and builders from config.
 
-A backbone file in ``transgan/models`` decorates its classes with
-``@register_generator("name")`` / ``@register_discriminator("name")``; the trainer,
-evaluation and serving code only ever call :func:`build_generator` and
+The registries start from the tables of ``transgan/models/__init__.py`` (the package's backbones);
+``register_generator`` / ``register_discriminator`` add others (a user's backbone, a test's). The
+trainer, evaluation and serving code only ever call :func:`build_generator` and
 :func:`build_discriminator`, so none of them knows a backbone by name.
 """
 
@@ -13,12 +13,13 @@ from typing import Any, Callable, Mapping, TypeVar
 
 import torch.nn as nn
 
+from transgan import models
 from transgan.errors import ConfigError
 
 T = TypeVar("T", bound=type)
 
-GENERATORS: dict[str, type[nn.Module]] = {}
-DISCRIMINATORS: dict[str, type[nn.Module]] = {}
+GENERATORS: dict[str, type[nn.Module]] = dict(models.GENERATORS)
+DISCRIMINATORS: dict[str, type[nn.Module]] = dict(models.DISCRIMINATORS)
 
 
 def _register(table: dict[str, type[nn.Module]], kind: str, name: str) -> Callable[[T], T]:
@@ -43,20 +44,16 @@ def register_discriminator(name: str) -> Callable[[T], T]:
 
 def _build(table: dict[str, type[nn.Module]], kind: str, cfg: Mapping[str, Any], attention: str | None,
            **shape: Any) -> nn.Module:
-    import transgan.models  # noqa: F401  (importing the package registers every backbone)
-    from transgan.nn.attention import check_kernel
-
     cfg = dict(cfg)
     name = cfg.pop("name", None)
     if name not in table:
         raise ConfigError(f"unknown {kind} {name!r}; registered: {sorted(table)}")
     cls = table[name]
     params = inspect.signature(cls.__init__).parameters
-    if attention is not None:
-        # The run's kernel (model.attention) for backbones with attention whose config names none.
-        check_kernel(attention, "model.attention")
-        if "attention_kernel" in params and cfg.get("attention_kernel") is None:
-            cfg["attention_kernel"] = attention
+    if attention is not None and "attention_kernel" in params and cfg.get("attention_kernel") is None:
+        # The run's kernel (model.attention, checked by the config schema) for backbones with attention
+        # whose config names none.
+        cfg["attention_kernel"] = attention
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     unknown = [k for k in cfg if k not in params and not takes_any]
     if unknown:

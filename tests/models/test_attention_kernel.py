@@ -58,9 +58,13 @@ def test_every_attention_of_a_backbone_gets_the_runs_kernel_and_runs_it(backbone
 
 
 def test_backbones_without_attention_take_the_setting_but_a_bad_name_is_refused():
+    from transgan.train.config import compose_config
+
     G = build_generator({"name": "cwgan_gp"}, 16, 1, 0, attention="math")
     assert not hasattr(G, "attention_kernel")
+    # model.attention is checked once, by the config schema, whatever the backbone
     with pytest.raises(ConfigError, match=r"model.attention must be one of .*'flash'"):
-        build_generator({"name": "cwgan_gp"}, 16, 1, 0, attention="flash")
-    with pytest.raises(ConfigError, match="attention_kernel"):
+        compose_config(["model=cwgan_gp", "model.attention=flash"])
+    # a backbone's own attention_kernel by the attention layers that take it
+    with pytest.raises(ConfigError, match=r"attention kernel must be one of .*'flash'"):
         build_generator({**BACKBONES["styletoken"][1], "attention_kernel": "flash"}, 16, 1, 0)

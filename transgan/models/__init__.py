@@ -1,7 +1,27 @@
-"""Backbones. Importing this package registers every generator and discriminator."""
+"""Backbones: one file per family, and the table of registered names.
 
-from transgan.models import conv  # noqa: F401
-from transgan.models import stylegan2  # noqa: F401
-from transgan.models import swin  # noqa: F401
-from transgan.models import transgan  # noqa: F401
-from transgan.models import styletoken  # noqa: F401
+``transgan.registry`` reads these two tables (``model/generator=<name>``,
+``model/discriminator=<name>``); a backbone file imports nothing of the registry. Adding a backbone
+is one file here, its names below, and one yaml per half in configs/model/.
+"""
+
+from transgan.models.conv import ConvCritic, ConvGenerator
+from transgan.models.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
+from transgan.models.styletoken import StyleTokenGenerator
+from transgan.models.swin import StyleSwinDiscriminator, SwinGenerator, WaveletDiscriminator
+from transgan.models.transgan import TransGANDiscriminator, TransGANGenerator
+
+GENERATORS = {
+    "cwgan_gp": ConvGenerator,
+    "transgan": TransGANGenerator,
+    "swin_gan": SwinGenerator,
+    "stylegan2": StyleGAN2Generator,
+    "styletoken": StyleTokenGenerator,
+}
+DISCRIMINATORS = {
+    "cwgan_gp": ConvCritic,
+    "transgan": TransGANDiscriminator,
+    "stylegan2": StyleGAN2Discriminator,
+    "stylegan2_wavelet": WaveletDiscriminator,
+    "styleswin": StyleSwinDiscriminator,
+}

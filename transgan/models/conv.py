@@ -24,7 +24,6 @@ from torch import Tensor
 from transgan.errors import ConfigError
 from transgan.models.common import check_resolution, stage_channels
 from transgan.nn.layers import ClassProjection, check_class_labels, class_planes
-from transgan.registry import register_discriminator, register_generator
 
 
 def critic_norm(kind: str, channels: int) -> nn.Module:
@@ -52,7 +51,6 @@ def dcgan_init_(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-@register_generator("cwgan_gp")
 class ConvGenerator(nn.Module):
     """z (+ class) -> 4x4 -> [bilinear x2, conv3, norm, ReLU] x log2(R/4) -> conv3 -> tanh."""
 
@@ -105,7 +103,6 @@ class ConvGenerator(nn.Module):
         return torch.tanh(self.to_image(self.blocks(x)))
 
 
-@register_discriminator("cwgan_gp")
 class ConvCritic(nn.Module):
     """[conv3 s2, norm, LeakyReLU] down to 4x4 -> linear; one-hot planes or projection for classes."""
 

@@ -36,10 +36,9 @@ from torch import Tensor
 
 from transgan.errors import ConfigError
 from transgan.models.common import check_resolution, stage_channels
-from transgan.nn.layers import (RESAMPLE_MODES, EqualizedConv2d, EqualizedLinear, MinibatchStd, apply_spectral_norm,
-                                fir_kernel, upsample2d, upsample2d_fir)
+from transgan.nn.layers import (RESAMPLE_MODES, apply_spectral_norm, check_class_labels, EqualizedConv2d,
+                                EqualizedLinear, fir_kernel, MinibatchStd, upsample2d, upsample2d_fir)
 from transgan.nn.style import MappingNetwork, StyledConv2d, StyleGenerator, ToRGB
-from transgan.registry import register_discriminator, register_generator
 
 __all__ = ["LayerFactory", "SynthesisBlock", "SynthesisNetwork", "StyleGAN2Generator",
            "DiscriminatorBlock", "DiscriminatorEpilogue", "StyleGAN2Discriminator"]
@@ -119,7 +118,6 @@ class SynthesisNetwork(nn.Module):
         return img
 
 
-@register_generator("stylegan2")
 class StyleGAN2Generator(StyleGenerator):
     """StyleGAN2 generator: mapping network + skip synthesis network (see the module docstring).
 
@@ -176,7 +174,6 @@ class DiscriminatorEpilogue(nn.Module):
         return self.out(self.fc(self.conv(x).flatten(1)))
 
 
-@register_discriminator("stylegan2")
 class StyleGAN2Discriminator(nn.Module):
     """StyleGAN2 residual discriminator with minibatch-std and projection conditioning.
 
@@ -216,10 +213,9 @@ class StyleGAN2Discriminator(nn.Module):
 
     def forward(self, x: Tensor, c: Optional[Tensor] = None) -> Tensor:
         """Images [B, C, R, R] (and class labels [B]) -> logits [B]."""
+        c = check_class_labels(c, self.num_classes, x.shape[0], "discriminator")
         out = self.epilogue(self.features(x))
-        if self.cmap is None:
-            if c is not None:
-                raise ValueError("this discriminator is unconditional (num_classes=0); pass c=None")
+        if c is None:
             return out.squeeze(1)
         cmap = self.cmap(None, c)
         return (out * cmap).sum(dim=1) / math.sqrt(self.cmap_dim)

@@ -32,10 +32,8 @@ from torch import Tensor
 from transgan.errors import ConfigError
 from transgan.models.common import check_resolution
 from transgan.models.stylegan2 import SynthesisNetwork
-from transgan.nn.attention import check_kernel
 from transgan.nn.layers import Blur2d, EqualizedConv2d, EqualizedLinear, NoiseInjection, leaky_relu_gain, upsample2d
 from transgan.nn.style import StyleGenerator, StyleTokenAttention
-from transgan.registry import register_generator
 
 __all__ = ["TokenStyleLayer", "StyleTokenGenerator"]
 
@@ -73,7 +71,6 @@ class TokenStyleLayer(nn.Module):
         return leaky_relu_gain(x + self.bias.to(x.dtype).reshape(1, -1, 1, 1))
 
 
-@register_generator("styletoken")
 class StyleTokenGenerator(StyleGenerator):
     """Token-style generator (see the module docstring): mapping network + attention-modulated synthesis."""
 
@@ -86,7 +83,7 @@ class StyleTokenGenerator(StyleGenerator):
             raise ConfigError(f"styletoken needs num_style_tokens >= 1 and head_dim >= 1, "
                               f"got {num_style_tokens}, {head_dim}")
         # null is the run's model.attention, filled in by the registry's builder.
-        kernel = check_kernel(attention_kernel or "auto", "styletoken: attention_kernel")
+        kernel = attention_kernel or "auto"  # checked by the attention layers
         layer = partial(TokenStyleLayer, num_style_tokens=num_style_tokens, head_dim=head_dim, kernel=kernel)
         synthesis = SynthesisNetwork(w_dim, img_resolution, img_channels, channel_base, channel_max, layer=layer)
         super().__init__(z_dim, w_dim, synthesis.num_ws, num_classes, img_resolution, img_channels,

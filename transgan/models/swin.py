@@ -38,13 +38,12 @@ from torch import Tensor
 from transgan.errors import ConfigError
 from transgan.models.common import check_resolution, stage_channels
 from transgan.models.stylegan2 import StyleGAN2Discriminator
-from transgan.nn.attention import Attention, check_kernel
-from transgan.nn.layers import (RESAMPLE_MODES, EqualizedConv2d, EqualizedLinear, MinibatchStd, apply_spectral_norm,
-                                checkpointed, downsample2d, fir_kernel, init_linear_like_vit, leaky_relu_gain,
-                                upsample2d, upsample2d_fir)
+from transgan.nn.attention import Attention
+from transgan.nn.layers import (RESAMPLE_MODES, apply_spectral_norm, check_class_labels, checkpointed, downsample2d,
+                                EqualizedConv2d, EqualizedLinear, fir_kernel, init_linear_like_vit, leaky_relu_gain,
+                                MinibatchStd, upsample2d, upsample2d_fir)
 from transgan.nn.style import StyleGenerator, TokenAdaIN
 from transgan.nn.windows import RelativePositionBias, shifted_window_mask, windowed_attention
-from transgan.registry import register_discriminator, register_generator
 
 TO_RGB_PLACES = ("stage", "upsampled")  # each stage's output before upsampling | after (StyleSwin's code)
 
@@ -259,7 +258,6 @@ class SwinStage(nn.Module):
         self.upsample = TokenUpsample(resolution, dim, out_dim, spe=spe) if out_dim is not None else None
 
 
-@register_generator("swin_gan")
 class SwinGenerator(StyleGenerator):
     """StyleSwin generator: mapping network (nn/style.py) + style-based Swin synthesis (module docstring).
 
@@ -295,7 +293,7 @@ class SwinGenerator(StyleGenerator):
                          mapping_layers=mapping_layers, mapping_lr_multiplier=mapping_lr_multiplier,
                          w_avg_beta=w_avg_beta, embed_dim=embed_dim)
         self.depth, self.gradient_checkpointing = depth, bool(gradient_checkpointing)
-        self.attention_kernel = check_kernel(attention_kernel or "auto", "swin_gan: attention_kernel")
+        self.attention_kernel = attention_kernel or "auto"  # checked by the attention layers
         self.to_rgb_place, self.resample = to_rgb, resample
         if resample == "fir":
             self.register_buffer("resample_kernel", fir_kernel(), persistent=False)
@@ -337,7 +335,6 @@ class SwinGenerator(StyleGenerator):
 
 # ----------------------------------------------------------------------------- discriminator
 
-@register_discriminator("stylegan2_wavelet")
 class WaveletDiscriminator(StyleGAN2Discriminator):
     """StyleGAN2's discriminator on Haar wavelet coefficients, fed at every scale (StyleSwin).
 
@@ -377,7 +374,6 @@ class WaveletDiscriminator(StyleGAN2Discriminator):
         return h
 
 
-@register_discriminator("styleswin")
 class StyleSwinDiscriminator(nn.Module):
     """StyleSwin's wavelet discriminator as its public code builds it (models/discriminator.py).
 
@@ -429,8 +425,7 @@ class StyleSwinDiscriminator(nn.Module):
         R, C = self.img_resolution, self.img_channels
         if x.dim() != 4 or x.shape[1:] != (C, R, R):
             raise ValueError(f"StyleSwinDiscriminator wants images [B, {C}, {R}, {R}], got {tuple(x.shape)}")
-        if c is not None:
-            raise ValueError("this discriminator is unconditional (num_classes=0); pass c=None")
+        check_class_labels(c, self.num_classes, x.shape[0], "discriminator")
         h = None
         for i, from_rgb in enumerate(self.from_rgbs):
             if i:

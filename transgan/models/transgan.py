@@ -45,10 +45,9 @@ from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
 from torch import Tensor
 
 from transgan.errors import ConfigError
-from transgan.nn.attention import Attention, check_kernel
-from transgan.nn.layers import checkpointed, init_linear_like_vit
+from transgan.nn.attention import Attention
+from transgan.nn.layers import check_class_labels, checkpointed, init_linear_like_vit
 from transgan.nn.windows import GridAttention
-from transgan.registry import register_discriminator, register_generator
 
 __all__ = [
     "Stage", "generator_stages", "discriminator_stages", "attention_window", "TransformerBlock",
@@ -276,7 +275,6 @@ def _drop_path_rates(depths: Sequence[int], rate: float) -> list[list[float]]:
 
 # ----------------------------------------------------------------------------- generator
 
-@register_generator("transgan")
 class TransGANGenerator(nn.Module):
     """TransGAN generator (module docstring). ``G(z, c) -> images [B, C, R, R]`` in [-1, 1].
 
@@ -304,7 +302,7 @@ class TransGANGenerator(nn.Module):
         _check_choice(norm, NORMS, "norm", where)
         self.output = _check_choice(output, OUTPUTS, "output", where)
         # null (the config's default) is the run's model.attention, filled in by the registry's builder.
-        self.attention_kernel = kernel = check_kernel(attention_kernel or "auto", f"{where}: attention_kernel")
+        self.attention_kernel = kernel = attention_kernel or "auto"  # checked by the attention layers
         self.stages_plan = generator_stages(img_resolution, embed_dim, bottom_resolution, depths, num_heads, upsample,
                                             global_attention_tokens, grid_size, mlp_ratio)
         self.z_dim, self.num_classes = int(z_dim), int(num_classes)
@@ -342,13 +340,9 @@ class TransGANGenerator(nn.Module):
         """z [B, z_dim] (and class labels c [B], int64) -> images [B, img_channels, R, R] in [-1, 1]."""
         if z.dim() != 2 or z.shape[1] != self.z_dim:
             raise ValueError(f"TransGANGenerator wants z of shape [B, {self.z_dim}], got {tuple(z.shape)}")
-        if self.class_embed is not None:
-            if c is None or c.shape != (z.shape[0],):
-                raise ValueError(f"this generator is class-conditional ({self.num_classes} classes): pass labels "
-                                 f"c of shape [{z.shape[0]}], got {None if c is None else tuple(c.shape)}")
+        c = check_class_labels(c, self.num_classes, z.shape[0], "generator")
+        if c is not None:
             z = torch.cat([z, self.class_embed(c).to(z.dtype)], dim=1)
-        elif c is not None:
-            raise ValueError("this generator is unconditional (num_classes=0), but class labels were passed")
         first = self.stages_plan[0]
         x = self.to_tokens(z).reshape(z.shape[0], first.tokens, first.dim)
         for i, (blocks, pos) in enumerate(zip(self.stages, self.pos_embeds)):
@@ -363,7 +357,6 @@ class TransGANGenerator(nn.Module):
 
 # ----------------------------------------------------------------------------- discriminator
 
-@register_discriminator("transgan")
 class TransGANDiscriminator(nn.Module):
     """TransGAN's multi-scale ViT discriminator (module docstring). ``D(x, c) -> logits [B]``.
 
@@ -389,7 +382,7 @@ class TransGANDiscriminator(nn.Module):
         _check_choice(pos_embed, POS_EMBEDS, "pos_embed", where)
         _check_choice(norm, NORMS, "norm", where)
         # null (the config's default) is the run's model.attention, filled in by the registry's builder.
-        self.attention_kernel = kernel = check_kernel(attention_kernel or "auto", f"{where}: attention_kernel")
+        self.attention_kernel = kernel = attention_kernel or "auto"  # checked by the attention layers
         self.stages_plan = discriminator_stages(img_resolution, patch_size, embed_dims, depths, num_heads,
                                                 global_attention_tokens, grid_size, mlp_ratio)
         self.num_classes = int(num_classes)
@@ -443,14 +436,10 @@ class TransGANDiscriminator(nn.Module):
 
     def forward(self, x: Tensor, c: Optional[Tensor] = None) -> Tensor:
         """Images [B, C, R, R] (and class labels c [B], int64) -> logits [B]."""
-        if self.class_embed is not None and (c is None or c.shape != (x.shape[0],)):
-            raise ValueError(f"this discriminator is class-conditional ({self.num_classes} classes): pass "
-                             f"labels c of shape [{x.shape[0]}], got {None if c is None else tuple(c.shape)}")
-        if self.class_embed is None and c is not None:
-            raise ValueError("this discriminator is unconditional (num_classes=0), but class labels were passed")
+        c = check_class_labels(c, self.num_classes, x.shape[0], "discriminator")
         h = self.features(x)
         logits = self.head(h).squeeze(1)
-        if self.class_embed is not None:
+        if c is not None:
             # Projection discriminator: the class adds <embed(c), h> to the logit.
             logits = logits + (self.class_embed(c).to(h.dtype) * h).sum(dim=1)
         return logits

@@ -96,8 +96,9 @@ def _xformers_key(q: Tensor, bias: Tensor | None, dropout_p: float) -> tuple:
 
 
 def resolve_kernel(kernel: str, q: Tensor, bias: Tensor | None = None, dropout_p: float = 0.0) -> str:
-    """The concrete kernel (``sdpa``, ``xformers``, ``math`` or ``chunked``) a call with setting ``kernel`` runs."""
-    name = check_kernel(kernel)
+    """The concrete kernel (``sdpa``, ``xformers``, ``math`` or ``chunked``) a call with setting ``kernel`` runs
+    (the setting was checked where it was given: a layer's constructor or the config schema)."""
+    name = kernel
     if _safe_mode.get() and name != "math":
         # The only kernels with a double backward; chunked has no dropout.
         name = "math" if dropout_p > 0 else "chunked"
@@ -181,7 +182,9 @@ def scaled_dot_product(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = No
         return _sdpa_attention(q, k, v, bias, scale, dropout_p)
     if name == "chunked":
         return chunked_attention(q, k, v, bias, scale)
-    return math_attention(q, k, v, additive_bias(bias, accumulation_dtype(q)), scale, dropout_p)
+    if name == "math":
+        return math_attention(q, k, v, additive_bias(bias, accumulation_dtype(q)), scale, dropout_p)
+    raise ConfigError(f"attention kernel must be one of {list(KERNELS)}, got {kernel!r}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Any, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from transgan.errors import CheckpointError, ConfigError
+from transgan.nn.attention import check_kernel
 from transgan.presets import CONFIG_DIR
 from transgan.runs import checkpoint as ckpt
 from transgan.train.ema import EMA_NORM_STATS
@@ -260,6 +261,8 @@ def validate_config(cfg: DictConfig) -> DictConfig:
     for key in ("generator", "discriminator", "resolution"):
         if key not in resolved.model:
             raise ConfigError(f"model config needs a {key!r} entry (see configs/model/)")
+    if resolved.model.get("attention") is not None:
+        check_kernel(resolved.model.attention, "model.attention")
     OmegaConf.set_readonly(resolved, True)
     OmegaConf.set_struct(resolved, True)
     return resolved
