@@ -62,7 +62,7 @@ def test_convert_tool_accepts_a_snapshot(tmp_path, repo_root):
 
     run = tmp_path / "run"
     overrides = ["model=stylegan2", "dataset=synthetic", "dataset.conditional=true", "dataset.num_classes=5"]
-    assert _tool(repo_root, "convert")([str(_snapshot(tmp_path, "cond")), f"out={run}", *overrides]) == 0
+    assert _tool(repo_root, "convert")([str(_snapshot(tmp_path, "cond")), "--out", str(run), *overrides]) == 0
     loaded = load_source(run)
     io = _part("cond.io.")
     with torch.no_grad():

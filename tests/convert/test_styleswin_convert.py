@@ -79,7 +79,7 @@ def test_convert_tool_writes_a_run_with_the_official_generator(tmp_path, repo_ro
 
     run = tmp_path / "run"
     overrides = ["experiment=styleswin_paper", "dataset=synthetic"]
-    assert _tool(repo_root, "convert")([str(_official_checkpoint(tmp_path)), f"out={run}", *overrides]) == 0
+    assert _tool(repo_root, "convert")([str(_official_checkpoint(tmp_path)), "--out", str(run), *overrides]) == 0
     with torch.no_grad():
         assert (load_source(run).G(_io()["z"]) - _io()["images"]).abs().max().item() <= 1e-5
     from transgan.runs.checkpoint import latest_checkpoint, load_checkpoint

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from transgan.convert.transgan_official import convert_transgan
 from transgan.convert.unpickle import ConvertError, load_official
 from transgan.registry import build_discriminator, build_generator
+from transgan.runs.state import CHECKPOINT_KEYS
 from transgan.train.config import compose_config
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "official"
@@ -102,17 +103,36 @@ def test_convert_tool_writes_a_run_that_loads_and_fine_tunes(tmp_path, repo_root
     run = tmp_path / "run"
     small = ["experiment=transgan_paper", "dataset=synthetic", "dataset.size=8", "train.batch_size=4",
              "train.sample_every=1000", "train.eval_every=1000", "train.ckpt_every=1", "train.log_every=1"]
-    assert _tool(repo_root, "convert")([str(_official_checkpoint(tmp_path)), f"out={run}", *small]) == 0
+    assert _tool(repo_root, "convert")([str(_official_checkpoint(tmp_path)), "--out", str(run), *small]) == 0
     loaded = load_source(run)
     io = _split("io.")
     with torch.no_grad():
         assert (loaded.G(io["z"]) - io["images"]).abs().max().item() <= 1e-5
     assert _tool(repo_root, "train")([f"resume={run}", "train.max_steps=1", "train.n_critic=1"]) == 0
-    assert load_checkpoint(latest_checkpoint(run))["progress"]["step"] == 1
+    trained = load_checkpoint(latest_checkpoint(run))
+    assert trained["progress"]["step"] == 1
+    # One owner of the layout: the converted checkpoint and the trained one have the same entries.
+    converted = load_checkpoint(run / "checkpoints" / "step-000000000.pt")
+    assert _layout(converted) == _layout(trained)
+    assert tuple(trained) == CHECKPOINT_KEYS
     # A second conversion into the same folder is refused; so is a file of another kind.
-    assert _tool(repo_root, "convert")([str(_official_checkpoint(tmp_path)), f"out={run}", *small]) == 2
+    assert _tool(repo_root, "convert")([str(_official_checkpoint(tmp_path)), "--out", str(run), *small]) == 2
     other = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(2)}, other)
-    assert _tool(repo_root, "convert")([str(other), f"out={tmp_path / 'run2'}"]) == 2
+    assert _tool(repo_root, "convert")([str(other), "--out", str(tmp_path / 'run2')]) == 2
     err = capsys.readouterr().err
     assert "already holds a run" in err and "not a checkpoint this tool knows" in err and "Traceback" not in err
+
+
+def _layout(state: dict) -> dict:
+    """A checkpoint's entries and their kinds: nested keys, tensors as their dtype (not values or shapes)."""
+    def kind(value):
+        if isinstance(value, dict):
+            return {k: kind(v) for k, v in value.items()} if len(value) < 50 else f"dict of {len(value)}"
+        if isinstance(value, torch.Tensor):
+            return str(value.dtype)
+        if isinstance(value, (list, tuple)):
+            return [kind(v) for v in value[:1]]
+        return type(value).__name__
+
+    return {k: kind(v) for k, v in state.items() if k not in ("G", "D", "G_ema", "opt_G", "opt_D", "config")}

@@ -146,7 +146,7 @@ def test_flowers102_layout_conditional_run_end_to_end(tmp_path, repo_root, eval_
     out_file = tmp_path / "results" / "flowers.json"
 
     assert eval_tool.main([str(run), "eval=flowers102_64", "eval.metrics=[fid,kid]", "eval.network=G",
-                           f"out={out_file}", *small(tmp_path)]) == 0
+                           "--out", str(out_file), *small(tmp_path)]) == 0
     out = json.loads(out_file.read_text())
     assert np.isfinite(out["fid"]) and np.isfinite(out["kid_mean"]) and "precision" not in out
     p = out["protocol"]
@@ -156,7 +156,7 @@ def test_flowers102_layout_conditional_run_end_to_end(tmp_path, repo_root, eval_
     # The same checkpoint evaluated again reads the cached reference: the dataset is not built.
     monkeypatch.setattr("transgan.eval.metrics.build_reference", _no_reference_build)
     assert eval_tool.main([str(checkpoint_path(run, 4)), "eval=flowers102_64", "eval.metrics=[fid,kid]",
-                           "eval.network=G", f"out={out_file}", *small(tmp_path)]) == 0
+                           "eval.network=G", "--out", str(out_file), *small(tmp_path)]) == 0
     assert json.loads(out_file.read_text())["fid"] == out["fid"]
 
 
@@ -194,7 +194,8 @@ def test_missing_inception_weights_exit_2_naming_the_file(tmp_path, repo_root, e
     (["eval=nope"], "unknown eval preset 'nope'"),
     (["eval.num_sample=3"], "num_sample"),
     (["eval.metrics=[fid,lpips]"], "unknown metric"),
-    (["bogus=1"], "unknown argument"),
+    (["bogus=1"], "takes no config key 'bogus'"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
 ])
 def test_bad_arguments_exit_2(tmp_path, repo_root, eval_tool, tiny_generator, capsys, args, message):
     run = write_run(tmp_path / "run", {"name": "digits", "channels": 1, "conditional": True}, 16, num_classes=10)
@@ -323,14 +324,14 @@ def test_evaluating_a_math_run_uses_math_unless_overridden(tmp_path_factory, tmp
                                                             capsys):
     run = tiny_math_attention_run(tmp_path_factory)
     out = tmp_path / "eval.json"
-    assert eval_tool.main([str(run), *small(tmp_path), "eval.metrics=[fid]", f"out={out}"]) == 0
+    assert eval_tool.main([str(run), *small(tmp_path), "eval.metrics=[fid]", "--out", str(out)]) == 0
     assert kernels_run and set(kernels_run) == {"math"}
     assert json.loads(out.read_text())["protocol"]["attention"] == "math"
     kernels_run.clear()
     assert eval_tool.main([str(run), *small(tmp_path), "eval.metrics=[fid]", "model.attention=chunked",
-                           f"out={out}"]) == 0
+                           "--out", str(out)]) == 0
     assert kernels_run and set(kernels_run) == {"chunked"}
     assert json.loads(out.read_text())["protocol"]["attention"] == "chunked"
     capsys.readouterr()
-    assert eval_tool.main([str(run), "model.attention=flash", f"out={out}"]) == 2
+    assert eval_tool.main([str(run), "model.attention=flash", "--out", str(out)]) == 2
     assert "model.attention must be one of" in capsys.readouterr().err

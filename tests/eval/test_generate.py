@@ -295,7 +295,7 @@ def test_generating_from_a_math_run_uses_math_and_the_export_records_it(tmp_path
                                "--out", str(tmp_path / "grid.png")]) == 0
     assert kernels_run and set(kernels_run) == {"math"}
     kernels_run.clear()
-    assert generate_tool.main(["images", str(run), "--seeds", "0", "--attention", "chunked",
+    assert generate_tool.main(["images", str(run), "--seeds", "0", "model.attention=chunked",
                                "--out", str(tmp_path / "chunked.png")]) == 0
     assert kernels_run and set(kernels_run) == {"chunked"}
 

@@ -81,7 +81,7 @@ def test_imagefolder_run_logs_fid_and_kid_keeps_the_best_and_matches_the_eval_to
     assert [p.name for p in list_checkpoints(run)] == ["step-000000006.pt"]  # pruned to 1; best.pt kept
 
     # tools/eval.py on best.pt with the run's own protocol: the very number the run logged.
-    out = eval_tool().run([str(run / "checkpoints" / "best.pt"), "eval=run", f"out={tmp_path / 'eval.json'}"])
+    out = eval_tool().run([str(run / "checkpoints" / "best.pt"), "eval=run", "--out", str(tmp_path / 'eval.json')])
     assert out["fid"] == winner[FID] and out["kid_mean"] == winner["kid_mean"]
     assert out["protocol"]["allow_unverified_weights"] is True
     assert out["protocol"]["weights"]["fd-digits"]["verified"] is False

@@ -263,8 +263,8 @@ def serve_tool():
 
 def test_serving_a_math_run_generates_with_math_unless_overridden(tmp_path_factory, serve_tool, kernels_run):
     run = str(tiny_math_attention_run(tmp_path_factory))
-    for argv, kernel in (([run], "math"), ([run, "--attention", "chunked"], "chunked")):
-        app = serve_tool.build_app(serve_tool.build_parser().parse_args(argv))
+    for argv, kernel in (([run], "math"), ([run, "model.attention=chunked"], "chunked")):
+        app = serve_tool.build_app(serve_tool.parse_args(argv))
         assert app.state.service.G.attention_kernel == kernel
         kernels_run.clear()
         with BackgroundServer(app) as server:

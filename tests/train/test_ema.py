@@ -120,7 +120,7 @@ def test_eval_tool_on_a_checkpoint_equals_g_ema_with_freshly_recomputed_statisti
     state = load_checkpoint(latest_checkpoint(bn_run))
     out = tmp_path / "eval.json"
     protocol = ["eval.num_samples=200", "eval.metrics=[fid]"]
-    assert load_tool("eval").main([str(bn_run), *protocol, f"out={out}"]) == 0
+    assert load_tool("eval").main([str(bn_run), *protocol, "--out", str(out)]) == 0
     tool_fd = json.loads(out.read_text())["fid"]
 
     # Independently: G_ema's statistics reset and recomputed here, evaluated directly.

@@ -30,13 +30,16 @@ from transgan.ablation.grid import (TOOL_METRICS, AblationError, Cell, compose_a
 from transgan.ablation.report import (COLUMNS, CURVE_COLUMNS, markdown_table, plot_curves, statistics_section,
                                       write_csv)
 from transgan.ablation.tuning import check_tuning, final_plan, tune
+from transgan.commands import eval as eval_command
+from transgan.commands import train as train_command
 from transgan.errors import ConfigError
 from transgan.runs import checkpoint as ckpt
 from transgan.runs.files import atomic_write_text
 
-# The commands run as modules of this same copy of transgan (installed or a checkout), never as files.
-TRAIN_COMMAND = ["-m", "transgan.commands.train"]
-EVAL_COMMAND = ["-m", "transgan.commands.eval"]
+# The commands run as modules of this same copy of transgan (installed or a checkout), never as files;
+# imported, so the import contracts see what the grid depends on.
+TRAIN_COMMAND = ["-m", train_command.__name__]
+EVAL_COMMAND = ["-m", eval_command.__name__]
 PACKAGE_PARENT = Path(transgan.__file__).resolve().parents[1]
 MARKER = "ablation_cell.json"      # in a cell's run dir: fingerprint, row and curve of a finished cell
 ATTEMPTS = "ablation_attempts.jsonl"  # in a cell's run dir: one line per training process
@@ -326,7 +329,7 @@ def evaluate_checkpoints(cell: Cell, cfg: DictConfig, log_path: Path, echo: Call
         if out.is_file():
             continue
         echo(f"evaluating {path.name}")
-        res = run_process([sys.executable, *EVAL_COMMAND, str(path), *eval_tool_args(cfg), f"out={out}"], log_path)
+        res = run_process([sys.executable, *EVAL_COMMAND, str(path), *eval_tool_args(cfg), "--out", str(out)], log_path)
         if res["rc"] != 0:
             raise AblationError(f"tools/eval.py exited with status {res['rc']} on {path}; last lines of "
                                 f"{log_path}:\n" + _tail(log_path))

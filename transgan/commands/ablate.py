@@ -21,20 +21,46 @@ from __future__ import annotations
 
 import sys
 
-from transgan.cli import console_entry, run_cli
+from transgan.cli import CommandLine, console_entry, run_cli
+
+
+ABLATION_KEYS = {
+    "experiment": "a preset of configs/ablation/experiment/ (ablation_digits, ablation_digits_tuned, ...)",
+    "out_dir": "where the cells' runs and the report go",
+    "seeds": "final seeds, e.g. [0,1,2]",
+    "budget.*": "budget.kind=images|steps|seconds, budget.value=",
+    "eval.*": "eval.source, eval.metric, eval.points, eval.every_steps, eval.preset, eval.overrides",
+    "train_args": "tools/train.py overrides shared by every cell, e.g. '[dataset.root=/data/celeba]'",
+    "extra_args": "more shared overrides, appended to train_args",
+    "data_root": "dataset.root of every cell",
+    "cells": "an explicit list of cells {generator, discriminator, label, overrides}",
+    "generators": "generator families of the grid", "discriminators": "discriminator families of the grid",
+    "tuning.*": "tuning.trials, tuning.seeds, tuning.budget, tuning.sampler_seed, tuning.space",
+    "contrasts": "the headline contrasts [{name, a, b}]",
+    "only": "run only these cells (by label)", "launcher": "the command that runs tools/train.py",
+    "plots": "write the plots", "name": "the grid's name", "description": "one line for the report",
+}
+
+
+def command_line() -> CommandLine:
+    """tools/ablate.py's arguments: Hydra overrides of configs/ablation/config.yaml and --dry-run."""
+    cli = CommandLine("tools/ablate.py", __doc__, ABLATION_KEYS, any_key=True)
+    cli.parser.add_argument("--dry-run", action="store_true", help="compose, check and print the plan; run nothing")
+    return cli
 
 
 def main(argv: list[str]) -> int:
     """Run (or with --dry-run only plan) the ablation the overrides describe; return the exit status."""
     from transgan.ablation import run_ablation
 
-    dry_run = "--dry-run" in argv
-    overrides = [a for a in argv if a != "--dry-run"]
-    def job() -> None:
-        out = run_ablation(overrides, dry_run=dry_run)
-        print(f"dry run: nothing ran; would write to {out}" if dry_run else f"done: {out}")
+    cli = command_line()
 
-    return run_cli(job, usage=__doc__, argv=argv)
+    def job() -> None:
+        flags, overrides = cli.parse(argv)
+        out = run_ablation(overrides, dry_run=flags.dry_run)
+        print(f"dry run: nothing ran; would write to {out}" if flags.dry_run else f"done: {out}")
+
+    return run_cli(job, usage=cli, argv=argv)
 
 
 entry = console_entry(main)  # the ``transgan-ablate`` console script; tools/ablate.py runs it too

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from transgan.cli import console_entry
+from transgan.cli import CommandLine, console_entry, run_cli
 from transgan.convert.common import Converted
 from transgan.convert.stylegan2_ada import convert_stylegan2_ada
 from transgan.convert.styleswin import convert_styleswin
@@ -17,14 +17,14 @@ __all__ = ["USAGE", "detect", "convert_file", "main", "entry"]
 
 USAGE = """Convert an official checkpoint into a transgan run directory (no pickled code is run).
 
-    python tools/convert.py <checkpoint> out=<run dir> [overrides ...]
+    python tools/convert.py <checkpoint> --out <run dir> [overrides ...]
 
   <checkpoint>   TransGAN .pth (VITA-Group/TransGAN train_derived.py: gen/dis/avg_gen state dicts), or
                  a stylegan2-ada-pytorch network-snapshot-*.pkl (G, D, G_ema; conditional too),
                  read by a restricted unpickler that refuses anything but tensors and containers,
                  or a StyleSwin .pt (g, g_ema; its discriminator is not converted yet: the run
                  gets the preset's D with fresh weights)
-  out=<run dir>  an empty folder; receives config.yaml and checkpoints/step-000000000.pt
+  --out <run dir>  an empty folder; receives config.yaml and checkpoints/step-000000000.pt
   overrides      Hydra overrides composed first (default: the paper preset of the checkpoint's
                  kind: experiment=transgan_paper dataset=cifar10, experiment=stylegan2_ada_paper256
                  dataset=cifar10, experiment=styleswin_paper dataset=celeba (give your
@@ -65,22 +65,31 @@ def convert_file(path: Path) -> tuple[str, Converted]:
     return kind, KINDS[kind][0](data)
 
 
+def command_line() -> CommandLine:
+    """tools/convert.py's arguments: the checkpoint, --out, and tools/train.py's overrides."""
+    from transgan.train.config import run_config_keys
+
+    cli = CommandLine("tools/convert.py", USAGE, run_config_keys(), any_key=True)
+    cli.parser.add_argument("checkpoint", nargs="?", help="the official checkpoint file")
+    cli.parser.add_argument("--out", default=None, help="an empty folder for the run directory")
+    return cli
+
+
 def main(argv: Sequence[str]) -> int:
     """Entry point of tools/convert.py; returns the exit status."""
-    from transgan.cli import run_cli
     from transgan.convert.run import write_run
 
+    cli = command_line()
+
     def job() -> None:
-        files = [a for a in argv if "=" not in a]
-        outs = [a.split("=", 1)[1] for a in argv if a.startswith("out=")]
-        overrides = [a for a in argv if "=" in a and not a.startswith("out=")]
-        if len(files) != 1 or len(outs) != 1:
-            raise ConvertError("give one checkpoint file and out=<run dir> (see --help)")
-        kind, conv = convert_file(Path(files[0]).expanduser())
-        path = write_run(conv, Path(outs[0]).expanduser(), overrides or KINDS[kind][1])
+        flags, overrides = cli.parse(argv)
+        if flags.checkpoint is None or flags.out is None:
+            raise ConvertError("give one checkpoint file and --out <run dir> (see --help)")
+        kind, conv = convert_file(Path(flags.checkpoint).expanduser())
+        path = write_run(conv, Path(flags.out).expanduser(), overrides or KINDS[kind][1])
         print(f"{kind}: wrote {path}")
 
-    return run_cli(job, usage=USAGE, argv=argv)
+    return run_cli(job, usage=cli, argv=argv)
 
 
 entry = console_entry(main)  # the ``transgan-convert`` console script; tools/convert.py runs it too

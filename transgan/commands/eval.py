@@ -1,27 +1,10 @@
 """Evaluate a generator: FID, KID, IS, precision/recall (and intra-class FID) through torch-fidelity.
 
-    python tools/eval.py <run dir | checkpoint.pt | image folder> [eval=<preset>] [key=value ...]
+    python tools/eval.py <run dir | checkpoint.pt | image folder> [eval=<preset>] [key=value ...] [--out FILE]
 
   <run dir>        a tools/train.py run directory: its newest checkpoint, G_ema weights
   <checkpoint.pt>  one checkpoint of a run (checkpoints/step-<n>.pt)
   <image folder>   image files already generated (needs dataset=<name> for the reference)
-
-  eval=<preset>         a protocol from configs/eval/ (celeba64, flowers102_64, flowers102_128,
-                        flowers102_256, cifar10_32, digits, synthetic); default: digits on the
-                        digits dataset, otherwise the plain defaults (Inception, 50k samples, train
-                        split); eval=run: the protocol the run used during training (its eval
-                        section), whose numbers equal those in its metrics.jsonl
-  eval.<key>=<value>    change one protocol key, e.g. eval.num_samples=10000,
-                        eval.allow_unverified_weights=true (weights not matching the published sha256),
-                        eval.inception_weights=/path/weights-inception-2015-12-05-6726825d.pth,
-                        eval.vgg16_weights=..., eval.network=G, eval.intra_fid=true,
-                        eval.metrics=[fid,kid], eval.cache_dir=..., eval.device=cpu
-  dataset=<name>        reference dataset config from configs/dataset/ (default: the run's)
-  dataset.<key>=<value> change the reference dataset config, e.g. dataset.root=/data/celeba
-  model.attention=<k>   attention kernel (auto, sdpa, xformers, math, chunked) instead of the
-                        run's own model.attention
-  out=<file>            where to write the results (default: <run dir>/eval.json, ./eval.json
-                        for a folder)
 
 Prints a table and writes every number with the full protocol (extractor, weights
 file hash, number of samples, split, resize, seed, truncation) to eval.json. Missing
@@ -37,9 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from transgan.cli import console_entry, run_cli
+from transgan.cli import ATTENTION_KEY, CommandLine, console_entry, run_cli
 from transgan.errors import ConfigError
-from transgan.nn.attention import check_kernel
 from transgan.presets import load_option
 from transgan.runs.checkpoint import run_dir_of
 from transgan.runs.load import find_checkpoint, load_generator  # (shared with generate/serve)
@@ -47,35 +29,46 @@ from transgan.runs.state import saved_config, saved_progress
 
 
 
+KEYS = {
+    "eval": "a protocol from configs/eval/ (celeba64, flowers102_64, flowers102_128, flowers102_256, cifar10_32, "
+            "digits, synthetic); default: digits on the digits dataset, else the plain defaults (Inception, 50k "
+            "samples, train split); eval=run: the protocol the run used during training (its metrics.jsonl numbers)",
+    "eval.*": "one protocol key, e.g. eval.num_samples=10000, eval.network=G, eval.intra_fid=true, "
+              "eval.metrics=[fid,kid], eval.inception_weights=/path/weights-inception-2015-12-05-6726825d.pth, "
+              "eval.allow_unverified_weights=true, eval.cache_dir=..., eval.device=cpu",
+    "dataset": "the reference dataset config from configs/dataset/ (default: the run's)",
+    "dataset.*": "one key of the reference dataset config, e.g. dataset.root=/data/celeba",
+    **ATTENTION_KEY,
+}
+
+
+def command_line() -> CommandLine:
+    """tools/eval.py's arguments."""
+    cli = CommandLine("tools/eval.py", __doc__, KEYS)
+    cli.parser.add_argument("source", nargs="?", help="run directory, checkpoint file or folder of images")
+    cli.parser.add_argument("--out", default=None, help="results file (default: <run dir>/eval.json, or ./eval.json "
+                                                        "for a folder)")
+    return cli
+
+
 def parse_args(argv: Sequence[str]) -> dict[str, Any]:
-    """Split the command line into the source, the preset, and the eval/dataset/out overrides."""
-    args: dict[str, Any] = {"source": None, "preset": None, "dataset": None, "eval": [], "dataset_overrides": [],
-                            "out": None, "attention": None}
-    for a in argv:
-        if "=" not in a:
-            if args["source"] is not None:
-                raise ConfigError(f"one source only (a run directory, checkpoint or folder); got {args['source']} "
-                                  f"and {a}")
-            args["source"] = a
-            continue
-        key, value = a.split("=", 1)
+    """Split the command line into the source, the preset, and the eval/dataset overrides and --out."""
+    flags, overrides = command_line().parse(argv)
+    if flags.source is None:
+        raise ConfigError("give what to evaluate: a run directory, a checkpoint file or a folder of images")
+    args: dict[str, Any] = {"source": flags.source, "preset": None, "dataset": None, "eval": [],
+                            "dataset_overrides": [], "out": flags.out, "attention": None}
+    for key, value in (o.split("=", 1) for o in overrides):
         if key == "eval":
             args["preset"] = value
         elif key == "dataset":
             args["dataset"] = value
-        elif key == "out":
-            args["out"] = value
         elif key == "model.attention":
-            args["attention"] = check_kernel(value, "model.attention")
+            args["attention"] = value
         elif key.startswith("eval."):
             args["eval"].append(f"{key[5:]}={value}")
-        elif key.startswith("dataset."):
-            args["dataset_overrides"].append(f"{key[8:]}={value}")
         else:
-            raise ConfigError(f"unknown argument {a!r}; expected eval=, eval.<key>=, dataset=, dataset.<key>=, "
-                              "model.attention= or out=")
-    if args["source"] is None:
-        raise ConfigError("give what to evaluate: a run directory, a checkpoint file or a folder of images")
+            args["dataset_overrides"].append(f"{key[8:]}={value}")
     return args
 
 
@@ -182,7 +175,7 @@ def _plain(x: Any) -> Any:
 
 def main(argv: list[str]) -> int:
     """Run the evaluation; return the exit status (2 for bad input, with a message)."""
-    return run_cli(lambda: run(argv), usage=__doc__, argv=argv)
+    return run_cli(lambda: run(argv), usage=command_line(), argv=argv)
 
 
 entry = console_entry(main)  # the ``transgan-eval`` console script; tools/eval.py runs it too

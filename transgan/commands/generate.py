@@ -17,7 +17,7 @@ report, and export for serving.
   --truncation psi in w space for style generators (1 = none); for the others the |z| threshold
                beyond which latent entries are redrawn (default: none)
   --seeds      integers and ranges: 0-7,12. Every image is a function of (class, seed, truncation).
-  --attention  attention kernel (auto, sdpa, xformers, math, chunked) instead of the one the run
+  model.attention=K  attention kernel (auto, sdpa, xformers, math, chunked) instead of the one the run
                was trained with (its model.attention, recorded in checkpoints and exports)
   --size       pixels per image side in the output, 1..4096
   --force      (export) replace an existing export in DIR; without it an existing one is refused
@@ -33,24 +33,21 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from transgan.cli import console_entry, resolve_device, run_cli
+from transgan.cli import ATTENTION_KEY, CommandLine, console_entry, overrides_as_dict, resolve_device, run_cli
 from transgan.errors import ConfigError
-from transgan.nn.attention import KERNELS
 from transgan.runs.export import GeneratorInfo
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command line: one subcommand per product."""
-    parser = argparse.ArgumentParser(prog="tools/generate.py", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+def command_line() -> CommandLine:
+    """The command line: one subcommand per product, ``model.attention=`` as in every command."""
+    cli = CommandLine("tools/generate.py", __doc__, ATTENTION_KEY)
+    sub = cli.parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help)
         p.add_argument("source", help="run directory, checkpoint file or exported generator")
         p.add_argument("--network", default="G_ema", choices=["G_ema", "G"], help="which weights of a checkpoint")
         p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-        p.add_argument("--attention", default=None, choices=KERNELS,
-                       help="attention kernel instead of the run's model.attention")
         return p
 
     p = command("images", "a grid of classes x seeds (or one file per image)")
@@ -94,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("export", "G_ema as safetensors + JSON config, for tools/serve.py")
     p.add_argument("--out", required=True, help="folder to write generator.safetensors and generator.json into")
     p.add_argument("--force", action="store_true", help="replace an export already in --out")
-    return parser
+    return cli
 
 
 MAX_SIZE = 4096
@@ -123,10 +120,10 @@ def run(argv: Sequence[str]) -> Path:
     from transgan.runs.export import export_generator
     from transgan.runs.load import load_source
 
-    args = build_parser().parse_args(argv)
+    args, overrides = command_line().parse(argv)
     check_output(args)
     device = resolve_device(args.device)
-    loaded = load_source(args.source, args.network, attention=args.attention)
+    loaded = load_source(args.source, args.network, attention=overrides_as_dict(overrides).get("model.attention"))
     G, info = loaded.G.to(device), loaded.info
     print(gen.describe(info, G))
     out = Path(args.out).expanduser()
@@ -187,7 +184,7 @@ def _save(image: Any, out: Path) -> None:
 
 def main(argv: list[str]) -> int:
     """Run the tool; exit status 2 for bad input, with a message."""
-    return run_cli(lambda: run(argv), usage=__doc__, argv=argv)
+    return run_cli(lambda: run(argv), usage=command_line(), argv=argv)
 
 
 entry = console_entry(main)  # the ``transgan-generate`` console script; tools/generate.py runs it too

@@ -33,15 +33,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
-from transgan.cli import console_entry, run_cli
+from transgan.cli import CommandLine, console_entry, run_cli
+from transgan.commands import serve as serve_command
 from transgan.errors import ConfigError
 
-SERVE_COMMAND = ["-m", "transgan.commands.serve"]  # run as a module of this same copy of transgan
+SERVE_COMMAND = ["-m", serve_command.__name__]  # run as a module of this same copy of transgan
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command line."""
-    p = argparse.ArgumentParser(prog="tools/load_test.py", description=__doc__.split("\n")[0])
+def command_line() -> CommandLine:
+    """The command line: process-level flags only (the server it measures has its own settings)."""
+    cli = CommandLine("tools/load_test.py", __doc__)
+    p = cli.parser
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--url", help="a running app, e.g. http://127.0.0.1:8000/")
     target.add_argument("--source", help="serve this generator in-process on a free loopback port")
@@ -58,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline-url", default=None,
                    help="with --compare-batching: also measure this running server (loopback) in the same run")
     p.add_argument("--json", default=None, help="also write the results here")
-    return p
+    return cli
 
 
 @contextmanager
@@ -140,7 +142,7 @@ def run(argv: Sequence[str]) -> bool:
     """Run the load test; print and optionally save the results; True when every request succeeded."""
     from transgan.serve.loadtest import run_load_test, run_under_load
 
-    args = build_parser().parse_args(argv)
+    args, _ = command_line().parse(argv)
     options = dict(requests=args.requests, clients=args.clients, images_per_request=args.images,
                    truncation=args.truncation, time_limit_s=args.time_limit)
     if args.compare_batching:
@@ -178,7 +180,7 @@ def run(argv: Sequence[str]) -> bool:
 def main(argv: list[str]) -> int:
     """0 when all requests succeeded, 1 when some failed, 2 for bad input."""
     ok = []
-    status = run_cli(lambda: ok.append(run(argv)), usage=__doc__, argv=argv)
+    status = run_cli(lambda: ok.append(run(argv)), usage=command_line(), argv=argv)
     return status if status or not ok else (0 if ok[0] else 1)
 
 

@@ -15,12 +15,11 @@ counting (tools/ablate.py uses it too).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from typing import Any, Optional, Sequence
 
-from transgan.cli import console_entry
+from transgan.cli import CommandLine, console_entry, run_cli
 from transgan.errors import ConfigError
 from transgan.eval.complexity import count_parameters, dataset_classes, forward_flops, measure_models  # noqa: F401
 
@@ -59,20 +58,26 @@ def format_stats(stats: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def command_line() -> CommandLine:
+    """tools/model_stats.py's arguments: tools/train.py's overrides, --classes and --json."""
+    from transgan.train.config import run_config_keys
+
+    cli = CommandLine("tools/model_stats.py", __doc__, run_config_keys(), any_key=True)
+    cli.parser.add_argument("--classes", type=int, default=None, help="class count (default: from the dataset config)")
+    cli.parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return cli
+
+
 def main(argv: Sequence[str]) -> int:
     """Print the stats of the composed model; exit status 2 on a bad configuration."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--classes", type=int, default=None, help="class count (default: from the dataset config)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for tools/train.py")
-    args = parser.parse_intermixed_args(list(argv))
-    try:
-        stats = model_stats(args.overrides, num_classes=args.classes)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
-    return 0
+    cli = command_line()
+
+    def job() -> None:
+        flags, overrides = cli.parse(list(argv))
+        stats = model_stats(overrides, num_classes=flags.classes)
+        print(json.dumps(stats, indent=2) if flags.json else format_stats(stats))
+
+    return run_cli(job, usage=cli, argv=argv)
 
 
 entry = console_entry(main, None)  # the ``transgan-model-stats`` console script; tools/model_stats.py runs it too

@@ -1,7 +1,7 @@
 """Serve a web page for conditional generation (class, truncation, seed, count -> image grid) and a JSON/PNG API.
 
-    python tools/serve.py SOURCE [--host 127.0.0.1] [--port 8000] [--max-count 64] [--threads N]
-                                 [--network G_ema] [--device cpu] [--title TEXT] [--attention KERNEL]
+    python tools/serve.py SOURCE [model.attention=KERNEL] [--host 127.0.0.1] [--port 8000] [--max-count 64]
+                                 [--threads N] [--network G_ema] [--device cpu] [--title TEXT]
                                  [--batch 16] [--allowed-host NAME ...]
 
   SOURCE     an exported generator (folder with generator.safetensors + generator.json, from
@@ -9,7 +9,7 @@
   --host     interface to listen on; the default 127.0.0.1 keeps the page on this machine
   --threads  torch threads for generation (default: torch's choice less one, at least 1: one core
              stays with the HTTP event loop)
-  --attention attention kernel (auto, sdpa, xformers, math, chunked) instead of the run's model.attention
+  model.attention=K  attention kernel (auto, sdpa, xformers, math, chunked) instead of the run's
   --batch    images per model call, gathered from concurrent requests (1 = no batching)
   --allowed-host  a Host name the page is reached by (repeatable); default: the loopback names for a
              loopback --host, else the --host address. Requests with another Host get 400.
@@ -27,15 +27,15 @@ import argparse
 import sys
 from typing import Any, Sequence
 
-from transgan.cli import console_entry, resolve_device, run_cli
+from transgan.cli import ATTENTION_KEY, CommandLine, console_entry, overrides_as_dict, resolve_device, run_cli
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command line."""
-    from transgan.nn.attention import KERNELS
+def command_line() -> CommandLine:
+    """The command line: the source, ``model.attention=`` as in every command, the server's flags."""
     from transgan.serve.server import DEFAULT_HOST
 
-    p = argparse.ArgumentParser(prog="tools/serve.py", description=__doc__.split("\n")[0])
+    cli = CommandLine("tools/serve.py", __doc__, ATTENTION_KEY)
+    p = cli.parser
     p.add_argument("source", help="exported generator, run directory or checkpoint")
     p.add_argument("--host", default=DEFAULT_HOST)
     p.add_argument("--port", type=int, default=8000)
@@ -44,11 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--network", default="G_ema", choices=["G_ema", "G"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--title", default=None)
-    p.add_argument("--attention", default=None, choices=KERNELS,
-                   help="attention kernel instead of the run's model.attention")
     p.add_argument("--batch", type=int, default=16, help="images per model call (1 = no batching)")
     p.add_argument("--allowed-host", action="append", default=None, help="a Host name of the page (repeatable)")
-    return p
+    return cli
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """The flags, with the ``model.attention=`` override as ``attention`` (None: the run's)."""
+    args, overrides = command_line().parse(argv)
+    args.attention = overrides_as_dict(overrides).get("model.attention")
+    return args
 
 
 def check_args(args: argparse.Namespace) -> tuple[list[str], Any]:
@@ -91,7 +96,7 @@ def run(argv: Sequence[str]) -> None:
     """Load the generator once and serve until interrupted."""
     from transgan.serve.server import bind_socket, generation_threads, is_loopback_host, serve_forever
 
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     checked = check_args(args)
     if args.threads is None:  # the server process's default; build_app (in process: tests, tools) keeps the caller's
         import torch
@@ -114,7 +119,7 @@ def run(argv: Sequence[str]) -> None:
 
 def main(argv: list[str]) -> int:
     """Run the server; exit status 2 for bad input, with a message."""
-    return run_cli(lambda: run(argv), usage=__doc__, argv=argv)
+    return run_cli(lambda: run(argv), usage=command_line(), argv=argv)
 
 
 entry = console_entry(main)  # the ``transgan-serve`` console script; tools/serve.py runs it too

@@ -14,7 +14,14 @@ from __future__ import annotations
 import logging
 import sys
 
-from transgan.cli import console_entry, run_cli
+from transgan.cli import CommandLine, console_entry, run_cli
+
+
+def command_line() -> CommandLine:
+    """tools/train.py's arguments: Hydra overrides only (checked against the configs when composed)."""
+    from transgan.train.config import run_config_keys
+
+    return CommandLine("tools/train.py", __doc__, run_config_keys(), any_key=True)
 
 
 def main(argv: list[str]) -> int:
@@ -23,8 +30,11 @@ def main(argv: list[str]) -> int:
     from transgan.train.build import build_trainer
     from transgan.train.config import resolve_run
 
+    cli = command_line()
+
     def run() -> None:
-        cfg, run_dir, resume_from = resolve_run(argv)
+        _, overrides = cli.parse(argv)
+        cfg, run_dir, resume_from = resolve_run(overrides)
         # The composition root: the evaluation protocol is built from here (a missing weights file is
         # refused before the run directory exists) and handed to the Trainer, which imports no
         # evaluation code (docs/architecture.md). Bad data and networks are refused first.
@@ -38,7 +48,7 @@ def main(argv: list[str]) -> int:
         elif trainer.accelerator.is_main_process:
             print(f"done: {out}")
 
-    return run_cli(run, usage=__doc__, argv=argv)
+    return run_cli(run, usage=cli, argv=argv)
 
 
 entry = console_entry(main)  # the ``transgan-train`` console script; tools/train.py runs it too

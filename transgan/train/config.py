@@ -15,7 +15,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from transgan.errors import CheckpointError, ConfigError
 from transgan.nn.attention import check_kernel
-from transgan.presets import CONFIG_DIR
+from transgan.losses import GANLoss
+from transgan.presets import CONFIG_DIR, option_names
 from transgan.runs import checkpoint as ckpt
 from transgan.train.ema import EMA_NORM_STATS
 
@@ -312,3 +313,25 @@ def resolve_run(argv: Sequence[str]) -> tuple[DictConfig, str, Optional[Path]]:
     check_choices_match_run(cfg, rest)
     return cfg, str(run_dir), latest
 
+
+
+def run_config_keys() -> dict[str, str]:
+    """The keys tools/train.py (and the commands that compose a run: model_stats, convert) take, for --help."""
+    return {
+        "model": "a model preset: " + ", ".join(option_names("model")),
+        "model/generator": "any generator of configs/model/generator/: " + ", ".join(option_names("model/generator")),
+        "model/discriminator": "any discriminator: " + ", ".join(option_names("model/discriminator")),
+        "model.*": "model.resolution, model.attention (auto|sdpa|xformers|math|chunked), "
+                   "model.generator.<option>, model.discriminator.<option>",
+        "dataset": "one of " + ", ".join(option_names("dataset")),
+        "dataset.*": "the dataset's keys, e.g. dataset.root, dataset.conditional, dataset.max_images",
+        "loss": "one of " + ", ".join(option_names("loss")),
+        "loss.*": ", ".join(GANLoss.OPTIONS),
+        "train.*": ", ".join(f.name for f in dataclasses.fields(TrainConfig)),
+        "eval.*": ", ".join(f.name for f in dataclasses.fields(RunEvalConfig)),
+        "experiment": "a paper recipe: " + ", ".join(option_names("experiment")),
+        "recipe": "auto (configs/recipes/<model>.yaml where the command line is silent) | none",
+        "seed": "the run's seed (weights, data order, every draw)",
+        "resume": "a run directory: continue from its newest checkpoint",
+        "hydra.run.dir": "the run directory (default runs/<date>/<time>)",
+    }

@@ -1,0 +1,1 @@
+"""Command-line entry points (thin wrappers of transgan.commands), benchmarks and one-off scripts."""
