@@ -41,23 +41,26 @@ class Metric:
     keys: tuple[str, ...]
     lower_is_better: dict[str, Optional[bool]]  # None: not a quality score (a standard deviation)
     feature: str                                # the torch-fidelity metric whose feature layer it reads
-    needs_labels: bool = False                  # needs class-conditional generated images
+    classes: int = 0                            # needs a generator conditioned on this many classes (0: any)
+    classes_are: str = ""                       # what those classes must be, for the message
 
 
 METRICS: dict[str, Metric] = {}
 
 
 def register_metric(name: str, keys: dict[str, Optional[bool]], feature: Optional[str] = None,
-                    needs_labels: bool = False) -> Callable[[Callable[[MetricInputs], dict[str, float]]], Callable[[MetricInputs], dict[str, float]]]:
+                    classes: int = 0, classes_are: str = "",
+                    ) -> Callable[[Callable[[MetricInputs], dict[str, float]]], Callable[[MetricInputs], dict[str, float]]]:
     """Register ``fn`` as metric ``name``; ``keys`` maps each result key to lower-is-better (None: neither).
 
     ``feature``: the torch-fidelity metric (fid, kid, isc, prc) whose default feature layer of the
-    extractor the function reads; default ``name``.
+    extractor the function reads; default ``name``. ``classes``: the metric reads the class asked of
+    a generator conditioned on exactly this many classes (``classes_are`` says which).
     """
     def wrap(fn: Callable[[MetricInputs], dict[str, float]]) -> Callable[[MetricInputs], dict[str, float]]:
         if name in METRICS:
             raise ValueError(f"metric {name!r} is registered already")
-        METRICS[name] = Metric(name, fn, tuple(keys), dict(keys), feature or name, needs_labels)
+        METRICS[name] = Metric(name, fn, tuple(keys), dict(keys), feature or name, classes, classes_are)
         return fn
     return wrap
 
@@ -138,7 +141,7 @@ def prc(x: MetricInputs) -> dict[str, float]:
 
 
 # The judge's class logits are the layer torch-fidelity's IS reads from it.
-@register_metric("class_acc", {"digits_class_acc": False}, feature="isc", needs_labels=True)
+@register_metric("class_acc", {"digits_class_acc": False}, feature="isc", classes=10, classes_are="the 10 digits")
 def class_acc(x: MetricInputs) -> dict[str, float]:
     """Fraction of generated images the digits judge assigns to the class the generator was asked for."""
     logits = x.generated[x.layer("isc")]

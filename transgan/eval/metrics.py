@@ -368,6 +368,34 @@ def protocol_weights(cfg: EvalConfig) -> dict[str, Optional[Path]]:
     return paths
 
 
+@dataclasses.dataclass
+class _Evaluation:
+    """One evaluation, prepared before any image is generated: what is evaluated, against what, how."""
+
+    cfg: EvalConfig
+    source: Any                       # a generator, a folder (Path) or RealImages of a dataset
+    is_generator: bool
+    resolution: int
+    num_classes: int                  # the generator's (0: unconditional, or not a generator)
+    weights: dict[str, Optional[Path]]
+    weights_info: dict[str, Optional[dict[str, Any]]]
+    device: torch.device
+    reference: _Reference
+    common: dict[str, Any]            # torch-fidelity keyword arguments of every call
+    loader_workers: int
+    rank: int
+    kid_subset_size: Optional[int] = None
+    per_class_n: Optional[int] = None
+
+    def weights_key(self, name: str) -> str:
+        """A cache-name suffix naming the extractor's weights file (none for built-in weights)."""
+        return f"-w{self.weights_info[name]['sha256'][:8]}" if self.weights_info[name] else ""
+
+    def class_seed(self, k: int) -> int:
+        """Intra-FID: each class its own latents, none shared with the main set."""
+        return self.cfg.seed + 1 + k
+
+
 def evaluate(source: Source, dataset_cfg: Mapping[str, Any], cfg: Union[EvalConfig, Mapping[str, Any], None] = None,
              **overrides: Any) -> dict[str, Any]:
     """Evaluate a generator, an image folder or a dataset against a dataset's reference split.
@@ -377,8 +405,40 @@ def evaluate(source: Source, dataset_cfg: Mapping[str, Any], cfg: Union[EvalConf
     configs/dataset/). ``cfg``/``overrides``: the protocol (:class:`EvalConfig`). Returns
     ``fid``, ``kid_mean``, ``kid_std``, ``isc_mean``, ``isc_std``, ``precision``,
     ``recall``, ``intra_fid`` (those computed) and ``protocol``.
+
+    The steps: prepare (checks, extractor weights, the reference), then per extractor sample and
+    extract the evaluated images' features, compute the registered metrics against the reference
+    (main process), and record the protocol.
     """
-    cfg = eval_config(cfg, **overrides)
+    job = _prepare(source, dataset_cfg, eval_config(cfg, **overrides))
+    cfg, results = job.cfg, {}
+    G = job.source if job.is_generator else None
+    home = next(G.parameters(), torch.empty(0)).device if G is not None else None  # put back there afterwards
+    was_training = G.training if G is not None else False
+    if G is not None:
+        job.source = G.to(job.device).eval()  # sampling, not training: batch norm and dropout in inference mode
+    try:
+        for name, metrics in _extractors(cfg).items():
+            wanted = [METRICS[m].feature for m in metrics] + (["fid"] if cfg.intra_fid and name == cfg.extractor else [])
+            extractor = feature_extractor(name, wanted, job.weights[name], job.device, verbose=cfg.verbose)
+            kwargs = dict(job.common, feature_extractor=name,
+                          feature_extractor_weights_path=weights_path_argument(name, job.weights[name]))
+            if metrics:
+                results.update(_registered_metrics(job, name, metrics, extractor, kwargs))
+            if cfg.intra_fid and name == cfg.extractor:
+                results.update(_intra_fid(job, name, extractor, kwargs))
+    finally:
+        if G is not None:
+            G.train(was_training).to(home)
+    if job.rank != 0:  # the main process computed the numbers from everyone's features; it tells the others
+        return share_from_main(None)
+    results["protocol"] = protocol_record(job)
+    order = [*result_keys(), "intra_fid_per_class", "protocol"]
+    return share_from_main({k: results[k] for k in order if k in results})
+
+
+def _prepare(source: Source, dataset_cfg: Mapping[str, Any], cfg: EvalConfig) -> _Evaluation:
+    """Check the source and the protocol, resolve the extractor weights (a missing file fails now) and the reference."""
     is_generator = isinstance(source, nn.Module)
     if isinstance(source, (str, Path)):
         source = Path(source).expanduser()
@@ -386,7 +446,6 @@ def evaluate(source: Source, dataset_cfg: Mapping[str, Any], cfg: Union[EvalConf
             raise FileNotFoundError(f"no folder of images at {source}")
     elif not is_generator and not isinstance(source, Dataset):
         raise ConfigError(f"cannot evaluate a {type(source).__name__}: give a generator, a folder or a dataset")
-
     # Resolution: the generator's; a folder or dataset needs it from the protocol or the dataset config.
     resolution = cfg.resolution
     if is_generator:
@@ -403,27 +462,20 @@ def evaluate(source: Source, dataset_cfg: Mapping[str, Any], cfg: Union[EvalConf
     num_classes = int(getattr(source, "num_classes", 0) or 0) if is_generator else 0
     if cfg.intra_fid and not num_classes:
         raise ConfigError("eval.intra_fid needs a class-conditional generator (num_classes > 0)")
-
-    # Weights first: a missing file must fail before any image is generated.
-    plan = _extractors(cfg)
-    weights = protocol_weights(cfg)
+    for m in cfg.metrics:
+        need = METRICS[m].classes
+        if need and num_classes != need:
+            raise ConfigError(f"eval.metrics=[{m}] needs a generator conditioned on {need} classes "
+                              f"({METRICS[m].classes_are}); this one has {num_classes}")
+    weights = protocol_weights(cfg)  # weights first: a missing file must fail before any image is generated
     weights_info = {name: ({"file": str(path), "sha256": file_sha256(path),
                             "verified": verify_weights(name, path, cfg.allow_unverified_weights)} if path else None)
                     for name, path in weights.items()}
-
     device = _device(cfg, source)
     cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
     reference = _Reference(reference_dataset_config(dataset_cfg, cfg), int(resolution), cfg, cache_dir)
-    if is_generator:
-        home = next(source.parameters(), torch.empty(0)).device  # put back there afterwards
-        source = source.to(device)
-        n_generated = cfg.num_samples
-    elif isinstance(source, Path):
-        n_generated = None  # counted by torch-fidelity; recorded below
-    else:
+    if not is_generator and not isinstance(source, Path):
         source = RealImages(source)
-        n_generated = len(source)
-
     # torch-fidelity starts min(4, 2 x cores) loader workers; torch warns (and the machine thrashes) when
     # that exceeds the cores this process may use, so workers run only where 4 fit.
     loader_workers = 4 if cfg.reference_workers and available_cores() >= 4 else 0
@@ -431,134 +483,124 @@ def evaluate(source: Source, dataset_cfg: Mapping[str, Any], cfg: Union[EvalConf
                   cache_root=str(cache_dir), cache=True, save_cpu_ram=loader_workers == 0,
                   samples_find_deep=True, samples_resize_and_crop=int(resolution), samples_shuffle=True,
                   isc_splits=cfg.isc_splits, prc_neighborhood=cfg.prc_neighborhood, kid_subsets=cfg.kid_subsets)
-    rank, _ = process_group()
+    return _Evaluation(cfg, source, is_generator, int(resolution), num_classes, weights, weights_info, device,
+                       reference, common, loader_workers, process_group()[0])
 
-    def class_seed(k: int) -> int:
-        return cfg.seed + 1 + k  # intra-FID: each class its own latents, none shared with the main set
 
-    def weights_key(name: str) -> str:
-        return f"-w{weights_info[name]['sha256'][:8]}" if weights_info[name] else ""
+def _sample_features(job: _Evaluation, extractor: Any, kwargs: dict[str, Any], fixed_class: Optional[int] = None,
+                     n: Optional[int] = None, seed: Optional[int] = None,
+                     ) -> tuple[dict[str, torch.Tensor], Optional[torch.Tensor]]:
+    """Sample and extract: features of the evaluated images (and the classes asked of a generator)."""
+    cfg = job.cfg
+    if job.is_generator:
+        gen = GeneratorSource(job.source, n or cfg.num_samples, seed=cfg.seed, fixed_class=fixed_class,
+                              truncation_psi=cfg.truncation_psi)
+        return generated_features(gen, extractor, cfg.batch_size, cfg.seed if seed is None else seed,
+                                  job.device), gen.labels
+    from torch_fidelity.utils import extract_featuresdict_from_input_id
 
-    def features(extractor: Any, kwargs: dict[str, Any], fixed_class: Optional[int] = None,
-                 n: Optional[int] = None, seed: int = cfg.seed) -> tuple[dict[str, torch.Tensor], Optional[torch.Tensor]]:
-        """Features of the evaluated images (and the labels asked of a generator)."""
-        if is_generator:
-            gen = GeneratorSource(source, n or cfg.num_samples, seed=cfg.seed, fixed_class=fixed_class,
-                                  truncation_psi=cfg.truncation_psi)
-            return generated_features(gen, extractor, cfg.batch_size, seed, device), gen.labels
-        from torch_fidelity.utils import extract_featuresdict_from_input_id
+    first = str(job.source) if isinstance(job.source, Path) else job.source
+    return extract_featuresdict_from_input_id(1, extractor, **dict(kwargs, input1=first)), None
 
-        first = str(source) if isinstance(source, Path) else source
-        return extract_featuresdict_from_input_id(1, extractor, **dict(kwargs, input1=first)), None
 
-    def compute(names: list[str], extractor: Any, generated: dict[str, torch.Tensor], labels: Optional[torch.Tensor],
-                reference_images: Dataset, cache_name: str, kwargs: dict[str, Any]) -> dict[str, float]:
-        """The registered metrics ``names`` on these features (main process only)."""
-        from torch_fidelity.metric_fid import fid_input_id_to_statistics_cached
-        from torch_fidelity.utils import extract_featuresdict_from_input_id_cached
+def _compute(names: list[str], extractor: Any, generated: dict[str, torch.Tensor], labels: Optional[torch.Tensor],
+             reference_images: Dataset, cache_name: str, kwargs: dict[str, Any]) -> dict[str, float]:
+    """The registered metrics ``names`` on these features against the reference (main process only)."""
+    from torch_fidelity.metric_fid import fid_input_id_to_statistics_cached
+    from torch_fidelity.utils import extract_featuresdict_from_input_id_cached
 
-        ref_kwargs = dict(kwargs, input2=reference_images, input2_cache_name=cache_name)
-        inputs = MetricInputs(
-            generated=generated, layer=extractor.get_default_feature_layer_for_metric, labels=labels,
-            reference_features=lambda: extract_featuresdict_from_input_id_cached(2, extractor, **ref_kwargs),
-            reference_fid_statistics=lambda layer: fid_input_id_to_statistics_cached(2, extractor, layer, **ref_kwargs),
-            options=kwargs)
-        out: dict[str, float] = {}
-        for m in names:
-            out.update(METRICS[m].fn(inputs))
-        return out
+    ref_kwargs = dict(kwargs, input2=reference_images, input2_cache_name=cache_name)
+    inputs = MetricInputs(
+        generated=generated, layer=extractor.get_default_feature_layer_for_metric, labels=labels,
+        reference_features=lambda: extract_featuresdict_from_input_id_cached(2, extractor, **ref_kwargs),
+        reference_fid_statistics=lambda layer: fid_input_id_to_statistics_cached(2, extractor, layer, **ref_kwargs),
+        options=kwargs)
+    out: dict[str, float] = {}
+    for m in names:
+        out.update(METRICS[m].fn(inputs))
+    return out
 
-    results: dict[str, Any] = {}
-    kid_subset_size = per_class_n = None
-    was_training = source.training if is_generator else False
-    if is_generator:
-        source.eval()  # sampling, not training: batch norm and dropout in inference mode
-    try:
-        for name, metrics in plan.items():
-            if not metrics and not (cfg.intra_fid and name == cfg.extractor):
-                continue
-            wanted = [METRICS[m].feature for m in metrics] + (["fid"] if cfg.intra_fid and name == cfg.extractor else [])
-            extractor = feature_extractor(name, wanted, weights[name], device, verbose=cfg.verbose)
-            kwargs = dict(common, feature_extractor=name,
-                          feature_extractor_weights_path=weights_path_argument(name, weights[name]))
-            if metrics:
-                generated, labels = features(extractor, kwargs)
-                if any(METRICS[m].needs_labels for m in metrics) and (labels is None or num_classes != 10):
-                    raise ConfigError("eval.metrics=[class_acc] needs a generator conditioned on the 10 digits")
-                if rank == 0:
-                    if "kid" in metrics:  # torch-fidelity refuses subsets larger than either set
-                        n1 = next(iter(generated.values())).shape[0]
-                        kid_subset_size = min(cfg.kid_subset_size, n1, reference.size())
-                        kwargs["kid_subset_size"] = kid_subset_size
-                    results.update(compute(metrics, extractor, generated, labels, reference.images(),
-                                           reference.name + weights_key(name), kwargs))
 
-            if cfg.intra_fid and name == cfg.extractor:  # FID per class against that class's images, averaged
-                per_class_n = cfg.intra_fid_samples_per_class or max(2, cfg.num_samples // num_classes)
-                fids = []
-                for k in range(num_classes):
-                    generated, _ = features(extractor, kwargs, fixed_class=k, n=per_class_n, seed=class_seed(k))
-                    if rank == 0:
-                        fids.append(compute(["fid"], extractor, generated, None, reference.class_images(k),
-                                            f"{reference.name}-class{k}{weights_key(name)}",
-                                            dict(kwargs, rng_seed=class_seed(k)))["fid"])
-                if rank == 0:
-                    results["intra_fid"] = float(np.mean(fids))
-                    results["intra_fid_per_class"] = fids
-    finally:
-        if is_generator:
-            source.train(was_training).to(home)
-    if rank != 0:  # the main process computed the numbers from everyone's features; it tells the others
-        return share_from_main(None)
+def _registered_metrics(job: _Evaluation, name: str, metrics: list[str], extractor: Any,
+                        kwargs: dict[str, Any]) -> dict[str, float]:
+    """The metrics of one extractor on the main sample (every process samples; the main one computes)."""
+    generated, labels = _sample_features(job, extractor, kwargs)
+    if job.rank != 0:
+        return {}
+    if "kid" in metrics:  # torch-fidelity refuses subsets larger than either set
+        n1 = next(iter(generated.values())).shape[0]
+        job.kid_subset_size = min(job.cfg.kid_subset_size, n1, job.reference.size())
+        kwargs["kid_subset_size"] = job.kid_subset_size
+    return _compute(metrics, extractor, generated, labels, job.reference.images(),
+                    job.reference.name + job.weights_key(name), kwargs)
 
-    ref = reference.info()
+
+def _intra_fid(job: _Evaluation, name: str, extractor: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """FID per class against that class's reference images, and their mean."""
+    cfg = job.cfg
+    job.per_class_n = cfg.intra_fid_samples_per_class or max(2, cfg.num_samples // job.num_classes)
+    fids = []
+    for k in range(job.num_classes):
+        generated, _ = _sample_features(job, extractor, kwargs, fixed_class=k, n=job.per_class_n,
+                                        seed=job.class_seed(k))
+        if job.rank == 0:
+            fids.append(_compute(["fid"], extractor, generated, None, job.reference.class_images(k),
+                                 f"{job.reference.name}-class{k}{job.weights_key(name)}",
+                                 dict(kwargs, rng_seed=job.class_seed(k)))["fid"])
+    return {"intra_fid": float(np.mean(fids)), "intra_fid_per_class": fids} if job.rank == 0 else {}
+
+
+def protocol_record(job: _Evaluation) -> dict[str, Any]:
+    """Everything that decides the numbers (extractor and weights, samples, reference, resizing, seeds)."""
+    cfg, source, plan = job.cfg, job.source, _extractors(job.cfg)
+    ref = job.reference.info()
     # The extractor behind the numbers: eval.extractor, unless all it was asked for went elsewhere
     # (eval.metrics=[prc] on an Inception protocol is VGG16 alone).
     main_extractor = cfg.extractor if plan.get(cfg.extractor) or cfg.intra_fid else next(iter(plan))
-    main = weights_info.get(main_extractor)
-    results["protocol"] = {
-        "source": "generator" if is_generator else str(source) if isinstance(source, Path) else "dataset",
+    main = job.weights_info.get(main_extractor)
+    resolution = job.resolution
+    return {
+        "source": "generator" if job.is_generator else str(source) if isinstance(source, Path) else "dataset",
         "source_split": getattr(source.dataset, "split", None) if isinstance(source, RealImages) else None,
-        "network": cfg.network if is_generator else None,
+        "network": cfg.network if job.is_generator else None,
         "extractor": main_extractor,
         "extractors": {name: metrics + (["intra_fid"] if cfg.intra_fid and name == cfg.extractor else [])
                        for name, metrics in plan.items()},
-        "weights": weights_info,
+        "weights": job.weights_info,
         "weights_sha256": main["sha256"] if main else None,
         "allow_unverified_weights": cfg.allow_unverified_weights,
-        "num_samples": n_generated if n_generated is not None else _count_images(source),
-        "intra_fid_samples_per_class": per_class_n if cfg.intra_fid else None,
-        "intra_fid_seeds": [class_seed(k) for k in range(num_classes)] if cfg.intra_fid else None,
-        "labels": "class-balanced" if num_classes else None,
-        "num_classes": num_classes,
+        "num_samples": cfg.num_samples if job.is_generator else (
+            _count_images(source) if isinstance(source, Path) else len(source)),
+        "intra_fid_samples_per_class": job.per_class_n if cfg.intra_fid else None,
+        "intra_fid_seeds": [job.class_seed(k) for k in range(job.num_classes)] if cfg.intra_fid else None,
+        "labels": "class-balanced" if job.num_classes else None,
+        "num_classes": job.num_classes,
         "dataset": ref["dataset"].get("name"),
         "split": cfg.split,
         "reference_images": ref["num_images"],
         "reference_cache": ref["name"],
         "reference_dataset": ref["dataset"],
-        "resolution": int(resolution),
-        "resize": {"reference": _reference_resize(ref["dataset"], int(resolution)),
+        "resolution": resolution,
+        "resize": {"reference": _reference_resize(ref["dataset"], resolution),
                    "folder": (f"{resolution}x{resolution} by torch-fidelity (Resize + CenterCrop)"
                               if isinstance(source, Path) else None),
                    "extractor": {name: _EXTRACTOR_RESIZE.get(name, "the extractor's own") for name in plan}},
         "feature_layers": {name: {m: _feature_layer(name, METRICS[m].feature)
                                   for m in metrics + (["fid"] if not metrics else [])}
                            for name, metrics in plan.items()},
-        "device": str(device),
+        "device": str(job.device),
         "dtype": "float32",  # torch-fidelity's extractors compute in float32 (their internal dtype default)
-        "loader_workers": loader_workers,
+        "loader_workers": job.loader_workers,
         "seed": cfg.seed,
-        "truncation_psi": cfg.truncation_psi if is_generator else None,
+        "truncation_psi": cfg.truncation_psi if job.is_generator else None,
         "batch_size": cfg.batch_size,
-        "kid_subsets": cfg.kid_subsets if kid_subset_size else None,
-        "kid_subset_size": kid_subset_size,
+        "kid_subsets": cfg.kid_subsets if job.kid_subset_size else None,
+        "kid_subset_size": job.kid_subset_size,
         "isc_splits": cfg.isc_splits if "isc" in cfg.metrics else None,
         "prc_neighborhood": cfg.prc_neighborhood if "prc" in cfg.metrics else None,
         "versions": {"torch_fidelity": torch_fidelity.__version__, "torch": torch.__version__,
                      "torchvision": _version("torchvision"), "PIL": _version("PIL"), "numpy": np.__version__},
     }
-    order = [*result_keys(), "intra_fid_per_class", "protocol"]
-    return share_from_main({k: results[k] for k in order if k in results})
 
 
 def fd_digits(G: nn.Module, dataset_cfg: Mapping[str, Any], num_samples: int = 1000, seed: int = 0,
