@@ -57,6 +57,13 @@ def test_train_refuses_a_bad_kernel_before_anything_is_written(tmp_path, capsys)
     assert not (tmp_path / "run").exists()
 
 
+def test_the_kernel_key_names_every_kernel():
+    from transgan.cli import ATTENTION_KEY
+    from transgan.nn.attention import KERNELS
+
+    assert all(k in ATTENTION_KEY["model.attention"] for k in KERNELS)
+
+
 def test_overrides_are_told_from_paths_and_flags():
     assert is_override("model.attention=math") and is_override("+train.x=1") and is_override("model/generator=a")
     assert not is_override("/tmp/a=b") and not is_override("./a=b") and not is_override("--out=x")

@@ -16,7 +16,6 @@ import textwrap
 from typing import TYPE_CHECKING, Callable, Mapping, NoReturn, Optional, Sequence
 
 from transgan.errors import CheckpointError, ConfigError, NonFiniteError
-from transgan.nn.attention import KERNELS, check_kernel
 
 if TYPE_CHECKING:
     import torch
@@ -24,9 +23,19 @@ if TYPE_CHECKING:
 EXIT_INTERRUPTED = 130  # Ctrl-C: the shell's convention (128 + SIGINT)
 # key=value, key a dotted config path (optionally +key / ~key, Hydra's add and delete)
 _OVERRIDE = re.compile(r"^[+~]?[A-Za-z_][\w.]*(/[\w.]+)*=")
+
+
+def _check_attention(value: str) -> str:
+    """model.attention's one check (transgan.nn.attention.check_kernel)."""
+    # Deferred, like every torch import of this module: --help and argument errors answer without torch.
+    from transgan.nn.attention import check_kernel
+
+    return check_kernel(value, "model.attention")
+
+
 # Value checks of keys several commands take: each setting is checked in one place.
-VALUE_CHECKS: dict[str, Callable[[str], object]] = {"model.attention": lambda v: check_kernel(v, "model.attention")}
-ATTENTION_KEY = {"model.attention": f"attention kernel instead of the run's ({', '.join(KERNELS)})"}
+VALUE_CHECKS: dict[str, Callable[[str], object]] = {"model.attention": _check_attention}
+ATTENTION_KEY = {"model.attention": "attention kernel instead of the run's (auto, sdpa, xformers, math, chunked)"}
 
 
 def is_override(argument: str) -> bool:
@@ -90,12 +99,13 @@ def overrides_as_dict(overrides: Sequence[str]) -> dict[str, str]:
     """``["a.b=1", "c=x"]`` -> ``{"a.b": "1", "c": "x"}`` (the last one wins, as in Hydra)."""
     return dict(o.split("=", 1) for o in overrides)
 
+
 EXIT_NONFINITE = 3  # training stopped: too many non-finite steps in a row (docs/reliability.md)
 
 
 def resolve_device(name: str) -> "torch.device":
     """A torch device named on the command line, checked to exist here (a clear error instead of a CUDA trace)."""
-    import torch
+    import torch  # deferred: --help and argument errors answer without torch (2 s to import)
 
     try:
         device = torch.device(name)

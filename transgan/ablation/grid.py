@@ -18,7 +18,10 @@ import math
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from transgan.errors import ConfigError
 from transgan.eval.metric_registry import METRICS, training_keys
@@ -149,10 +152,6 @@ class Cell:
 
 def compose_ablation(overrides: Sequence[str], config_dir: Path = ABLATION_CONFIG_DIR) -> DictConfig:
     """Compose configs/ablation/config.yaml (``experiment=<preset>`` and ``key=value`` overrides) and validate it."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
             raw = compose(config_name="config", overrides=list(overrides))

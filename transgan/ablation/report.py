@@ -9,6 +9,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import numpy as np
+from scipy.stats import bootstrap, ttest_ind
+
 from transgan.eval.metric_registry import lower_is_better
 
 # The issue's columns first, in its order; then what else a reader needs to check a row.
@@ -106,7 +109,7 @@ def mean_curves(curves: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, fl
 def plot_curves(curves: Sequence[dict[str, Any]], order: Sequence[str], metric: str, out_dir: Path,
                 title: str = "") -> list[Path]:
     """quality_vs_images.png and quality_vs_time.png: one line per cell (seed mean), a band of +- one seed std."""
-    import matplotlib
+    import matplotlib  # deferred: the backend must be chosen before pyplot loads, and only plots need it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -150,8 +153,6 @@ PLATEAU_GAIN = 0.05  # a run still improving by more than this over the last thi
 
 def bootstrap_ci(values: Sequence[float], seed: int = 0, n_resamples: int = N_RESAMPLES) -> tuple[float, float]:
     """95% percentile bootstrap interval of the mean (scipy.stats.bootstrap); (nan, nan) below two values."""
-    from scipy.stats import bootstrap
-
     xs = [float(v) for v in values if v is not None and math.isfinite(float(v))]
     if len(xs) < 2:
         return math.nan, math.nan
@@ -163,21 +164,15 @@ def bootstrap_ci(values: Sequence[float], seed: int = 0, n_resamples: int = N_RE
 
 
 def _mean(x: Any, axis: int = -1) -> Any:
-    import numpy as np
-
     return np.mean(x, axis=axis)
 
 
 def _diff_of_means(a: Any, b: Any, axis: int = -1) -> Any:
-    import numpy as np
-
     return np.mean(a, axis=axis) - np.mean(b, axis=axis)
 
 
 def contrast(a: Sequence[float], b: Sequence[float], seed: int = 0) -> dict[str, float]:
     """Cell a against cell b: difference of means with its bootstrap interval, Cohen's d, Welch's t-test p."""
-    from scipy.stats import bootstrap, ttest_ind
-
     a = [float(v) for v in a if v is not None and math.isfinite(float(v))]
     b = [float(v) for v in b if v is not None and math.isfinite(float(v))]
     if len(a) < 2 or len(b) < 2:

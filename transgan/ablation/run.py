@@ -25,14 +25,15 @@ from typing import Any, Callable, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 import transgan
-from transgan.ablation.grid import (TOOL_METRICS, AblationError, Cell, compose_ablation, fingerprint,
-                                    plan_grid, selected)
-from transgan.ablation.report import (COLUMNS, CURVE_COLUMNS, markdown_table, plot_curves, statistics_section,
-                                      write_csv)
+from transgan.ablation.grid import TOOL_METRICS, AblationError, Cell, compose_ablation, fingerprint, plan_grid, selected
+from transgan.ablation.report import COLUMNS, CURVE_COLUMNS, markdown_table, plot_curves, statistics_section, write_csv
 from transgan.ablation.tuning import check_tuning, final_plan, tune
 from transgan.commands import eval as eval_command
 from transgan.commands import train as train_command
+from transgan.data import build_dataset
 from transgan.errors import ConfigError
+from transgan.eval.complexity import dataset_classes, measure_models
+from transgan.eval.metrics import eval_config, load_preset, protocol_weights
 from transgan.runs import checkpoint as ckpt
 from transgan.runs.files import atomic_write_text
 
@@ -131,15 +132,11 @@ def run_cells(cfg: DictConfig, cells: Sequence[Cell], echo: Callable[[str], None
 # ---------------------------------------------------------------------------- before anything runs
 def check_data(cell: Cell) -> None:
     """The (shared) dataset is where the config says: list it without decoding an image."""
-    from transgan.data import build_dataset
-
     build_dataset({**OmegaConf.to_container(cell.cfg.dataset), "cache": False}, int(cell.cfg.model.resolution))
 
 
 def measure_cells(cells: Sequence[Cell]) -> dict[str, dict[str, Any]]:
     """Parameters and forward FLOPs per image of each cell's G and D (built on the meta device)."""
-    from transgan.eval.complexity import dataset_classes, measure_models
-
     out: dict[str, dict[str, Any]] = {}
     for c in cells:
         if c.label in out:
@@ -174,8 +171,6 @@ def _plain(v: Any) -> str:
 
 def check_eval_protocol(cfg: DictConfig) -> None:
     """The tool source's protocol is valid, reports the metric, and its extractor weights are on disk."""
-    from transgan.eval.metrics import eval_config, load_preset, protocol_weights
-
     preset = None
     if cfg.eval.preset:
         try:

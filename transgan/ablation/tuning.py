@@ -19,7 +19,10 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+import optuna
 from omegaconf import DictConfig, OmegaConf
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
 
 from transgan.ablation.grid import AblationError, Cell, cell_specs, plan_grid, selected, spec_label
 from transgan.eval.metric_registry import lower_is_better
@@ -106,10 +109,6 @@ def tune(cfg: DictConfig, run_cells: Callable[[DictConfig, list[Cell]], list[dic
     ``run_cells(trial_cfg, cells)`` trains the planned cells (skipping finished ones) and returns
     their rows. A trial whose metric is not finite counts against the cell's budget as a failure.
     """
-    import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
     check_tuning(cfg)
     root = Path(cfg.out_dir).expanduser() / "tuning"
     root.mkdir(parents=True, exist_ok=True)
@@ -161,8 +160,6 @@ def tune(cfg: DictConfig, run_cells: Callable[[DictConfig, list[Cell]], list[dic
 
 def counted_trials(study: Any) -> list[Any]:
     """The trials that spent the cell's tuning budget: finished, or failed by divergence (not by interruption)."""
-    import optuna
-
     states = optuna.trial.TrialState
     return [t for t in study.get_trials(deepcopy=False)
             if t.state == states.COMPLETE or (t.state == states.FAIL and t.user_attrs.get("diverged"))]

@@ -51,6 +51,7 @@ def command_line() -> CommandLine:
 
 def main(argv: list[str]) -> int:
     """Run (or with --dry-run only plan) the ablation the overrides describe; return the exit status."""
+    # deferred: start-up (see transgan/commands/__init__.py)
     from transgan.ablation import run_ablation
 
     cli = command_line()

@@ -67,6 +67,7 @@ def convert_file(path: Path) -> tuple[str, Converted]:
 
 def command_line() -> CommandLine:
     """tools/convert.py's arguments: the checkpoint, --out, and tools/train.py's overrides."""
+    # deferred: start-up (see transgan/commands/__init__.py)
     from transgan.train.config import run_config_keys
 
     cli = CommandLine("tools/convert.py", USAGE, run_config_keys(), any_key=True)
@@ -77,6 +78,7 @@ def command_line() -> CommandLine:
 
 def main(argv: Sequence[str]) -> int:
     """Entry point of tools/convert.py; returns the exit status."""
+    # deferred: start-up (see transgan/commands/__init__.py)
     from transgan.convert.run import write_run
 
     cli = command_line()

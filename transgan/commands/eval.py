@@ -23,9 +23,6 @@ from typing import Any, Sequence
 from transgan.cli import ATTENTION_KEY, CommandLine, console_entry, run_cli
 from transgan.errors import ConfigError
 from transgan.presets import load_option
-from transgan.runs.checkpoint import run_dir_of
-from transgan.runs.load import find_checkpoint, load_generator  # (shared with generate/serve)
-from transgan.runs.state import saved_config, saved_progress
 
 
 
@@ -79,9 +76,15 @@ def load_dataset_config(name: str) -> Any:
 
 def run(argv: Sequence[str]) -> dict[str, Any]:
     """Evaluate what the command line names; print the table, write eval.json, return the results."""
+    # deferred: start-up (see transgan/commands/__init__.py)
     from omegaconf import OmegaConf
 
     from transgan.eval.metrics import eval_config, evaluate, load_preset, protocol_weights
+    from transgan.eval.training import training_evaluator
+    from transgan.runs.checkpoint import load_checkpoint, run_dir_of
+    from transgan.runs.load import find_checkpoint, load_generator
+    from transgan.runs.state import saved_config, saved_progress
+    from transgan.train.config import validate_config
 
     args = parse_args(argv)
     source = Path(args["source"]).expanduser()
@@ -89,8 +92,6 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
 
     state = run_cfg = None
     if checkpoint is not None:
-        from transgan.runs.checkpoint import load_checkpoint
-
         state = load_checkpoint(checkpoint)
         run_cfg = saved_config(state)
     if args["dataset"]:
@@ -110,9 +111,6 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
     if preset == "run":  # the protocol the run evaluated itself with during training
         if run_cfg is None:
             raise ConfigError("eval=run needs a run directory or checkpoint: a folder of images has no run")
-        from transgan.eval.training import training_evaluator
-        from transgan.train.config import validate_config
-
         evaluator = training_evaluator(validate_config(run_cfg))
         if evaluator is None:
             raise ConfigError("eval=run: this run evaluated nothing during training (eval.metrics=[])")
@@ -146,6 +144,7 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
 def format_table(results: dict[str, Any]) -> str:
     """The metrics and the protocol's main facts as an aligned text table."""
     p = results["protocol"]
+    # deferred: start-up (see transgan/commands/__init__.py)
     from transgan.eval.metric_registry import result_keys
 
     rows = [(k, f"{results[k]:.4f}") for k in result_keys() if k in results and k != "f_score"]

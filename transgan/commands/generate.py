@@ -31,11 +31,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from transgan.cli import ATTENTION_KEY, CommandLine, console_entry, overrides_as_dict, resolve_device, run_cli
 from transgan.errors import ConfigError
-from transgan.runs.export import GeneratorInfo
+
+if TYPE_CHECKING:
+    from transgan.runs.export import GeneratorInfo
 
 
 def command_line() -> CommandLine:
@@ -99,6 +101,7 @@ MAX_SIZE = 4096
 
 def check_output(args: argparse.Namespace) -> None:
     """Output options that can be refused before the model is loaded: --size, and export's --out."""
+    # deferred: start-up (see transgan/commands/__init__.py)
     from transgan.runs.export import CONFIG_FILE, WEIGHTS_FILE
 
     size = getattr(args, "size", None)
@@ -116,6 +119,7 @@ def check_output(args: argparse.Namespace) -> None:
 
 def run(argv: Sequence[str]) -> Path:
     """Do what the command line asks; return the main file or folder written."""
+    # deferred: start-up (see transgan/commands/__init__.py)
     from transgan.eval import generate as gen
     from transgan.runs.export import export_generator
     from transgan.runs.load import load_source
@@ -166,8 +170,9 @@ def run(argv: Sequence[str]) -> Path:
     return out
 
 
-def _class_or_first(value: Optional[str], info: GeneratorInfo) -> Optional[int]:
+def _class_or_first(value: Optional[str], info: "GeneratorInfo") -> Optional[int]:
     """The named class; class 0 when a conditional model is given none (a strip or mixing grid shows one class)."""
+    # deferred: start-up (see transgan/commands/__init__.py)
     from transgan.eval.generate import resolve_class
 
     if not info.num_classes:

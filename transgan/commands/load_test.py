@@ -78,6 +78,7 @@ def serve_process(source: str, batch: int, threads: Optional[int], timeout_s: fl
             log.seek(0)
             raise ConfigError(f"tools/serve.py did not start: {' '.join(log.read().split())[-300:]}")
         url = line.rsplit("serving on ", 1)[1].strip()
+        # deferred: start-up (see transgan/commands/__init__.py)
         from transgan.serve.loadtest import get_info
 
         deadline = time.monotonic() + timeout_s
@@ -101,6 +102,7 @@ def serve_process(source: str, batch: int, threads: Optional[int], timeout_s: fl
 
 def compare_batching(args: argparse.Namespace, options: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
     """Unbatched and batched servers under the same load, then the batched one under the largest requests."""
+    # deferred: start-up (see transgan/commands/__init__.py)
     from transgan.serve.loadtest import run_load_test, run_under_load
 
     results: dict[str, Any] = {}
@@ -140,6 +142,7 @@ def compare_batching(args: argparse.Namespace, options: dict[str, Any]) -> tuple
 
 def run(argv: Sequence[str]) -> bool:
     """Run the load test; print and optionally save the results; True when every request succeeded."""
+    # deferred: start-up (see transgan/commands/__init__.py)
     from transgan.serve.loadtest import run_load_test, run_under_load
 
     args, _ = command_line().parse(argv)
@@ -162,6 +165,7 @@ def run(argv: Sequence[str]) -> bool:
         if args.url:
             result = measure(args.url)
         else:
+            # deferred: start-up (see transgan/commands/__init__.py)
             from transgan.runs.load import load_source
             from transgan.serve.app import create_app
             from transgan.serve.server import BackgroundServer

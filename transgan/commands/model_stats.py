@@ -26,6 +26,7 @@ from transgan.eval.complexity import count_parameters, dataset_classes, forward_
 
 def model_stats(overrides: Sequence[str], num_classes: Optional[int] = None) -> dict[str, Any]:
     """Compose the run config from ``overrides``, build G and D (meta device) and measure them."""
+    # deferred: start-up (see transgan/commands/__init__.py)
     from transgan.train.config import compose_config
 
     cfg, _ = compose_config(list(overrides))
@@ -60,6 +61,7 @@ def format_stats(stats: dict[str, Any]) -> str:
 
 def command_line() -> CommandLine:
     """tools/model_stats.py's arguments: tools/train.py's overrides, --classes and --json."""
+    # deferred: start-up (see transgan/commands/__init__.py)
     from transgan.train.config import run_config_keys
 
     cli = CommandLine("tools/model_stats.py", __doc__, run_config_keys(), any_key=True)

@@ -28,10 +28,12 @@ import sys
 from typing import Any, Sequence
 
 from transgan.cli import ATTENTION_KEY, CommandLine, console_entry, overrides_as_dict, resolve_device, run_cli
+from transgan.errors import ConfigError
 
 
 def command_line() -> CommandLine:
     """The command line: the source, ``model.attention=`` as in every command, the server's flags."""
+    # deferred: start-up (see transgan/commands/__init__.py)
     from transgan.serve.server import DEFAULT_HOST
 
     cli = CommandLine("tools/serve.py", __doc__, ATTENTION_KEY)
@@ -58,7 +60,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def check_args(args: argparse.Namespace) -> tuple[list[str], Any]:
     """Refuse bad options before anything is bound or loaded; return the allowed Host names and the device."""
-    from transgan.errors import ConfigError
+    # deferred: start-up (see transgan/commands/__init__.py)
     from transgan.serve.server import allowed_hosts_for
 
     if not 1 <= args.max_count <= 1024:
@@ -79,6 +81,7 @@ def build_app(args: argparse.Namespace) -> Any:
 
 def _load_app(args: argparse.Namespace, allowed_hosts: list[str], device: Any) -> Any:
     """The web app for checked arguments."""
+    # deferred: start-up (see transgan/commands/__init__.py)
     import torch
 
     from transgan.runs.load import load_source
@@ -94,11 +97,13 @@ def _load_app(args: argparse.Namespace, allowed_hosts: list[str], device: Any) -
 
 def run(argv: Sequence[str]) -> None:
     """Load the generator once and serve until interrupted."""
+    # deferred: start-up (see transgan/commands/__init__.py)
     from transgan.serve.server import bind_socket, generation_threads, is_loopback_host, serve_forever
 
     args = parse_args(argv)
     checked = check_args(args)
     if args.threads is None:  # the server process's default; build_app (in process: tests, tools) keeps the caller's
+        # deferred: start-up (see transgan/commands/__init__.py)
         import torch
 
         args.threads = generation_threads(torch.get_num_threads())

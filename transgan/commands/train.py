@@ -19,6 +19,7 @@ from transgan.cli import CommandLine, console_entry, run_cli
 
 def command_line() -> CommandLine:
     """tools/train.py's arguments: Hydra overrides only (checked against the configs when composed)."""
+    # deferred: start-up (see transgan/commands/__init__.py)
     from transgan.train.config import run_config_keys
 
     return CommandLine("tools/train.py", __doc__, run_config_keys(), any_key=True)
@@ -26,13 +27,14 @@ def command_line() -> CommandLine:
 
 def main(argv: list[str]) -> int:
     """Compose the config, build the run, train; return the exit status."""
-    from transgan.eval.training import training_evaluator
-    from transgan.train.build import build_trainer
-    from transgan.train.config import resolve_run
-
     cli = command_line()
 
     def run() -> None:
+        # deferred: start-up (see transgan/commands/__init__.py)
+        from transgan.eval.training import training_evaluator
+        from transgan.train.build import build_trainer
+        from transgan.train.config import resolve_run
+
         _, overrides = cli.parse(argv)
         cfg, run_dir, resume_from = resolve_run(overrides)
         # The composition root: the evaluation protocol is built from here (a missing weights file is

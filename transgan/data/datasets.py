@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -127,6 +128,7 @@ class ImageDataset(Dataset):
 
 def digits_split_indices() -> tuple[np.ndarray, np.ndarray]:
     """Indices (train, test) into scikit-learn's digits: a fixed stratified 80/20 split."""
+    # Deferred: scikit-learn takes about a second to import, and only the digits data need it.
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -142,7 +144,7 @@ class DigitsDataset(ImageDataset):
     name = "digits"
 
     def __init__(self, resolution: int, channels: int = 1, split: str = "train") -> None:
-        from sklearn.datasets import load_digits
+        from sklearn.datasets import load_digits  # deferred: ~1 s to import, digits only
 
         digits = load_digits()
         train, test = digits_split_indices()
@@ -180,8 +182,6 @@ class SyntheticDataset(ImageDataset):
 
 def verify_image_header(path: Path) -> None:
     """Raise unless the file's header and structure are an image's (no full decode: fast)."""
-    from PIL import Image
-
     with Image.open(path) as im:
         im.verify()  # PNG chunk CRCs, ...; JPEG and BMP pixel data are not checked
 
@@ -266,7 +266,7 @@ CIFAR_LAYOUT = """root/cifar-10-batches-py/data_batch_1 ... data_batch_5, test_b
 
 
 def _celeba(cfg: Mapping[str, Any], root: Path, decoder: ImageDecoder) -> ImageDataset:
-    from torchvision.datasets import CelebA
+    from torchvision.datasets import CelebA  # deferred: torchvision takes ~1.3 s to import (it loads torch._dynamo)
 
     if not root.is_dir():
         raise DatasetNotFoundError(f"dataset root {root} does not exist; expected layout:\n{CELEBA_LAYOUT}")
@@ -282,7 +282,7 @@ def _celeba(cfg: Mapping[str, Any], root: Path, decoder: ImageDecoder) -> ImageD
 
 
 def _flowers(cfg: Mapping[str, Any], root: Path, decoder: ImageDecoder) -> ImageDataset:
-    from torchvision.datasets import Flowers102
+    from torchvision.datasets import Flowers102  # deferred: torchvision takes ~1.3 s to import (it loads torch._dynamo)
 
     split = cfg.get("split", "train")
     splits = ["train", "val", "test"] if split == "all" else [split]
@@ -296,8 +296,7 @@ def _flowers(cfg: Mapping[str, Any], root: Path, decoder: ImageDecoder) -> Image
 
 
 def _cifar10(cfg: Mapping[str, Any], root: Path, decoder: ImageDecoder) -> ImageDataset:
-    from PIL import Image
-    from torchvision.datasets import CIFAR10
+    from torchvision.datasets import CIFAR10  # deferred: torchvision takes ~1.3 s to import (it loads torch._dynamo)
 
     split = cfg.get("split", "train")
     cls = _present_files_only(CIFAR10)

@@ -9,13 +9,12 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 
 
 def load_image(path: Path) -> "PIL.Image.Image":  # noqa: F821
     """Open an image file and bring any mode (16-bit, CMYK, palette, alpha) to RGB."""
-    from PIL import Image
-
     with Image.open(path) as im:
         im.load()
         if im.mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -38,7 +37,7 @@ class ImageDecoder:
         self.resolution, self.channels, self.center_crop = resolution, channels, center_crop
 
     def __call__(self, image: "PIL.Image.Image") -> Tensor:  # noqa: F821
-        from torchvision.transforms import functional as TF
+        from torchvision.transforms import functional as TF  # deferred: torchvision takes ~1.3 s to import
 
         image = image.convert("RGB")
         if self.center_crop:

@@ -18,6 +18,10 @@ import torch.nn as nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from transgan.data import build_dataset
+from transgan.errors import ConfigError
+from transgan.registry import build_discriminator, build_generator
+
 
 class OpCounter(TorchDispatchMode):
     """Counts the ATen operators dispatched inside the block: per name, kernels (views excluded), host syncs."""
@@ -59,8 +63,6 @@ def dataset_classes(dataset_cfg: Any, resolution: int) -> int:
     """Classes the trainer would condition on: 0 unless ``dataset.conditional``, else the dataset's count."""
     if not dataset_cfg.get("conditional", False):
         return 0
-    from transgan.data import build_dataset
-    from transgan.errors import ConfigError
 
     try:
         return int(build_dataset(dataset_cfg, resolution=resolution).num_classes)
@@ -71,8 +73,6 @@ def dataset_classes(dataset_cfg: Any, resolution: int) -> int:
 def measure_models(generator: Mapping[str, Any], discriminator: Mapping[str, Any], resolution: int, channels: int,
                    num_classes: int) -> dict[str, Any]:
     """Build G and D from their configs on the meta device; return parameters and FLOPs per image of each."""
-    from transgan.registry import build_discriminator, build_generator
-
     shape = dict(img_resolution=resolution, img_channels=channels, num_classes=num_classes, attention="math")
     # Without their own kernel setting, the networks take ``attention`` (math) from the builder.
     generator, discriminator = ({k: v for k, v in dict(net).items() if k != "attention_kernel"}

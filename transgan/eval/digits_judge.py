@@ -21,6 +21,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import Tensor
 
 from transgan.data.datasets import DIGITS_SPLIT_SEED, DIGITS_TEST_SIZE, digits_split_indices
@@ -40,7 +41,7 @@ def digits_split(split: str = "train") -> tuple[Tensor, Tensor]:
     The split is the digits dataset's own (``transgan.data.digits_split_indices``), so the judge never
     saw the images of ``dataset=digits dataset.split=test``.
     """
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # deferred: ~1 s to import, only when the judge is rebuilt
 
     if split not in ("train", "test"):
         raise ValueError(f"digits split must be 'train' or 'test', got {split!r}")
@@ -101,8 +102,6 @@ class DigitsJudge(nn.Module):
 
 def load_digits_judge(device: torch.device | str = "cpu", path: Optional[Path | str] = None) -> DigitsJudge:
     """The shipped judge (or the one at ``path``), in eval mode with gradients off."""
-    from safetensors.torch import load_file
-
     path = Path(path) if path is not None else JUDGE_WEIGHTS
     if not path.is_file():
         raise FileNotFoundError(f"digits judge weights not found: {path}. They ship with transgan; "

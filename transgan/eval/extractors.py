@@ -21,9 +21,13 @@ from typing import Optional
 
 import torch
 import torch_fidelity
+from torch_fidelity import feature_extractor_clip as clip
+from torch_fidelity import feature_extractor_dinov2 as dinov2
+from torch_fidelity.feature_extractor_dinov2 import MODEL_METADATA
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from transgan.errors import ConfigError
+from transgan.eval.digits_judge import JUDGE_WEIGHTS, load_digits_judge
 
 FD_DIGITS = "fd-digits"
 
@@ -66,9 +70,6 @@ WEIGHTS = {
 
 def _torch_fidelity_weights() -> dict[str, WeightsFile]:
     """CLIP and DINOv2, as torch-fidelity fetches them: the same file names in torch's hub cache."""
-    from torch_fidelity import feature_extractor_clip as clip
-    from torch_fidelity import feature_extractor_dinov2 as dinov2
-
     out = {name: WeightsFile(f"CLIP weights ({name})", f"{name}-{meta['hash']}.pt", clip.MODEL_URLS[name],
                              "eval.extractor_weights", meta["hash"])
            for name, meta in clip.MODEL_METADATA.items()}
@@ -110,7 +111,6 @@ def resolve_weights(extractor: str, path: Optional[str] = None, download: bool =
     missing hub-cache file fetched there first (the only way anything downloads).
     """
     if extractor == FD_DIGITS:
-        from transgan.eval.digits_judge import JUDGE_WEIGHTS
 
         judge = Path(os.path.expanduser(str(path))) if path else JUDGE_WEIGHTS
         if not judge.is_file():
@@ -157,7 +157,6 @@ def _download(extractor: str, spec: WeightsFile, cached: Path) -> None:
     """Fetch a weights file into torch's hub cache (``eval.download_weights=true``); fail cleanly offline."""
     try:
         if spec.hub_repo:  # torch.hub fetches DINOv2's code and weights together
-            from torch_fidelity.feature_extractor_dinov2 import MODEL_METADATA
 
             torch.hub.load("facebookresearch/dinov2", MODEL_METADATA[extractor])
         else:
@@ -216,7 +215,6 @@ class FeatureExtractorDigits(torch_fidelity.FeatureExtractorBase):
 
     def __init__(self, name: str, features_list: list[str], feature_extractor_weights_path: Optional[str] = None,
                  **kwargs) -> None:
-        from transgan.eval.digits_judge import load_digits_judge
 
         super().__init__(name, features_list)
         self.judge = load_digits_judge(device=torch.device("cpu"), path=feature_extractor_weights_path)

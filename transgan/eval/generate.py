@@ -19,10 +19,23 @@ from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn as nn
+from omegaconf import OmegaConf
+from PIL import Image
+from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
+from transgan.data import build_dataset
 from transgan.errors import ConfigError
+from transgan.eval.extractors import register_extractors, resolve_weights, weights_path_argument
 from transgan.eval.sampling import (
-    interpolate, nearest_neighbours, seed_latents, style_mixing_grid, synthesize, to_rgb, to_uint8, truncation_kind)
+    interpolate,
+    nearest_neighbours,
+    seed_latents,
+    style_mixing_grid,
+    synthesize,
+    to_rgb,
+    to_uint8,
+    truncation_kind,
+)
 from transgan.nn.style import is_style_generator
 from transgan.runs.export import GeneratorInfo, LoadedGenerator
 
@@ -130,8 +143,6 @@ def class_seed_grid(G: nn.Module, classes: Sequence[Optional[int]], seeds: Seque
 
 def to_pil(image: torch.Tensor) -> Any:
     """One image [C, H, W] in [-1, 1] (or uint8) -> a PIL image (gray "L" for one channel, else RGB)."""
-    from PIL import Image
-
     pixels = image if image.dtype == torch.uint8 else to_uint8(image)
     array = pixels.permute(1, 2, 0).contiguous().cpu().numpy()
     return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)  # uint8 2-D -> "L", 3-D -> "RGB"
@@ -139,8 +150,6 @@ def to_pil(image: torch.Tensor) -> Any:
 
 def png_bytes(image: torch.Tensor, size: Optional[int] = None) -> bytes:
     """PNG file contents of one image [C, H, W]; ``size`` scales it (nearest: pixels stay crisp)."""
-    from PIL import Image
-
     picture = to_pil(image)
     if size is not None and size != picture.width:
         picture = picture.resize((size, size), Image.NEAREST)
@@ -151,11 +160,10 @@ def png_bytes(image: torch.Tensor, size: Optional[int] = None) -> bytes:
 
 def image_grid(images: torch.Tensor, cols: int, size: Optional[int] = None, padding: int = 2) -> Any:
     """Images [N, C, H, W] in [-1, 1] as one PIL image, ``cols`` per row, white gaps of ``padding`` pixels."""
-    from PIL import Image
-    from torchvision.utils import make_grid
-
     if len(images) == 0:
         raise ConfigError("no images to put in a grid")
+    from torchvision.utils import make_grid  # deferred: torchvision takes ~1.3 s to import
+
     pixels = to_rgb(to_uint8(images))
     if size is not None and size != pixels.shape[-1]:
         pixels = torch.nn.functional.interpolate(pixels.float(), size=(size, size), mode="nearest").to(torch.uint8)
@@ -207,10 +215,6 @@ class FeatureSpace:
     """Features of images in [-1, 1]: a torch-fidelity extractor's FID layer, or raw pixels."""
 
     def __init__(self, name: str, weights: Optional[str] = None, device: torch.device | str = "cpu") -> None:
-        from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
-
-        from transgan.eval.extractors import register_extractors, resolve_weights, weights_path_argument
-
         register_extractors()
         self.name, self.device, self.extractor = name, torch.device(device), None
         if name == PIXELS:
@@ -260,10 +264,6 @@ class MemorizationReport:
 def training_images(info: GeneratorInfo, dataset_overrides: Optional[dict[str, Any]] = None,
                     limit: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The run's training images [M, C, H, W] in [-1, 1] at the generator's resolution, and their labels."""
-    from omegaconf import OmegaConf
-
-    from transgan.data import build_dataset
-
     if info.dataset is None:
         raise ConfigError("this generator does not record its training dataset; name it with dataset=<name> "
                           "(and dataset.root=...)")

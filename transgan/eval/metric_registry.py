@@ -16,6 +16,12 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 import torch_fidelity
+from torch_fidelity.metric_fid import fid_featuresdict_to_statistics, fid_statistics_to_metric
+from torch_fidelity.metric_isc import isc_featuresdict_to_metric
+from torch_fidelity.metric_kid import kid_featuresdict_to_metric
+from torch_fidelity.metric_prc import prc_featuresdict_to_metric
+
+from transgan.eval.extractors import FD_DIGITS
 
 FD_DIGITS_KEY = "fd_digits"  # the trainer's name for FID in the digits judge's feature space
 
@@ -87,8 +93,6 @@ def lower_is_better(key: str) -> Optional[bool]:
 
 def training_key(key: str, extractor: str) -> str:
     """The name a result key gets in a run's metrics.jsonl: FID in the digits judge's space is ``fd_digits``."""
-    from transgan.eval.extractors import FD_DIGITS
-
     return FD_DIGITS_KEY if key == "fid" and extractor == FD_DIGITS else key
 
 
@@ -101,8 +105,6 @@ def training_keys() -> list[str]:
 @register_metric("fid", {"fid": True})
 def fid(x: MetricInputs) -> dict[str, float]:
     """Fréchet distance between Gaussians fitted to the two feature sets."""
-    from torch_fidelity.metric_fid import fid_featuresdict_to_statistics, fid_statistics_to_metric
-
     layer = x.layer("fid")
     ours = fid_featuresdict_to_statistics(x.generated, layer)
     out = fid_statistics_to_metric(ours, x.reference_fid_statistics(layer), verbose=False)
@@ -112,8 +114,6 @@ def fid(x: MetricInputs) -> dict[str, float]:
 @register_metric("kid", {"kid_mean": True, "kid_std": None})
 def kid(x: MetricInputs) -> dict[str, float]:
     """Kernel inception distance: unbiased MMD^2 with a cubic polynomial kernel over random subsets."""
-    from torch_fidelity.metric_kid import kid_featuresdict_to_metric
-
     out = kid_featuresdict_to_metric(x.generated, x.reference_features(), x.layer("kid"), **x.options)
     return {"kid_mean": float(out[torch_fidelity.KEY_METRIC_KID_MEAN]),
             "kid_std": float(out[torch_fidelity.KEY_METRIC_KID_STD])}
@@ -122,8 +122,6 @@ def kid(x: MetricInputs) -> dict[str, float]:
 @register_metric("isc", {"isc_mean": False, "isc_std": None})
 def isc(x: MetricInputs) -> dict[str, float]:
     """Inception score of the evaluated images alone (no reference)."""
-    from torch_fidelity.metric_isc import isc_featuresdict_to_metric
-
     out = isc_featuresdict_to_metric(x.generated, x.layer("isc"), **x.options)
     return {"isc_mean": float(out[torch_fidelity.KEY_METRIC_ISC_MEAN]),
             "isc_std": float(out[torch_fidelity.KEY_METRIC_ISC_STD])}
@@ -132,8 +130,6 @@ def isc(x: MetricInputs) -> dict[str, float]:
 @register_metric("prc", {"precision": False, "recall": False, "f_score": False})
 def prc(x: MetricInputs) -> dict[str, float]:
     """Improved precision and recall (k-nearest-neighbour manifolds of the two feature sets)."""
-    from torch_fidelity.metric_prc import prc_featuresdict_to_metric
-
     out = prc_featuresdict_to_metric(x.generated, x.reference_features(), x.layer("prc"), **x.options)
     return {"precision": float(out[torch_fidelity.KEY_METRIC_PRECISION]),
             "recall": float(out[torch_fidelity.KEY_METRIC_RECALL]),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 import json
 import os
 from pathlib import Path
@@ -19,15 +20,33 @@ from typing import Any, Mapping, Optional, Union
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch_fidelity
+from accelerate.utils import gather
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
+from torch_fidelity.metric_fid import fid_input_id_to_statistics_cached, fid_statistics_to_metric
+from torch_fidelity.noise import random_normal
+from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+from torch_fidelity.utils import (
+    create_feature_extractor,
+    extract_featuresdict_from_input_id,
+    extract_featuresdict_from_input_id_cached,
+    glob_samples_paths,
+)
 
+from transgan.data import build_dataset
 from transgan.errors import ConfigError
-from transgan.eval.metric_registry import METRICS, MetricInputs, metric_names, result_keys
 from transgan.eval.extractors import (
-    FD_DIGITS, MissingWeightsError, file_sha256, resolve_weights, verify_weights, weights_path_argument)
+    FD_DIGITS,
+    MissingWeightsError,
+    file_sha256,
+    resolve_weights,
+    verify_weights,
+    weights_path_argument,
+)
+from transgan.eval.metric_registry import METRICS, MetricInputs, metric_names, result_keys
 from transgan.eval.sampling import GeneratorSource, LazyDataset, RealImages, check_truncation, dataset_labels
 from transgan.presets import load_option, option_names
 from transgan.runs.files import atomic_write_text
@@ -103,7 +122,6 @@ def eval_config(cfg: Union[EvalConfig, Mapping[str, Any], DictConfig, None] = No
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
-    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
     if out.extractor not in FEATURE_EXTRACTORS_REGISTRY:
         raise ConfigError(f"unknown feature extractor {out.extractor!r}; registered: "
@@ -128,8 +146,6 @@ def default_cache_dir() -> Path:
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
     """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) of two Gaussians, by torch-fidelity's FID formula."""
-    from torch_fidelity.metric_fid import fid_statistics_to_metric
-
     as64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
     out = fid_statistics_to_metric({"mu": as64(mu1), "sigma": as64(sigma1)},
                                    {"mu": as64(mu2), "sigma": as64(sigma2)}, verbose=False)
@@ -151,8 +167,6 @@ def reference_dataset_config(dataset_cfg: Mapping[str, Any], cfg: EvalConfig) ->
 
 def build_reference(dataset_cfg: Mapping[str, Any], resolution: int) -> Dataset:
     """Build a transgan dataset (images in [-1, 1], label) at ``resolution`` from a plain config."""
-    from transgan.data import build_dataset
-
     return build_dataset(OmegaConf.create(dict(dataset_cfg)), resolution=resolution)
 
 
@@ -267,8 +281,6 @@ def _extractors(cfg: EvalConfig) -> dict[str, list[str]]:
 
 def process_group() -> tuple[int, int]:
     """(rank, number of processes) of the initialized process group; (0, 1) without one."""
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -279,7 +291,6 @@ def share_from_main(value: Any) -> Any:
     rank, world = process_group()
     if world == 1:
         return value
-    import torch.distributed as dist
 
     box = [value if rank == 0 else None]
     dist.broadcast_object_list(box, src=0)
@@ -289,9 +300,6 @@ def share_from_main(value: Any) -> Any:
 def feature_extractor(name: str, metrics: list[str], weights: Optional[Path], device: torch.device,
                       verbose: bool = False) -> torch_fidelity.FeatureExtractorBase:
     """torch-fidelity's extractor ``name`` with the feature layers the given torch-fidelity metrics read."""
-    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
-    from torch_fidelity.utils import create_feature_extractor
-
     cls = FEATURE_EXTRACTORS_REGISTRY[name]
     layers = sorted({cls.get_default_feature_layer_for_metric(m) for m in metrics})
     extractor = create_feature_extractor(name, layers, cuda=False, verbose=verbose,
@@ -308,8 +316,6 @@ def generated_features(gen: GeneratorSource, extractor: torch_fidelity.FeatureEx
     same whatever the number of processes, so the gathered features equal one process's and
     ``torch_fidelity.calculate_metrics`` on the same generator. Every process gets all features.
     """
-    from torch_fidelity.noise import random_normal
-
     rank, world = process_group()
     n = gen.num_samples
     size = min(batch_size, n)
@@ -329,7 +335,6 @@ def generated_features(gen: GeneratorSource, extractor: torch_fidelity.FeatureEx
     layers = extractor.get_requested_features_list()
     if world == 1:
         return {k: torch.cat([f[k].cpu() for f in mine]) for k in layers}
-    from accelerate.utils import gather
 
     # Every process sends the same shape: its batches padded to `slots` full ones (process 0 tells
     # the others each layer's feature shape and dtype, as a process may have no batch at all).
@@ -497,7 +502,6 @@ def _sample_features(job: _Evaluation, extractor: Any, kwargs: dict[str, Any], f
                               truncation_psi=cfg.truncation_psi)
         return generated_features(gen, extractor, cfg.batch_size, cfg.seed if seed is None else seed,
                                   job.device), gen.labels
-    from torch_fidelity.utils import extract_featuresdict_from_input_id
 
     first = str(job.source) if isinstance(job.source, Path) else job.source
     return extract_featuresdict_from_input_id(1, extractor, **dict(kwargs, input1=first)), None
@@ -506,9 +510,6 @@ def _sample_features(job: _Evaluation, extractor: Any, kwargs: dict[str, Any], f
 def _compute(names: list[str], extractor: Any, generated: dict[str, torch.Tensor], labels: Optional[torch.Tensor],
              reference_images: Dataset, cache_name: str, kwargs: dict[str, Any]) -> dict[str, float]:
     """The registered metrics ``names`` on these features against the reference (main process only)."""
-    from torch_fidelity.metric_fid import fid_input_id_to_statistics_cached
-    from torch_fidelity.utils import extract_featuresdict_from_input_id_cached
-
     ref_kwargs = dict(kwargs, input2=reference_images, input2_cache_name=cache_name)
     inputs = MetricInputs(
         generated=generated, layer=extractor.get_default_feature_layer_for_metric, labels=labels,
@@ -630,14 +631,10 @@ def available_cores() -> int:
 
 
 def _feature_layer(extractor: str, metric: str) -> str:
-    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
-
     return str(FEATURE_EXTRACTORS_REGISTRY[extractor].get_default_feature_layer_for_metric(metric))
 
 
 def _version(module: str) -> Optional[str]:
-    import importlib
-
     try:
         return str(importlib.import_module(module).__version__)
     except (ImportError, AttributeError):
@@ -646,7 +643,6 @@ def _version(module: str) -> Optional[str]:
 
 def _count_images(source: Any) -> int:
     if isinstance(source, Path):
-        from torch_fidelity.utils import glob_samples_paths
 
         return len(glob_samples_paths(str(source), True, "png,jpg,jpeg", None, verbose=False))
     return len(source)

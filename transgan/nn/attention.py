@@ -80,7 +80,7 @@ def xformers_available() -> bool:
     if not torch.cuda.is_available():
         return False
     try:
-        import xformers.ops as xops
+        import xformers.ops as xops  # optional dependency (CUDA only): imported where it may be used
 
         t = torch.zeros(1, 8, 1, 16, device="cuda", dtype=torch.float16)
         xops.memory_efficient_attention(t, t, t)
@@ -143,7 +143,7 @@ def _sdpa_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, scale:
 
 
 def _xformers_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, scale: float, dropout_p: float) -> Tensor:
-    import xformers.ops as xops
+    import xformers.ops as xops  # optional dependency (CUDA only)
 
     attn_bias = None
     if bias is not None:

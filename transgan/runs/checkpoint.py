@@ -8,6 +8,7 @@ flushed to disk and renamed, so a reader never sees a partial checkpoint.
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import zipfile
@@ -17,6 +18,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
+from accelerate.utils import gather_object
 
 from transgan.errors import CheckpointError
 from transgan.runs.files import atomic_write, atomic_write_text
@@ -127,16 +129,12 @@ def best_path(run_dir: Path) -> Path:
 
 def save_best(state: dict[str, Any], run_dir: Path, record: dict[str, Any]) -> None:
     """Write ``state`` as best.pt and its record (step, metric, value) as best.json beside it, each atomically."""
-    import json
-
     save_atomic(state, best_path(run_dir))
     atomic_write_text(best_path(run_dir).with_name("best.json"), json.dumps(record) + "\n")
 
 
 def read_best(run_dir: Path) -> dict[str, Any] | None:
     """The record of the run's best checkpoint (``{"step", "metric", "value"}``), or None before there is one."""
-    import json
-
     path = best_path(run_dir).with_name("best.json")
     if not path.is_file() or not best_path(run_dir).is_file():
         return None
@@ -172,8 +170,6 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 def gather_rng_states() -> list[dict[str, Any]]:
     """Every process's :func:`capture_rng_state`, in process order (a collective: all processes call it)."""
-    from accelerate.utils import gather_object
-
     # Object collectives cannot carry these tensors (torch 2.14 fails to unpickle them: UntypedStorage has
     # no dtype); numpy arrays travel fine, and an RNG state holds no arrays of its own to confuse.
     return [_swap_tensors_and_arrays(r) for r in gather_object([_swap_tensors_and_arrays(capture_rng_state())])]

@@ -25,6 +25,8 @@ from typing import Any, Optional
 
 import torch
 import torch.nn as nn
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_model, save_model
 
 from transgan.errors import ConfigError
 from transgan.models.common import NORM_STATS_BATCH_SIZE, NORM_STATS_BATCHES, recompute_norm_statistics
@@ -126,8 +128,6 @@ def build_from_info(info: GeneratorInfo, max_bytes: int = MAX_GENERATOR_BYTES) -
 
 def export_generator(G: nn.Module, info: GeneratorInfo, out_dir: Path) -> Path:
     """Write ``out_dir/generator.safetensors`` and ``generator.json`` (each atomically); return ``out_dir``."""
-    from safetensors.torch import save_model
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config = json.dumps(info.to_json(), indent=2) + "\n"
@@ -147,8 +147,6 @@ def load_exported_generator(path: Path | str, device: torch.device | str = "cpu"
                             attention: Optional[str] = None) -> LoadedGenerator:
     """Rebuild and load an exported generator from its folder or its ``.safetensors`` file
     (``attention``: a kernel instead of the recorded one)."""
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_model
 
     path = Path(path).expanduser()
     weights = path / WEIGHTS_FILE if path.is_dir() else path

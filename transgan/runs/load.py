@@ -12,9 +12,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch.nn as nn
+from omegaconf import OmegaConf
 
+from transgan.data import build_dataset
 from transgan.errors import CheckpointError, ConfigError
 from transgan.models.common import NORM_STATS_BATCH_SIZE, NORM_STATS_BATCHES, recompute_norm_statistics
+from transgan.registry import build_generator
+from transgan.runs.checkpoint import list_checkpoints, load_checkpoint, run_dir_of
 from transgan.runs.export import GeneratorInfo, LoadedGenerator, is_export, load_exported_generator
 from transgan.runs.state import saved_config, saved_num_classes, saved_progress
 
@@ -23,8 +27,6 @@ log = logging.getLogger("transgan.eval")
 
 def find_checkpoint(source: Path) -> Optional[Path]:
     """The checkpoint a source names (a file, or a run directory's newest), or None for an image folder."""
-    from transgan.runs.checkpoint import list_checkpoints
-
     if source.is_file():
         return source
     if not source.is_dir():
@@ -46,10 +48,6 @@ def load_generator(state: dict[str, Any], network: str, num_classes: Optional[in
     Its attention kernel is ``attention`` if given, else the run's (``model.attention`` of the
     recorded config; the backbone's default where an older config has none).
     """
-    from omegaconf import OmegaConf
-
-    from transgan.registry import build_generator
-
     cfg = saved_config(state)
     if num_classes is None:
         num_classes = 0
@@ -79,10 +77,6 @@ def load_generator(state: dict[str, Any], network: str, num_classes: Optional[in
 
 def _dataset_listing(cfg: Any) -> Any:
     """The run's dataset with caching off: file names and labels, no image decoded."""
-    from omegaconf import OmegaConf
-
-    from transgan.data import build_dataset
-
     listing = OmegaConf.merge(cfg.dataset, {"cache": False})
     return build_dataset(listing, resolution=int(cfg.model.resolution))
 
@@ -114,9 +108,7 @@ def run_classes(cfg: Any, recorded: Optional[int] = None,
 def load_run(source: Path, network: str = "G_ema", attention: Optional[str] = None) -> LoadedGenerator:
     """The ``network`` of a run directory's newest checkpoint (or of one checkpoint file), with its info
     (``attention``: a kernel instead of the run's)."""
-    from omegaconf import OmegaConf
 
-    from transgan.runs.checkpoint import load_checkpoint, run_dir_of
 
     source = Path(source).expanduser()
     checkpoint = find_checkpoint(source)

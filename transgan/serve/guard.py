@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any, Awaitable, Callable
 
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
 Scope = dict[str, Any]
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -106,8 +108,6 @@ def read_timeout_protocol(timeout_s: float = READ_TIMEOUT_S) -> type:
     C parser) rather than h11: it parses a request in a fraction of the time, which the load test's
     requests per second show (docs/serving.md).
     """
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
     class ReadTimeoutProtocol(HttpToolsProtocol):
         """HttpToolsProtocol whose request reads have a deadline."""
 

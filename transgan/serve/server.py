@@ -13,8 +13,10 @@ import time
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
+import uvicorn
+
 from transgan.errors import ConfigError
-from transgan.serve.guard import LOOPBACK_HOSTS, READ_TIMEOUT_S
+from transgan.serve.guard import LOOPBACK_HOSTS, READ_TIMEOUT_S, read_timeout_protocol
 
 DEFAULT_HOST = "127.0.0.1"
 
@@ -75,9 +77,6 @@ def allowed_hosts_for(host: str) -> list[str]:
 
 
 def _config(app: Any, log_level: str, read_timeout_s: float, keep_alive_s: int) -> Any:
-    import uvicorn
-
-    from transgan.serve.guard import read_timeout_protocol
 
     # lifespan off: the app has no startup work (the model is loaded before the app exists).
     # httptools with a read deadline (transgan.serve.guard), uvloop where installed (loop="auto"); idle
@@ -89,8 +88,6 @@ def _config(app: Any, log_level: str, read_timeout_s: float, keep_alive_s: int) 
 def serve_forever(app: Any, sock: socket.socket, log_level: str = "info", read_timeout_s: float = READ_TIMEOUT_S,
                   keep_alive_s: int = 5) -> None:
     """Serve ``app`` on a socket from :func:`bind_socket` until interrupted (Ctrl-C)."""
-    import uvicorn
-
     server = uvicorn.Server(_config(app, log_level, read_timeout_s, keep_alive_s))
     server.run(sockets=[sock])
 
@@ -100,7 +97,6 @@ class BackgroundServer:
 
     def __init__(self, app: Any, host: str = DEFAULT_HOST, port: int = 0, log_level: str = "warning",
                  read_timeout_s: float = READ_TIMEOUT_S, keep_alive_s: int = 5) -> None:
-        import uvicorn
 
         self.sock = bind_socket(host, port)
         address = self.sock.getsockname()

@@ -11,11 +11,14 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
 from transgan.errors import CheckpointError, ConfigError
-from transgan.nn.attention import check_kernel
 from transgan.losses import GANLoss
+from transgan.nn.attention import check_kernel
 from transgan.presets import CONFIG_DIR, option_names
 from transgan.runs import checkpoint as ckpt
 from transgan.train.ema import EMA_NORM_STATS
@@ -139,10 +142,6 @@ def compose_config(overrides: Sequence[str], config_dir: Path = CONFIG_DIR) -> t
 
 
 def _compose(overrides: list[str], config_dir: Path) -> DictConfig:
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
             return compose(config_name="config", overrides=overrides, return_hydra_config=True)

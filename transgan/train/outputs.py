@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid, save_image
 
 
@@ -19,8 +20,6 @@ class RunWriter:
     """Appends metric records to ``metrics.jsonl`` and TensorBoard, and saves sample grids."""
 
     def __init__(self, run_dir: Path) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
         self.run_dir = Path(run_dir)
         (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
         self.tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
