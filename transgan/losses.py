@@ -14,7 +14,8 @@ around G still sees (and synchronizes) the whole computation.
 
 References: WGAN (Arjovsky et al. 2017), WGAN-GP (Gulrajani et al. 2017), drift
 (Karras et al. 2018, PGGAN), hinge (Lim & Ye 2017; Miyato et al. 2018), non-saturating
-and minimax (Goodfellow et al. 2014), R1 (Mescheder et al. 2018), lazy regularization,
+and minimax (Goodfellow et al. 2014), R1 (Mescheder et al. 2018), R2 and the relativistic
+pairing loss with R1 + R2 (Roth et al. 2017; Huang et al. 2024, R3GAN), lazy regularization,
 style mixing and path-length regularization (Karras et al. 2020, StyleGAN2).
 """
 
@@ -39,7 +40,8 @@ Discriminator = Callable[[Tensor, Optional[Tensor]], Tensor]
 
 __all__ = [
     "wgan_d_loss", "wgan_g_loss", "hinge_d_loss", "hinge_g_loss", "ns_d_loss", "ns_g_loss",
-    "minimax_d_loss", "minimax_g_loss", "gradient_penalty", "r1_penalty", "drift_penalty",
+    "minimax_d_loss", "minimax_g_loss", "rpgan_d_loss", "rpgan_g_loss", "gradient_penalty", "r1_penalty",
+    "r2_penalty", "drift_penalty", "RELATIVISTIC",
     "path_lengths", "path_length_penalty",
     "PhaseInputs", "PhaseSpec", "GANLoss", "build_loss", "lazy_regularization_hparams", "ADVERSARIAL_LOSSES",
 ]
@@ -87,12 +89,25 @@ def minimax_g_loss(fake_logits: Tensor) -> Tensor:
     return -F.softplus(fake_logits).mean()
 
 
-ADVERSARIAL_LOSSES: dict[str, tuple[Callable[[Tensor, Tensor], Tensor], Callable[[Tensor], Tensor]]] = {
+def rpgan_d_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """Relativistic pairing D (Jolicoeur-Martineau 2019; R3GAN): E[softplus(-(D(real_i) - D(fake_i)))]."""
+    return F.softplus(-(real_logits - fake_logits)).mean()
+
+
+def rpgan_g_loss(fake_logits: Tensor, real_logits: Tensor) -> Tensor:
+    """Relativistic pairing G: E[softplus(-(D(fake_i) - D(real_i)))], the reals' logits a constant for G."""
+    return F.softplus(-(fake_logits - real_logits)).mean()
+
+
+ADVERSARIAL_LOSSES: dict[str, tuple[Callable[[Tensor, Tensor], Tensor], Callable[..., Tensor]]] = {
     "wgan": (wgan_d_loss, wgan_g_loss),
     "hinge": (hinge_d_loss, hinge_g_loss),
     "ns": (ns_d_loss, ns_g_loss),
     "minimax": (minimax_d_loss, minimax_g_loss),
+    "rpgan": (rpgan_d_loss, rpgan_g_loss),
 }
+RELATIVISTIC = ("rpgan",)  # their G loss also reads D on a real batch of its own
+PENALTY_PASSES = ("separate", "shared")
 
 
 # ----------------------------------------------------------------------------- regularizers
@@ -153,6 +168,11 @@ def r1_penalty(D: Discriminator, real: Tensor, c: Optional[Tensor] = None, preci
         return _input_gradient(D, x, c).square().flatten(1).sum(dim=1)
 
 
+def r2_penalty(D: Discriminator, fake: Tensor, c: Optional[Tensor] = None, precision: str = "float32") -> Tensor:
+    """R2 (Roth et al. 2017; R3GAN): ||grad_x D(x)||^2 on generated images, per sample: R1's formula on fakes."""
+    return r1_penalty(D, fake, c, precision)
+
+
 # mean_square: E[D(real)^2] (PGGAN, the TransGAN paper); square_mean: E[D(real)]^2 (TransGAN's public code)
 DRIFT_FORMS = ("mean_square", "square_mean")
 
@@ -160,6 +180,12 @@ DRIFT_FORMS = ("mean_square", "square_mean")
 def drift_penalty(real_logits: Tensor) -> Tensor:
     """Karras et al. (PGGAN) epsilon-drift: D(real)^2 per sample, keeps critic outputs near zero."""
     return real_logits.square()
+
+
+def _squared_gradient_norm(logits: Tensor, inputs: Tensor) -> Tensor:
+    """||d sum(logits) / d inputs||^2 per sample, kept in the graph (R1 or R2 on logits already computed)."""
+    (grad,) = torch.autograd.grad(logits.sum(), inputs, create_graph=True)
+    return grad.square().flatten(1).sum(dim=1)
 
 
 def path_lengths(images: Tensor, ws: Tensor, noise: Optional[Tensor] = None) -> Tensor:
@@ -225,7 +251,12 @@ class GANLoss:
 
     The gradient penalty and drift are computed every D step (in ``d_main``). R1 is lazy
     (``d_reg`` every ``r1_interval`` D steps, scaled by the interval, as in StyleGAN2);
-    ``r1_interval=1`` computes it every step inside ``d_main`` instead.
+    ``r1_interval=1`` computes it every step inside ``d_main`` instead. R2 (``r2_gamma``, on the
+    fakes) is computed every step. ``penalty_pass="shared"`` takes R1 and R2 every step from the
+    logits of the adversarial term itself (R3GAN), instead of a separate D pass each.
+
+    ``adversarial="rpgan"`` is relativistic: D's loss pairs each real with a fake of the same
+    class, and G's step reads D on a real batch of its own (its phase asks the trainer for reals).
 
     Style-based generators: with ``style_mixing_prob`` > 0 every generated batch (D and G
     phases) mixes two latents at one crossover (StyleGAN2-ADA's ``run_G``). The path-length
@@ -239,11 +270,12 @@ class GANLoss:
     """
 
     OPTIONS = ("adversarial", "gp_weight", "gp_center", "drift_weight", "drift_form", "r1_gamma", "r1_interval",
+               "r2_gamma", "penalty_pass",
                "style_mixing_prob", "pl_weight", "pl_interval", "pl_batch_shrink", "pl_decay", "reg_precision")
 
     def __init__(self, adversarial: str = "wgan", gp_weight: float = 0.0, gp_center: float = 1.0,
                  drift_weight: float = 0.0, drift_form: str = "mean_square", r1_gamma: float = 0.0,
-                 r1_interval: int = 16,
+                 r1_interval: int = 16, r2_gamma: float = 0.0, penalty_pass: str = "separate",
                  style_mixing_prob: float = 0.0, pl_weight: float = 0.0, pl_interval: int = 4,
                  pl_batch_shrink: int = 2, pl_decay: float = 0.01, reg_precision: str = "float32",
                  augment: Optional[Callable[[Tensor], Tensor]] = None, **unknown: Any) -> None:
@@ -252,7 +284,7 @@ class GANLoss:
         if adversarial not in ADVERSARIAL_LOSSES:
             raise ConfigError(f"unknown adversarial loss {adversarial!r}; choose one of {sorted(ADVERSARIAL_LOSSES)}")
         for key, value in (("gp_weight", gp_weight), ("gp_center", gp_center), ("drift_weight", drift_weight),
-                           ("r1_gamma", r1_gamma), ("pl_weight", pl_weight)):
+                           ("r1_gamma", r1_gamma), ("r2_gamma", r2_gamma), ("pl_weight", pl_weight)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ConfigError(f"loss.{key} must be a number >= 0, got {value!r}")
         for key, value in (("r1_interval", r1_interval), ("pl_interval", pl_interval),
@@ -268,7 +300,10 @@ class GANLoss:
         if drift_form not in DRIFT_FORMS:
             raise ConfigError(f"loss.drift_form must be one of {', '.join(DRIFT_FORMS)}, got {drift_form!r}")
         self.drift_weight, self.drift_form = float(drift_weight), drift_form
-        self.r1_gamma, self.r1_interval = float(r1_gamma), r1_interval
+        self.r1_gamma, self.r1_interval, self.r2_gamma = float(r1_gamma), r1_interval, float(r2_gamma)
+        if penalty_pass not in PENALTY_PASSES:
+            raise ConfigError(f"loss.penalty_pass must be one of {', '.join(PENALTY_PASSES)}, got {penalty_pass!r}")
+        self.penalty_pass = penalty_pass
         self.style_mixing_prob = float(style_mixing_prob)
         self.pl_weight, self.pl_interval = float(pl_weight), pl_interval
         self.pl_batch_shrink, self.pl_decay = pl_batch_shrink, float(pl_decay)
@@ -287,7 +322,7 @@ class GANLoss:
         if self.d_reg_interval is not None:
             table.append(PhaseSpec("d_reg", self.d_reg, "D", self.d_reg_interval, needs_reals=True,
                                    needs_latents=False))
-        table.append(PhaseSpec("g_main", self.g_main, "G"))
+        table.append(PhaseSpec("g_main", self.g_main, "G", needs_reals=self.adversarial in RELATIVISTIC))
         if self.g_reg_interval is not None:
             table.append(PhaseSpec("g_reg", self.g_reg, "G", self.g_reg_interval))
         return table
@@ -305,6 +340,11 @@ class GANLoss:
     def _sees(self, D: Discriminator) -> Discriminator:
         """D as the loss uses it: every input goes through ``self.augment`` first."""
         return lambda x, c: D(self.augment(x), c)
+
+    def _fake_classes(self, x: PhaseInputs) -> Optional[Tensor]:
+        """The classes to generate: a relativistic pair compares a real and a fake of the same class (R3GAN
+        generates with the real batch's labels); otherwise the drawn ones."""
+        return x.c_real if self.adversarial in RELATIVISTIC and x.real is not None else x.c_fake
 
     def _logits(self, D: Discriminator, x: Tensor, c: Optional[Tensor]) -> Tensor:
         logits = self._sees(D)(x, c)
@@ -325,10 +365,24 @@ class GANLoss:
     def d_main(self, G: Callable, D: Discriminator, x: PhaseInputs) -> tuple[Tensor, dict[str, Tensor]]:
         """Dmain: the adversarial D loss plus the penalties computed every D step."""
         real, c_real = x.real, x.c_real
+        c_fake = self._fake_classes(x)
         with torch.no_grad():
-            fake = self._generate(G, x.z, x.c_fake)
-        real_logits = self._logits(D, real, c_real)
-        fake_logits = self._logits(D, fake, x.c_fake)
+            fake = self._generate(G, x.z, c_fake)
+        r1_now = self.r1_gamma > 0 and self.d_reg_interval is None
+        r1 = r2 = None
+        if self.penalty_pass == "shared" and (r1_now or self.r2_gamma > 0):
+            # R3GAN's Trainer: R1 and R2 are gradients of the very logits of the adversarial term (one D
+            # pass per image instead of two), so the whole pass runs under the penalty settings.
+            with _regularization_pass(real.device.type, self.reg_precision):
+                real_in = real.detach().float().requires_grad_(r1_now)
+                fake_in = fake.detach().float().requires_grad_(self.r2_gamma > 0)
+                real_logits = self._logits(D, real_in, c_real)
+                fake_logits = self._logits(D, fake_in, c_fake)
+                r1 = _squared_gradient_norm(real_logits, real_in) if r1_now else None
+                r2 = _squared_gradient_norm(fake_logits, fake_in) if self.r2_gamma > 0 else None
+        else:
+            real_logits = self._logits(D, real, c_real)
+            fake_logits = self._logits(D, fake, c_fake)
         loss = self.d_adversarial(real_logits, fake_logits)
         # r_t, ADA's overfitting heuristic: E[sign(D(real))] on the (augmented) reals D trains on.
         stats = {"d_real": real_logits.mean(), "d_fake": fake_logits.mean(), "r_t": real_logits.sign().mean(),
@@ -344,11 +398,18 @@ class GANLoss:
             drift = drift_penalty(real_logits).mean() if self.drift_form == "mean_square" else real_logits.mean().square()
             loss = loss + self.drift_weight * drift
             stats["drift"] = drift
-        if self.r1_gamma > 0 and self.d_reg_interval is None:
+        if r1_now:
             # R1 every step (r1_interval=1): no lazy scaling.
-            r1 = r1_penalty(self._sees(D), real, c_real, precision=self.reg_precision)
+            if r1 is None:
+                r1 = r1_penalty(self._sees(D), real, c_real, precision=self.reg_precision)
             loss = loss + (self.r1_gamma / 2) * r1.mean()
             stats["r1"] = r1.mean()
+        if self.r2_gamma > 0:
+            # R2 every step: the same zero-centred penalty on the fakes.
+            if r2 is None:
+                r2 = r2_penalty(self._sees(D), fake, c_fake, precision=self.reg_precision)
+            loss = loss + (self.r2_gamma / 2) * r2.mean()
+            stats["r2"] = r2.mean()
         stats["loss_d"] = loss
         return loss, {k: v.detach() for k, v in stats.items()}
 
@@ -360,8 +421,12 @@ class GANLoss:
 
     def g_main(self, G: Callable, D: Discriminator, x: PhaseInputs) -> tuple[Tensor, dict[str, Tensor]]:
         """Gmain: the adversarial G loss on freshly generated images (plus path length if not lazy)."""
-        fake_logits = self._logits(D, self._generate(G, x.z, x.c_fake), x.c_fake)
-        loss = self.g_adversarial(fake_logits)
+        c_fake = self._fake_classes(x)
+        fake_logits = self._logits(D, self._generate(G, x.z, c_fake), c_fake)
+        if self.adversarial in RELATIVISTIC:
+            loss = self.g_adversarial(fake_logits, self._logits(D, x.real.detach(), x.c_real))
+        else:
+            loss = self.g_adversarial(fake_logits)
         stats = {}
         if self.pl_weight > 0 and self.g_reg_interval is None:
             # Path length every step (pl_interval=1): no lazy scaling.
@@ -393,6 +458,12 @@ class GANLoss:
         loss = (images[:, 0, 0, 0].float() * 0 + penalty * self.pl_weight).mean() * gain
         return loss, {"pl_penalty": penalty.mean().detach(), "pl_length": lengths.mean().detach(),
                       "pl_mean": pl_mean.detach(), "loss_g_reg": loss.detach()}
+
+    def set_penalty_weights(self, r1_gamma: float, r2_gamma: float) -> None:
+        """New R1 and R2 weights (a schedule's; neither can be switched on or off: the phases are set)."""
+        if (r1_gamma > 0) != (self.r1_gamma > 0) or (r2_gamma > 0) != (self.r2_gamma > 0):
+            raise ValueError("a scheduled penalty weight cannot switch its penalty on or off")
+        self.r1_gamma, self.r2_gamma = float(r1_gamma), float(r2_gamma)
 
     def running_state(self) -> dict[str, Tensor]:
         """Tensors the loss updates while training, on their device (restored on a skipped step)."""

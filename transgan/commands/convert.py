@@ -8,6 +8,7 @@ from typing import Any, Callable, Sequence
 
 from transgan.cli import CommandLine, console_entry, run_cli
 from transgan.convert.common import Converted
+from transgan.convert.r3gan import convert_r3gan, is_r3gan
 from transgan.convert.stylegan2_ada import convert_stylegan2_ada
 from transgan.convert.styleswin import convert_styleswin
 from transgan.convert.transgan_official import convert_transgan
@@ -41,6 +42,7 @@ KINDS: dict[str, tuple[Callable[[Any], Converted], list[str]]] = {
     "transgan": (convert_transgan, ["experiment=transgan_paper", "dataset=cifar10"]),
     "stylegan2-ada": (convert_stylegan2_ada, ["experiment=stylegan2_ada_paper256", "dataset=cifar10"]),
     "styleswin": (convert_styleswin, ["experiment=styleswin_paper", "dataset=celeba"]),
+    "r3gan": (convert_r3gan, ["experiment=r3gan_cifar10"]),
 }
 
 
@@ -48,6 +50,8 @@ def detect(data: Any, path: Path) -> str:
     """Which official codebase wrote ``data`` (the loaded checkpoint), from its keys."""
     if isinstance(data, dict) and any(k in data for k in ("gen_state_dict", "avg_gen_state_dict")):
         return "transgan"
+    if isinstance(data, dict) and any(is_r3gan(data.get(k)) for k in ("G", "G_ema", "D")):
+        return "r3gan"
     if isinstance(data, dict) and any(isinstance(data.get(k), PersistentObject) for k in ("G", "G_ema", "D")):
         return "stylegan2-ada"
     if isinstance(data, dict) and any(isinstance(data.get(k), dict) for k in ("g_ema", "g")):

@@ -12,6 +12,11 @@
   tensors through torch's tensor rebuilders (storages through the weights-only loader), maps a
   short list of container types to harmless stand-ins, and refuses every other global. The
   source code is never compiled.
+- ``.pkl`` (R3GAN snapshots): the same snapshot dict, but the networks are plain pickled
+  ``nn.Module`` objects (``training.networks.Generator`` holding ``R3GAN.Networks`` layers; the
+  released files name them ``training.networks_baseline`` / ``BaselineGAN``). Pickle rebuilds such
+  an object by its class name and sets its ``__dict__``; each name on a short list becomes an inert
+  :class:`ModuleRecord` (the same record as above), nothing of the class is imported.
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ import torch
 
 from transgan.errors import ConfigError
 
-__all__ = ["ConvertError", "PersistentObject", "RestrictedUnpickler", "load_pickle", "load_torch", "load_official"]
+__all__ = ["ConvertError", "PersistentObject", "ModuleRecord", "RestrictedUnpickler", "load_pickle", "load_torch",
+           "load_official"]
 
 
 class ConvertError(ConfigError):
@@ -66,6 +72,54 @@ class PersistentObject:
                 raise ConvertError(f"{node.class_name} has no submodule {part!r} (has {sorted(modules)})")
             node = modules[part]
         return node
+
+
+class ModuleRecord(PersistentObject):
+    """A plainly pickled ``nn.Module`` (R3GAN): its class name and ``__dict__``, built without its class.
+
+    Pickle makes it with ``cls.__new__(cls)`` and fills it with ``__setstate__``; :func:`_module_record`
+    gives each allowed class name its own subclass so that ``class_name`` says which it was.
+    """
+
+    class_name = ""
+
+    def __init__(self) -> None:  # never called by pickle; for completeness
+        super().__init__(type(self).class_name)
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, dict):
+            raise ConvertError(f"a pickled {type(self).class_name} whose state is not a dict")
+        self.state, self.version = dict(state), None
+
+
+# The classes whose plainly pickled instances an R3GAN snapshot holds (both namings of the official
+# code), and the torch.nn containers and layers inside them: each becomes a ModuleRecord.
+_R3GAN_CLASSES = {
+    "Networks": ("Generator", "Discriminator", "GeneratorStage", "DiscriminatorStage", "ResidualBlock",
+                 "Convolution", "UpsampleLayer", "DownsampleLayer", "GenerativeBasis", "DiscriminativeBasis"),
+    "FusedOperators": ("BiasedActivationCUDA", "BiasedActivationReference"),
+    "Resamplers": ("InterpolativeUpsamplerCUDA", "InterpolativeDownsamplerCUDA", "InterpolativeUpsamplerReference",
+                   "InterpolativeDownsamplerReference", "InplaceUpsamplerCUDA", "InplaceDownsamplerCUDA",
+                   "InplaceUpsamplerReference", "InplaceDownsamplerReference"),
+}
+MODULE_RECORD_NAMES = {
+    *((wrapper, cls) for wrapper in ("training.networks", "training.networks_baseline")
+      for cls in ("Generator", "Discriminator")),
+    *((f"{package}.{module}", cls) for package in ("R3GAN", "BaselineGAN")
+      for module, classes in _R3GAN_CLASSES.items() for cls in classes),
+    ("torch.nn.modules.container", "ModuleList"), ("torch.nn.modules.container", "Sequential"),
+    ("torch.nn.modules.conv", "Conv2d"), ("torch.nn.modules.linear", "Linear"),
+    ("torch.nn.modules.activation", "LeakyReLU"),
+}
+_RECORD_CLASSES: dict[tuple[str, str], type] = {}
+
+
+def _module_record(module: str, name: str) -> type:
+    """The ModuleRecord subclass standing in for class ``module.name`` (one per name)."""
+    key = (module, name)
+    if key not in _RECORD_CLASSES:
+        _RECORD_CLASSES[key] = type(f"Record_{name}", (ModuleRecord,), {"class_name": f"{module}.{name}"})
+    return _RECORD_CLASSES[key]
 
 
 def _reconstruct_persistent_obj(meta: Any) -> PersistentObject:
@@ -147,6 +201,7 @@ _ALLOWED: dict[tuple[str, str], Callable[..., Any] | type] = {
     ("numpy.core.multiarray", "scalar"): _numpy_scalar,
     ("numpy._core.multiarray", "scalar"): _numpy_scalar,
 }
+# A pickled Parameter's hooks argument is an OrderedDict (spelled as in Python 3's collections).
 _ALLOWED.update({("torch", name): getattr(torch, name) for name in
                  ("float16", "float32", "float64", "bfloat16", "int64", "int32", "uint8", "bool", "Size")})
 
@@ -156,6 +211,8 @@ class RestrictedUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         """The inert stand-in for ``module.name``, or a refusal naming it."""
+        if (module, name) in MODULE_RECORD_NAMES:
+            return _module_record(module, name)
         try:
             return _ALLOWED[(module, name)]
         except KeyError:

@@ -30,6 +30,8 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", "
 COMMON_KEYS = {"name", "root", "resolution", "channels", "conditional", "center_crop", "split", "download",
                "augment", "bad_images", "num_workers", "cache", "max_images"}
 EXTRA_KEYS = {"synthetic": {"size", "num_classes"}}  # options only one dataset has
+# The class counts fixed by a dataset's definition (the data need not be on the machine to know them).
+KNOWN_CLASSES = {"digits": 10, "cifar10": 10, "flowers102": 102}
 DIGITS_SPLIT_SEED = 0       # random_state of the stratified digits train/test split
 DIGITS_TEST_SIZE = 0.2      # 360 of the 1,797 images are held out
 MAX_IMAGES_SEED = 0         # the max_images subset is fixed by this, not by the training seed

@@ -19,6 +19,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from transgan.data import build_dataset
+from transgan.data.datasets import KNOWN_CLASSES
 from transgan.errors import ConfigError
 from transgan.registry import build_discriminator, build_generator
 
@@ -64,6 +65,8 @@ def dataset_classes(dataset_cfg: Any, resolution: int) -> int:
     if not dataset_cfg.get("conditional", False):
         return 0
 
+    if dataset_cfg.get("name") in KNOWN_CLASSES:
+        return KNOWN_CLASSES[dataset_cfg.get("name")]
     try:
         return int(build_dataset(dataset_cfg, resolution=resolution).num_classes)
     except ConfigError as e:  # e.g. the data is not on this machine

@@ -6,6 +6,7 @@ is one file here, its names below, and one yaml per half in configs/model/.
 """
 
 from transgan.models.conv import ConvCritic, ConvGenerator
+from transgan.models.r3gan import R3GANDiscriminator, R3GANGenerator
 from transgan.models.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
 from transgan.models.styletoken import StyleTokenGenerator
 from transgan.models.swin import StyleSwinDiscriminator, SwinGenerator, WaveletDiscriminator
@@ -17,6 +18,7 @@ GENERATORS = {
     "swin_gan": SwinGenerator,
     "stylegan2": StyleGAN2Generator,
     "styletoken": StyleTokenGenerator,
+    "r3gan": R3GANGenerator,
 }
 DISCRIMINATORS = {
     "cwgan_gp": ConvCritic,
@@ -24,4 +26,5 @@ DISCRIMINATORS = {
     "stylegan2": StyleGAN2Discriminator,
     "stylegan2_wavelet": WaveletDiscriminator,
     "styleswin": StyleSwinDiscriminator,
+    "r3gan": R3GANDiscriminator,
 }

@@ -25,6 +25,20 @@ from transgan.train.ema import EMA_NORM_STATS
 
 
 @dataclasses.dataclass
+class CosineSchedules:
+    """Settings that move from their value in the config to an end value along a cosine over ``images``
+    real images (R3GAN: learning rates, Adam beta2, the R1/R2 weight, the G_ema half-life, ADA's fixed p)."""
+
+    images: Optional[float] = None       # null: nothing is scheduled
+    lr_g_end: Optional[float] = None     # from train.lr_g
+    lr_d_end: Optional[float] = None     # from train.lr_d
+    beta2_end: Optional[float] = None    # Adam beta2 of both optimizers, from train.betas_g[1] / betas_d[1]
+    gamma_end: Optional[float] = None    # loss.r1_gamma and loss.r2_gamma (those > 0), from their values
+    ema_kimg_end: Optional[float] = None  # from train.ema_kimg
+    ada_p_end: Optional[float] = None    # ADA's fixed p (train.ada_target=null), from train.ada_p
+
+
+@dataclasses.dataclass
 class TrainConfig:
     """Schema of the ``train`` group: unknown keys and wrong types fail at composition."""
 
@@ -64,6 +78,7 @@ class TrainConfig:
     device: str = "auto"
     cpu_threads: Optional[int] = None
     max_nonfinite_in_row: int = 20
+    cosine: CosineSchedules = dataclasses.field(default_factory=CosineSchedules)
 
 
 AUGMENT_MODES = ("none", "diffaugment", "ada")
@@ -114,6 +129,18 @@ def _check_train(train: DictConfig) -> None:
         (train.max_nonfinite_in_row >= 1, "train.max_nonfinite_in_row must be >= 1"),
         (min(train.log_every, train.sample_every, train.eval_every, train.ckpt_every) >= 1,
          "train.log_every, sample_every, eval_every and ckpt_every must be >= 1"),
+    ]
+    c = train.cosine
+    checks += [
+        (c.images is None or c.images > 0, "train.cosine.images must be > 0 (or null)"),
+        (c.images is not None or all(v is None for k, v in c.items() if k != "images"),
+         "train.cosine.*_end needs train.cosine.images (the images over which they move)"),
+        (c.ada_p_end is None or (train.augment == "ada" and train.ada_target is None and 0 <= c.ada_p_end <= 1),
+         "train.cosine.ada_p_end schedules ADA's fixed p: needs train.augment=ada, train.ada_target=null, "
+         "and a value in [0, 1]"),
+        (all(v is None or v >= 0 for v in (c.lr_g_end, c.lr_d_end, c.gamma_end, c.ema_kimg_end)),
+         "train.cosine end values must be >= 0"),
+        (c.beta2_end is None or 0 <= c.beta2_end < 1, "train.cosine.beta2_end must be in [0, 1)"),
     ]
     for ok, message in checks:
         if not ok:

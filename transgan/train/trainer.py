@@ -32,7 +32,7 @@ from transgan.data import build_heldout_dataset
 from transgan.data.datasets import max_images_indices
 from transgan.data.transforms import random_augment
 from transgan.errors import ConfigError
-from transgan.losses import PhaseInputs, PhaseSpec
+from transgan.losses import PhaseInputs, PhaseSpec, lazy_regularization_hparams
 from transgan.models.common import recompute_norm_statistics
 from transgan.runs import checkpoint as ckpt
 from transgan.runs.state import TrainingState
@@ -40,6 +40,7 @@ from transgan.train import faults
 from transgan.train.batches import BatchSource
 from transgan.train.ema import copied_buffers, ema_beta, update_ema
 from transgan.train.outputs import RunWriter
+from transgan.train.schedules import cosine_value
 
 log = logging.getLogger("transgan.train")
 
@@ -92,6 +93,8 @@ class Trainer:
         state.G_ema.to(acc.device)
         self.channels_last = channels_last  # real batches in the layout the networks were built in
         self.phases_d, self.phases_g = self._phase_table()
+        self._ema_kimg = t.ema_kimg  # the G_ema half-life (train.cosine may schedule it)
+        self._gammas = {"r1": state.loss.r1_gamma, "r2": state.loss.r2_gamma}  # where scheduled gammas start
         # After every .to(): moving a module replaces its buffer tensors.
         self._ema_buffers = copied_buffers(state.G_ema, state.G, t.ema_norm_stats)
         self._ema_stats_step: Optional[int] = None  # the step G_ema's norm statistics were computed at
@@ -164,11 +167,13 @@ class Trainer:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, (c if self.num_classes else None)
 
-    def _network_step(self, phases: list[Phase], count: int, batch_size: int) -> dict[str, torch.Tensor]:
+    def _network_step(self, phases: list[Phase], count: int, batch_size: int,
+                      counts_images: bool) -> dict[str, torch.Tensor]:
         """Run the ``phases`` due on the ``count``-th step of their network; return their stats.
 
         Reals are drawn once for the step (its phases share them) when a due phase reads them;
-        each phase that reads latents draws its own. ``batch_size`` is this process's batch.
+        each phase that reads latents draws its own. ``batch_size`` is this process's batch;
+        ``counts_images``: the reals count in ``images_seen`` (those of D steps do).
         """
         due = [p for p in phases if p.due(count)]
         k = self.cfg.train.grad_accum
@@ -178,7 +183,8 @@ class Trainer:
             real, c_real = self._real_batch()
             n_real = real.shape[0]
             reals = list(zip(real.chunk(k), c_real.chunk(k) if c_real is not None else [None] * k))
-            self.progress.images_seen += n_real * self.accelerator.num_processes
+            if counts_images:
+                self.progress.images_seen += n_real * self.accelerator.num_processes
         stats: dict[str, torch.Tensor] = {}
         for phase in due:
             micro = []
@@ -192,6 +198,30 @@ class Trainer:
                 phase.after(out, n_real)
             stats.update(out)
         return stats
+
+    # ------------------------------------------------------------------ schedules
+    def _follow_schedules(self) -> None:
+        """Set the values ``train.cosine`` schedules (R3GAN) from the real images seen before this step."""
+        t, c, loss = self.cfg.train, self.cfg.train.cosine, self.loss
+        if c.images is None:
+            return
+        n = self.progress.images_seen
+
+        def value(start: float, end: Optional[float]) -> float:
+            return start if end is None else cosine_value(n, start, end, c.images)
+
+        for opt, lr, betas, lr_end, interval in ((self.opt_D, t.lr_d, t.betas_d, c.lr_d_end, loss.d_reg_interval),
+                                                  (self.opt_G, t.lr_g, t.betas_g, c.lr_g_end, loss.g_reg_interval)):
+            lr, betas = lazy_regularization_hparams(value(lr, lr_end), (betas[0], value(betas[1], c.beta2_end)),
+                                                    interval)
+            for group in opt.param_groups:
+                group["lr"], group["betas"] = lr, betas
+        if c.gamma_end is not None:
+            loss.set_penalty_weights(*(value(self._gammas[k], c.gamma_end) if self._gammas[k] > 0 else 0.0
+                                       for k in ("r1", "r2")))
+        if c.ada_p_end is not None:
+            self.state.ada.p = value(t.ada_p, c.ada_p_end)
+        self._ema_kimg = value(t.ema_kimg, c.ema_kimg_end)
 
     # ------------------------------------------------------------------ phases
     def _run_phase(self, phase: Phase, micro_batches: list[PhaseInputs]) -> dict:
@@ -247,17 +277,19 @@ class Trainer:
         stats: dict[str, torch.Tensor] = {}
         self._step_bad = torch.zeros((), dtype=torch.bool, device=self.accelerator.device)
         self.D.requires_grad_(True)
+        self._follow_schedules()
         for _ in range(t.n_critic):
-            stats.update(self._network_step(self.phases_d, p.d_steps + 1, t.batch_size // procs))
+            stats.update(self._network_step(self.phases_d, p.d_steps + 1, t.batch_size // procs, True))
             p.d_steps += 1
         # G phases: D is used, not trained; its weights need no gradient.
         self.D.requires_grad_(False)
-        stats.update(self._network_step(self.phases_g, p.step + 1, (t.batch_size_g or t.batch_size) // procs))
+        stats.update(self._network_step(self.phases_g, p.step + 1, (t.batch_size_g or t.batch_size) // procs,
+                                        False))
         self.D.requires_grad_(True)
         self._in_row = (self._in_row + 1) * self._step_bad  # consecutive steps with a skip
         p.step += 1
         p.data_position = self.data.position
-        beta = ema_beta(t.batch_size, p.images_seen, t.ema_kimg, t.ema_rampup, fixed=t.ema_beta)
+        beta = ema_beta(t.batch_size, p.images_seen, self._ema_kimg, t.ema_rampup, fixed=t.ema_beta)
         update_ema(self.G_ema, self.state.G, beta, self._ema_buffers)
         return stats
 
@@ -487,6 +519,9 @@ class Trainer:
         record.update(images_seen=p.images_seen, images_per_s=images / max(seconds, 1e-9),
                       time_s=p.elapsed_s, lr_g=self.opt_G.param_groups[0]["lr"],
                       lr_d=self.opt_D.param_groups[0]["lr"], skipped_steps=p.skipped_steps)
+        if self.cfg.train.cosine.images is not None:
+            record.update(beta2_g=self.opt_G.param_groups[0]["betas"][1], beta2_d=self.opt_D.param_groups[0]["betas"][1],
+                          r1_gamma=self.loss.r1_gamma, r2_gamma=self.loss.r2_gamma, ema_kimg=self._ema_kimg)
         if self.state.ada is not None:
             record["ada_p"] = self.state.ada.p
         if acc.device.type == "cuda":
