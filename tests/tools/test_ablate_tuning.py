@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from scipy import stats
 
 from transgan.ablation import AblationError, compose_ablation, run_ablation
-from transgan.ablation.report import bootstrap_ci, contrast, mean_curve, plateau_gain, statistics_section
+from transgan.ablation.report import contrast_rows, mean_curve, plateau, statistics_section
 from transgan.ablation.tuning import check_equal_tuning, check_tuning, counted_trials, final_plan
 
 
@@ -24,7 +24,7 @@ def _cpu_and_private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TRANSGAN_CACHE_DIR", str(tmp_path / "eval-cache"))
 
 
-def test_tuned_preset_plans_six_cells_with_one_space_and_disjoint_seeds():
+def test_tuned_preset_plans_every_cell_with_one_space_and_disjoint_seeds():
     cfg = compose_ablation(["experiment=ablation_digits_tuned"])
     check_tuning(cfg)
     assert cfg.tuning.trials >= 1 and not set(cfg.tuning.seeds) & set(cfg.seeds) and len(cfg.seeds) >= 3
@@ -32,7 +32,7 @@ def test_tuned_preset_plans_six_cells_with_one_space_and_disjoint_seeds():
                for c in cfg.cells}
     recipes["cwgan_gp+cwgan_gp"] = {"recipe": ["loss=wgan_gp", "train.batch_size=64", "train.n_critic=3"]}
     cells = final_plan(cfg, recipes)
-    assert len(cells) == 18
+    assert len(cells) == len(cfg.cells) * len(cfg.seeds) and {"r3gan+r3gan", "transgan+r3gan"} <= set(recipes)
     by = {c.label: c.cfg for c in cells}
     images = int(cfg.budget.value)
     assert by["cwgan_gp+cwgan_gp"].train.max_steps == -(-images // (64 * 3))  # equal images, own batch x n_critic
@@ -64,52 +64,43 @@ def test_cells_with_unequal_trial_counts_are_refused():
         check_equal_tuning(studies, 3)
 
 
-def test_bootstrap_interval_equals_scipy_and_a_plain_numpy_resampling():
-    x = [7.8, 6.9, 8.7, 7.1, 9.4]
-    low, high = bootstrap_ci(x)
-    ref = stats.bootstrap((x,), np.mean, confidence_level=0.95, n_resamples=9999, method="percentile",
-                          random_state=0).confidence_interval
-    assert (low, high) == pytest.approx((ref.low, ref.high), abs=1e-12)
-    # independent: percentile interval of 20000 plain resampled means
-    rng = np.random.default_rng(1)
-    means = np.asarray(x)[rng.integers(0, len(x), (20000, len(x)))].mean(axis=1)
-    assert (low, high) == pytest.approx(tuple(np.percentile(means, [2.5, 97.5])), abs=0.05)
-    assert low < statistics.fmean(x) < high
-    assert all(math.isnan(v) for v in bootstrap_ci([3.0]))  # one value: no interval
-
-
-def test_contrast_effect_size_test_and_interval():
+def test_the_report_gives_t_intervals_exact_permutation_p_holm_and_detectable_differences():
+    rows = [{"cell": c, "seed": s, "metric": "fd_digits", "metric_value": v}
+            for c, vals in (("a", (3.1, 2.9, 3.3)), ("b", (7.9, 7.1, 8.6)), ("c", (3.0, 3.4, 2.8)))
+            for s, v in enumerate(vals)]
+    contrasts = [{"name": "a vs b", "a": "a", "b": "b"}, {"name": "c vs a", "a": "c", "b": "a"}]
+    table = contrast_rows({c: [r for r in rows if r["cell"] == c] for c in "abc"}, contrasts, lower=True)
     a, b = [3.1, 2.9, 3.3], [7.9, 7.1, 8.6]
-    k = contrast(a, b)
-    assert k["diff"] == pytest.approx(statistics.fmean(a) - statistics.fmean(b))
-    pooled = math.sqrt((statistics.variance(a) + statistics.variance(b)) / 2)  # equal n
-    assert k["d"] == pytest.approx(k["diff"] / pooled)
-    assert k["p"] == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue)
-    ref = stats.bootstrap((a, b), lambda u, v, axis=-1: np.mean(u, axis=axis) - np.mean(v, axis=axis),
-                          n_resamples=9999, method="percentile", random_state=0).confidence_interval
-    assert (k["low"], k["high"]) == pytest.approx((ref.low, ref.high))
+    assert table[0]["p_perm"] == pytest.approx(0.1)  # all of a below all of b: the smallest 3-vs-3 p
+    assert table[0]["p_holm"] == pytest.approx(min(1.0, 2 * 0.1))  # smallest of two contrasts: x 2
+    assert table[0]["reading"] == "no finding"  # with 3 seeds no contrast can pass Holm at 0.05
+    assert table[0]["diff"] == pytest.approx(statistics.fmean(a) - statistics.fmean(b))
+    ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert (table[0]["low"], table[0]["high"]) == pytest.approx((ci.low, ci.high))
+    assert table[0]["detectable"] > 0
+    md = statistics_section(rows, [], ["a", "b", "c"], contrasts, eval_sd={"a": 0.05}, exploratory=True)
+    mean, low, high = statistics.fmean(a), *stats.t.interval(0.95, 2, loc=statistics.fmean(a),
+                                                               scale=statistics.stdev(a) / math.sqrt(3))
+    assert f"| a | 3 | {mean:.3f} | {statistics.stdev(a):.3f} | [{low:.3f}, {high:.3f}] | 0.050 |" in md
+    assert "exploratory" in md and "Holm" in md
 
 
-def test_plateau_gain_over_the_last_third():
-    curve = [{"images_seen": i, "metric_value": v} for i, v in ((100, 20.0), (200, 10.0), (300, 9.0))]
-    assert plateau_gain(curve) == pytest.approx((10.0 - 9.0) / 10.0)  # 10% gain after 2/3: not converged
-    assert plateau_gain(curve, lower_better=False) == pytest.approx(-0.1)
-
-
-def test_the_plateau_check_reads_the_cells_seed_mean_not_one_noisy_seed():
-    # Seed 0 improves 30% over the last third, seed 1 gets 30% worse: the cell's mean is flat.
+def test_the_plateau_check_reads_the_cells_seed_mean_through_the_evaluation_noise():
+    # Seed 0 keeps falling, seed 1 rises: the cell's mean is flat, so it has converged.
+    images = (8000, 16000, 24000, 32000, 40000, 48000)
     curves = [{"cell": "a", "seed": s, "images_seen": i, "metric_value": v}
-              for s, vals in ((0, (20.0, 10.0, 7.0)), (1, (20.0, 10.0, 13.0))) for i, v in zip((100, 200, 300), vals)]
-    curves.append({"cell": "a", "seed": 2, "images_seen": 300, "metric_value": 1.0})  # a seed not in the rows
-    assert mean_curve(curves, [0, 1]) == [{"images_seen": i, "metric_value": v}
-                                          for i, v in ((100, 20.0), (200, 10.0), (300, 10.0))]
-    rows = [{"cell": "a", "seed": s, "metric": "fd_digits", "metric_value": v} for s, v in ((0, 7.0), (1, 13.0))]
-    table = statistics_section(rows, curves, ["a"], [])
-    line = next(ln for ln in table.splitlines() if ln.startswith("| a |"))
-    assert "| +0.0% | +30.0% | yes |" in line  # mean gain (10 - 10) / 10; largest seed (10 - 7) / 10
-    curves[5]["metric_value"] = 11.0  # seed 1 now ends at 11: the mean goes 10 -> 9, a 10% gain
+              for s, vals in ((0, (9, 8, 7, 6, 5, 4)), (1, (9, 10, 11, 12, 13, 14))) for i, v in zip(images, vals)]
+    curves.append({"cell": "a", "seed": 2, "images_seen": 48000, "metric_value": 1.0})  # a seed not in the rows
+    assert [p["metric_value"] for p in mean_curve(curves, [0, 1])] == [9.0] * 6
+    rows = [{"cell": "a", "seed": s, "metric": "fd_digits", "metric_value": v} for s, v in ((0, 4.0), (1, 14.0))]
     line = next(ln for ln in statistics_section(rows, curves, ["a"], []).splitlines() if ln.startswith("| a |"))
-    assert "| +10.0% | +30.0% | **no: not converged** |" in line
+    assert line.endswith("| yes |")
+    falling = [{**p, "metric_value": p["metric_value"] - p["images_seen"] / 8000 * 0.5} for p in curves]
+    line = next(ln for ln in statistics_section(rows, falling, ["a"], [], eval_sd={"a": 0.01}).splitlines()
+                if ln.startswith("| a |"))
+    assert "still improving" in line
+    # the same fall read through evaluation noise as large as the fall itself is no finding of improvement
+    assert plateau(mean_curve(falling, [0, 1]), noise_sd=5.0)["converged"] is True
 
 
 def _journal_trials(out):
@@ -141,7 +132,7 @@ def test_tuning_then_final_runs_with_fresh_seeds_and_nothing_rerun(tmp_path):
     assert trial_seeds == {7} and final.seed == 0  # the final seed never appears in tuning
     assert f"loss={final.loss.name}" in chosen["recipe"] and final.train.max_steps == 2
     report = (out / "ablation.md").read_text()
-    assert "Chosen recipes" in report and "95% CI" in report
+    assert "Chosen recipes" in report and "95% t-interval" in report and "eval SD" in report
 
     said.clear()
     run_ablation(args, echo=said.append)  # every trial and run finished: nothing trains again
@@ -246,3 +237,14 @@ def test_the_report_header_gives_each_tuned_cell_its_own_schedule(tmp_path):
     shared = [cell("a", 0, 100, 32, 3), cell("b", 0, 100, 32, 3)]
     assert report_header(cfg, shared) == ("Ablation `g`: images budget 9600 per run (100 steps of batch 32, n_critic 3); "
                                           "seeds [0, 1]; mean ± sample std over seeds")
+
+
+def test_a_tied_loss_key_draws_one_value_for_both():
+    from transgan.ablation.tuning import suggest
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    space = OmegaConf.create({"loss": {"rpgan_r1r2": {"r1_gamma+r2_gamma": [0.01, 1.0]}}})
+    recipe = suggest(study.ask(), space)
+    assert recipe[0] == "loss=rpgan_r1r2"
+    (r1,), (r2,) = [[o.split("=")[1] for o in recipe if o.startswith(f"loss.{k}=")] for k in ("r1_gamma", "r2_gamma")]
+    assert r1 == r2 and 0.01 <= float(r1) <= 1.0

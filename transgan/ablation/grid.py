@@ -61,6 +61,7 @@ class EvalSpec:
     metric: str = "fd_digits"          # the reported metric: a trainer metric or an eval.json key
     points: int = 5                    # evaluations per cell, evenly spaced over a steps/images budget
     every_steps: Optional[int] = None  # evaluation interval under a seconds budget (steps unknown ahead)
+    noise_seeds: int = 0               # evaluation seeds of each cell's final checkpoint for the metric's evaluation SD
     preset: Optional[str] = None       # tool source: configs/eval/<preset>.yaml
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # tool source: eval.<key>=<value>
 
@@ -119,6 +120,7 @@ class AblationConfig:
     plots: bool = True
     tuning: TuningSpec = dataclasses.field(default_factory=TuningSpec)
     contrasts: list[ContrastSpec] = dataclasses.field(default_factory=list)
+    declared_budget: Optional[float] = None  # the budget.value the contrasts were declared at; another: exploratory
     # Run (tune and train) only these cells, by label: a grid split into parts that run side by side
     # (each with train.cpu_threads set), then reported by one run of the whole grid. [] = every cell.
     only: list[str] = dataclasses.field(default_factory=list)

@@ -9,9 +9,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import numpy as np
-from scipy.stats import bootstrap, ttest_ind
-
+from transgan.ablation.stats import (ALPHA, CONFIDENCE, detectable_difference, finite, hedges_g, holm, permutation_p,
+                                     pooled_sd, t_interval, trend_over_last_points, welch_interval)
 from transgan.eval.metric_registry import lower_is_better
 
 # The issue's columns first, in its order; then what else a reader needs to check a row.
@@ -146,58 +145,18 @@ def plot_curves(curves: Sequence[dict[str, Any]], order: Sequence[str], metric: 
 
 
 # ---------------------------------------------------------------------------- statistics
-CONFIDENCE = 0.95
-N_RESAMPLES = 9999
-PLATEAU_GAIN = 0.05  # a run still improving by more than this over the last third of its budget is not converged
+PLATEAU_POINTS = 4  # the plateau check fits a line through a cell's last evaluations (seed means)
 
 
-def bootstrap_ci(values: Sequence[float], seed: int = 0, n_resamples: int = N_RESAMPLES) -> tuple[float, float]:
-    """95% percentile bootstrap interval of the mean (scipy.stats.bootstrap); (nan, nan) below two values."""
-    xs = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    if len(xs) < 2:
-        return math.nan, math.nan
-    if len(set(xs)) == 1:  # every resample has the same mean: the interval is that point
-        return xs[0], xs[0]
-    res = bootstrap((xs,), statistic=_mean, confidence_level=CONFIDENCE, n_resamples=n_resamples,
-                    method="percentile", random_state=seed, vectorized=True)
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
-
-
-def _mean(x: Any, axis: int = -1) -> Any:
-    return np.mean(x, axis=axis)
-
-
-def _diff_of_means(a: Any, b: Any, axis: int = -1) -> Any:
-    return np.mean(a, axis=axis) - np.mean(b, axis=axis)
-
-
-def contrast(a: Sequence[float], b: Sequence[float], seed: int = 0) -> dict[str, float]:
-    """Cell a against cell b: difference of means with its bootstrap interval, Cohen's d, Welch's t-test p."""
-    a = [float(v) for v in a if v is not None and math.isfinite(float(v))]
-    b = [float(v) for v in b if v is not None and math.isfinite(float(v))]
-    if len(a) < 2 or len(b) < 2:
-        return {"diff": math.nan, "low": math.nan, "high": math.nan, "d": math.nan, "p": math.nan}
-    diff = statistics.fmean(a) - statistics.fmean(b)
-    pooled = math.sqrt(((len(a) - 1) * statistics.variance(a) + (len(b) - 1) * statistics.variance(b))
-                       / (len(a) + len(b) - 2))
-    res = bootstrap((a, b), statistic=_diff_of_means, confidence_level=CONFIDENCE, n_resamples=N_RESAMPLES,
-                    method="percentile", random_state=seed, vectorized=True)
-    p = float(ttest_ind(a, b, equal_var=False).pvalue) if pooled > 0 else math.nan
-    return {"diff": diff, "low": float(res.confidence_interval.low), "high": float(res.confidence_interval.high),
-            "d": diff / pooled if pooled > 0 else math.nan, "p": p}
-
-
-def plateau_gain(curve: Sequence[dict[str, Any]], lower_better: bool = True) -> float:
-    """Relative improvement of the metric over the last third of a run's images (positive = still improving)."""
+def plateau(curve: Sequence[dict[str, Any]], noise_sd: float, lower_better: bool = True) -> dict[str, Any]:
+    """A cell's mean curve read for convergence: the fitted change over the last third of the images, its
+    standard error, and whether it still improves beyond both (transgan.ablation.stats)."""
     pts = sorted((p for p in curve if p["metric_value"] is not None), key=lambda p: p["images_seen"])
-    if len(pts) < 2:
-        return math.nan
-    mark = 2 / 3 * pts[-1]["images_seen"]
-    before = min(pts[:-1], key=lambda p: abs(p["images_seen"] - mark))["metric_value"]
-    end = pts[-1]["metric_value"]
-    if not (math.isfinite(before) and math.isfinite(end)) or before == 0:
-        return math.nan
-    return (before - end) / abs(before) if lower_better else (end - before) / abs(before)
+    fit = trend_over_last_points([p["images_seen"] for p in pts], [p["metric_value"] for p in pts], noise_sd,
+                                 PLATEAU_POINTS)
+    better = fit["change"] < 0 if lower_better else fit["change"] > 0
+    improving = bool(fit["beyond_noise"] == 1.0 and better)
+    return {**fit, "converged": (not improving) if math.isfinite(fit["change"]) else None}
 
 
 def mean_curve(curves: Sequence[dict[str, Any]], seeds: Sequence[int]) -> list[dict[str, Any]]:
@@ -212,14 +171,43 @@ def mean_curve(curves: Sequence[dict[str, Any]], seeds: Sequence[int]) -> list[d
             for i, vs in sorted(points.items()) if len(vs) == len(seeds)]
 
 
+def contrast_rows(groups: dict[str, list[dict[str, Any]]], contrasts: Sequence[dict[str, str]],
+                  lower: bool) -> list[dict[str, Any]]:
+    """Each declared contrast a - b: Welch's interval, the exact permutation p and its Holm adjustment over
+    the contrasts, Hedges' g, the difference the seeds could detect (80% power at Holm's first level)."""
+    usable = [c for c in contrasts if c["a"] in groups and c["b"] in groups]
+    out = []
+    for c in usable:
+        a = finite([r["metric_value"] for r in groups[c["a"]]])
+        b = finite([r["metric_value"] for r in groups[c["b"]]])
+        sd = pooled_sd([a, b])
+        out.append({**c, **welch_interval(a, b), "p_perm": permutation_p(a, b), "g": hedges_g(a, b),
+                    "n_a": len(a), "n_b": len(b),
+                    "detectable": detectable_difference(sd, len(a), len(b), alpha=ALPHA / max(1, len(usable)))})
+    for row, adjusted in zip(out, holm([r["p_perm"] for r in out])):
+        row["p_holm"] = adjusted
+        if math.isfinite(adjusted) and adjusted < ALPHA:
+            row["reading"] = f"{row['a'] if (row['diff'] < 0) == lower else row['b']} better"
+        else:
+            row["reading"] = "no finding"
+    return out
+
+
 def statistics_section(rows: Sequence[dict[str, Any]], curves: Sequence[dict[str, Any]], order: Sequence[str],
-                       contrasts: Sequence[dict[str, str]], recipes: Optional[dict[str, Any]] = None) -> str:
-    """Markdown: chosen recipes, per-cell mean/std/95% CI with the plateau check, and the headline contrasts."""
+                       contrasts: Sequence[dict[str, str]], recipes: Optional[dict[str, Any]] = None,
+                       eval_sd: Optional[dict[str, float]] = None, exploratory: bool = False) -> str:
+    """Markdown: chosen recipes, per-cell mean with its Student-t interval and the plateau check, and the
+    declared contrasts with exact permutation p (Holm), Welch interval, Hedges' g and detectable difference.
+
+    ``eval_sd``: the evaluation SD of the metric per cell (the same checkpoint under several evaluation
+    seeds), where measured; ``exploratory``: the grid ran past the budget its contrasts were declared at.
+    """
     if not rows:
         return ""
     groups = _grouped(rows)
     metric = rows[0]["metric"]
     lower = lower_is_better(metric) is not False
+    eval_sd = eval_sd or {}
     lines = []
     if recipes:
         lines += ["", "Chosen recipes (equal tuning budget per cell; tuning seeds disjoint from the final seeds):", "",
@@ -228,41 +216,36 @@ def statistics_section(rows: Sequence[dict[str, Any]], curves: Sequence[dict[str
             r = recipes.get(cell)
             if r:
                 lines.append(f"| {cell} | `{' '.join(r['recipe'])}` | {r['value']:.3f} | {r['trials']} ({r['diverged']}) |")
-    lines += ["", f"{metric}: mean, sample std and {CONFIDENCE:.0%} percentile bootstrap interval of the mean over "
-              f"seeds; converged = over the last third of the budget the cell's metric (the seed mean at each "
-              f"evaluation point) improved by at most {PLATEAU_GAIN:.0%}. The largest single seed's gain is shown "
-              "beside it: one seed's point-to-point noise is not the cell's trend.", "",
-              "| cell | seeds | mean | std | 95% CI | last-third gain (seed mean) | (largest single seed) | converged |",
-              "|---|---:|---:|---:|---|---:|---:|---|"]
-    cis = {}
+    lines += ["", f"{metric}: mean over seeds with its {CONFIDENCE:.0%} Student-t interval (df = seeds - 1); "
+              f"eval SD: the metric's spread over evaluation seeds of one checkpoint. Converged: a line through the "
+              f"cell's last {PLATEAU_POINTS} evaluations (seed means) does not improve over the last third of the "
+              "images by more than two of its standard errors and twice the evaluation SD.", "",
+              "| cell | seeds | mean | std | 95% t-interval | eval SD | last-third change (fit ± SE) | converged |",
+              "|---|---:|---:|---:|---|---:|---|---|"]
     for cell in order:
         rs = groups.get(cell, [])
         if not rs:
             continue
         vals = [r["metric_value"] for r in rs]
         m, s, n = mean_std(vals)
-        cis[cell] = bootstrap_ci(vals)
-        mine = [p for p in curves if p["cell"] == cell]
-        gains = [plateau_gain([p for p in mine if p["seed"] == r["seed"]], lower) for r in rs]
-        worst = max((g for g in gains if math.isfinite(g)), default=math.nan)
-        gain = plateau_gain(mean_curve(mine, [r["seed"] for r in rs]), lower)
-        ok = "yes" if math.isfinite(gain) and gain <= PLATEAU_GAIN else "**no: not converged**"
-        lines.append(f"| {cell} | {n} | {m:.3f} | {s:.3f} | [{cis[cell][0]:.3f}, {cis[cell][1]:.3f}] "
-                     f"| {gain:+.1%} | {worst:+.1%} | {ok} |")
-    usable = [c for c in contrasts if c["a"] in groups and c["b"] in groups]
-    if usable:
-        lines += ["", f"Contrasts (a - b in {metric}; difference of means with its {CONFIDENCE:.0%} bootstrap "
-                  "interval, Cohen's d with the pooled std, Welch's t-test p; cells whose intervals overlap: "
-                  "no finding):", "", "| contrast | a | b | a - b | 95% CI | Cohen's d | Welch p | reading |",
-                  "|---|---|---|---:|---|---:|---:|---|"]
-        for c in usable:
-            k = contrast([r["metric_value"] for r in groups[c["a"]]], [r["metric_value"] for r in groups[c["b"]]])
-            (al, ah), (bl, bh) = cis[c["a"]], cis[c["b"]]
-            if not all(math.isfinite(v) for v in (al, ah, bl, bh)) or (al <= bh and bl <= ah):
-                reading = "no finding (intervals overlap)"
-            else:
-                better = c["a"] if (k["diff"] < 0) == lower else c["b"]
-                reading = f"{better} better"
-            lines.append(f"| {c['name']} | {c['a']} | {c['b']} | {k['diff']:+.3f} | [{k['low']:+.3f}, {k['high']:+.3f}] "
-                         f"| {k['d']:+.2f} | {k['p']:.3g} | {reading} |")
+        _, low, high = t_interval(vals)
+        noise = eval_sd.get(cell, math.nan)
+        fit = plateau(mean_curve([p for p in curves if p["cell"] == cell], [r["seed"] for r in rs]), noise, lower)
+        state = {True: "yes", False: "**no: still improving**", None: "n/a"}[fit["converged"]]
+        lines.append(f"| {cell} | {n} | {m:.3f} | {s:.3f} | [{low:.3f}, {high:.3f}] | "
+                     f"{noise:.3f} | {fit['change']:+.3f} ± {fit['se']:.3f} | {state} |")
+    table = contrast_rows(groups, contrasts, lower)
+    if table:
+        lines += ["", f"Contrasts a - b in {metric}, declared before the runs"
+                  + (" — **exploratory: this grid ran past the budget they were declared at**" if exploratory else "")
+                  + f": Welch {CONFIDENCE:.0%} interval of the difference, exact permutation p (every relabelling "
+                  f"of the seeds; Holm-adjusted over the {len(table)} contrasts), Welch p, Hedges' g, and the "
+                  "smallest difference these seeds detect with 80% power at Holm's first level. A finding needs "
+                  f"Holm p < {ALPHA}.", "",
+                  "| contrast | a | b | a - b | 95% Welch CI | perm p | Holm p | Welch p | Hedges' g | detectable | reading |",
+                  "|---|---|---|---:|---|---:|---:|---:|---:|---:|---|"]
+        for r in table:
+            lines.append(f"| {r['name']} | {r['a']} | {r['b']} | {r['diff']:+.3f} | [{r['low']:+.3f}, {r['high']:+.3f}] "
+                         f"| {r['p_perm']:.3g} | {r['p_holm']:.3g} | {r['p_welch']:.3g} | {r['g']:+.2f} "
+                         f"| {r['detectable']:.3f} | {r['reading']}{' (exploratory)' if exploratory else ''} |")
     return "\n".join(lines) + "\n"

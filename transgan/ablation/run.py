@@ -14,8 +14,10 @@ and a resumed run continues exactly where it stopped.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -33,9 +35,11 @@ from transgan.commands import train as train_command
 from transgan.data import build_dataset
 from transgan.errors import ConfigError
 from transgan.eval.complexity import dataset_classes, measure_models
+from transgan.eval.metric_registry import training_key
 from transgan.eval.metrics import eval_config, load_preset, protocol_weights
 from transgan.runs import checkpoint as ckpt
 from transgan.runs.files import atomic_write_text
+from transgan.train.config import validate_config
 
 # The commands run as modules of this same copy of transgan (installed or a checkout), never as files;
 # imported, so the import contracts see what the grid depends on.
@@ -121,6 +125,7 @@ def run_cells(cfg: DictConfig, cells: Sequence[Cell], echo: Callable[[str], None
         if report:
             write_report(cfg, cells, out_dir, recipes)
     if report:
+        measure_eval_noise(cfg, cells, echo)
         paths = write_report(cfg, cells, out_dir, recipes)
         echo("wrote " + ", ".join(str(p) for p in paths))
     if failed:
@@ -210,7 +215,10 @@ def saved_run(cell: Cell) -> Optional[str]:
     saved = cell.run_dir / "config.yaml"
     if not saved.is_file():
         return None
-    a, b = OmegaConf.to_container(OmegaConf.load(saved)), OmegaConf.to_container(cell.cfg)
+    # The saved config through the schema: keys added since it was written take their defaults, so a grid
+    # continues across versions unless a value really differs.
+    a = OmegaConf.to_container(validate_config(OmegaConf.load(saved)))
+    b = OmegaConf.to_container(cell.cfg)
 
     def key(c: dict[str, Any], drop: Sequence[str] = ()) -> str:
         c = {**c, "resume": None, "train": {k: v for k, v in c["train"].items() if k not in drop}}
@@ -330,6 +338,54 @@ def evaluate_checkpoints(cell: Cell, cfg: DictConfig, log_path: Path, echo: Call
                                 f"{log_path}:\n" + _tail(log_path))
 
 
+NOISE_DIR = "ablation_eval_noise"  # in the first seed's run dir: its final checkpoint under other evaluation seeds
+
+
+def measure_eval_noise(cfg: DictConfig, cells: Sequence[Cell], echo: Callable[[str], None] = print) -> None:
+    """Each cell's final checkpoint (its first seed's run) evaluated under ``eval.noise_seeds`` more evaluation
+    seeds with the protocol of its metric (tools/eval.py), so the report can give the metric's evaluation SD."""
+    if not cfg.eval.noise_seeds:
+        return
+    firsts = {}
+    for c in cells:
+        if c.label not in firsts and (c.run_dir / MARKER).is_file():
+            firsts[c.label] = c
+    for label, c in firsts.items():
+        path = ckpt.latest_checkpoint(c.run_dir)
+        protocol = ["eval=run"] if cfg.eval.source == "trainer" else eval_tool_args(cfg)
+        for k in range(int(cfg.eval.noise_seeds)):
+            out = c.run_dir / NOISE_DIR / f"seed-{NOISE_SEED + k}.json"
+            if out.is_file():
+                continue
+            echo(f"{label}: evaluation noise, evaluation seed {NOISE_SEED + k} of {path.name}")
+            res = run_process([sys.executable, *EVAL_COMMAND, str(path), *protocol, f"eval.seed={NOISE_SEED + k}",
+                               "--out", str(out)], c.run_dir.parent.parent / "logs" / f"{c.key}.eval_noise.log")
+            if res["rc"] != 0:
+                raise AblationError(f"tools/eval.py exited with status {res['rc']} measuring the evaluation noise of "
+                                    f"{path}")
+
+
+NOISE_SEED = 1000  # evaluation seeds of the noise measurement: none of them is a run's own (its seed)
+
+
+def eval_noise(cfg: DictConfig, cells: Sequence[Cell]) -> dict[str, float]:
+    """Per cell, the SD of its metric over the final checkpoint's evaluations (the run's own and the noise seeds')."""
+    out = {}
+    for c in cells:
+        folder = c.run_dir / NOISE_DIR
+        if c.label in out or not folder.is_dir() or not (c.run_dir / MARKER).is_file():
+            continue
+        values = [json.loads((c.run_dir / MARKER).read_text())["row"]["metric_value"]]
+        for f in sorted(folder.glob("seed-*.json")):
+            res = json.loads(f.read_text())
+            extractor = res.get("protocol", {}).get("extractor", "")
+            values += [_number(v) for k, v in res.items() if training_key(k, extractor) == cfg.eval.metric]
+        xs = [v for v in values if v is not None and math.isfinite(v)]
+        if len(xs) > 1:
+            out[c.label] = statistics.stdev(xs)
+    return out
+
+
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
@@ -422,8 +478,10 @@ def write_report(cfg: DictConfig, cells: Sequence[Cell], out_dir: Path,
     header = report_header(cfg, cells) + f"; {len(rows)}/{len(cells)} runs finished."
     paths = [write_csv(out_dir / "ablation.csv", rows, COLUMNS), write_csv(out_dir / "curves.csv", curves, CURVE_COLUMNS)]
     md = out_dir / "ablation.md"
+    exploratory = cfg.declared_budget is not None and float(cfg.budget.value) != float(cfg.declared_budget)
     md.write_text(markdown_table(rows, order, header) + statistics_section(
-        rows, curves, order, [OmegaConf.to_container(c) for c in cfg.contrasts], recipes))
+        rows, curves, order, [OmegaConf.to_container(c) for c in cfg.contrasts], recipes,
+        eval_sd=eval_noise(cfg, cells), exploratory=exploratory))
     paths.append(md)
     if cfg.plots and curves:
         paths += plot_curves(curves, order, cfg.eval.metric, out_dir, title=f"{cfg.name}: {b.kind} budget {b.value:g}")

@@ -72,7 +72,9 @@ def suggest(trial: Any, space: DictConfig) -> list[str]:
             family = trial.suggest_categorical("loss", sorted(dom.keys()))
             out.append(f"loss={family}")
             for sub, rng in (dom[family] or {}).items():
-                out.append(f"loss.{sub}={_suggest_value(trial, f'{family}.{sub}', rng)}")
+                # "r1_gamma+r2_gamma": one draw for keys that move together (R3GAN's one gamma)
+                value = _suggest_value(trial, f"{family}.{sub}", rng)
+                out += [f"loss.{name}={value}" for name in sub.split("+")]
         else:
             out.append(f"{key}={_suggest_value(trial, key, dom)}")
     return out

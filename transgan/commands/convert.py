@@ -23,15 +23,14 @@ USAGE = """Convert an official checkpoint into a transgan run directory (no pick
   <checkpoint>   TransGAN .pth (VITA-Group/TransGAN train_derived.py: gen/dis/avg_gen state dicts), or
                  a stylegan2-ada-pytorch network-snapshot-*.pkl (G, D, G_ema; conditional too),
                  read by a restricted unpickler that refuses anything but tensors and containers,
-                 or a StyleSwin .pt (g, g_ema; its discriminator is not converted yet: the run
-                 gets the preset's D with fresh weights)
+                 a StyleSwin .pt (g, g_ema, d), or an R3GAN network-snapshot-*.pkl (G, D, G_ema as
+                 plainly pickled modules, either naming of the official code)
   --out <run dir>  an empty folder; receives config.yaml and checkpoints/step-000000000.pt
   overrides      Hydra overrides composed first (default: the paper preset of the checkpoint's
                  kind: experiment=transgan_paper dataset=cifar10, experiment=stylegan2_ada_paper256
-                 dataset=cifar10, experiment=styleswin_paper dataset=celeba (give your
-                 dataset=...; conditional snapshots need
-                 dataset.conditional=true)); the converted networks
-                 replace the preset's model.
+                 dataset=cifar10, experiment=styleswin_paper dataset=celeba, experiment=r3gan_cifar10;
+                 give your dataset=...; conditional snapshots need dataset.conditional=true); the
+                 converted networks replace the preset's model.
 
 The run directory works with tools/eval.py, tools/generate.py, tools/serve.py and
 resume=<run dir> (fine-tuning from the official weights).

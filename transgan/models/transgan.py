@@ -46,7 +46,7 @@ from torch import Tensor
 
 from transgan.errors import ConfigError
 from transgan.nn.attention import Attention
-from transgan.nn.layers import check_class_labels, checkpointed, init_linear_like_vit
+from transgan.nn.layers import check_class_labels, checkpointed, improved_spectral_norm, init_linear_like_vit
 from transgan.nn.windows import GridAttention
 
 __all__ = [
@@ -59,6 +59,7 @@ UPSAMPLE_MODES = ("pixel_shuffle", "bicubic")
 POS_EMBEDS = ("learned", "sinusoidal")
 NORMS = ("layer", "pixel")
 OUTPUTS = ("tanh", "linear")
+SPECTRAL_NORMS = ("none", "plain", "isn")  # the discriminator's: off, Miyato et al., ViTGAN's improved
 
 
 # ----------------------------------------------------------------------------- token arithmetic
@@ -206,7 +207,8 @@ class TransformerBlock(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, resolution: Optional[int] = None, window: Optional[int] = None,
                  mlp_ratio: float = 4.0, qkv_bias: bool = False, rel_pos: bool = True, norm: str = "layer",
-                 drop_path: float = 0.0, kernel: str = "auto", attention_noise: bool = False) -> None:
+                 drop_path: float = 0.0, kernel: str = "auto", attention_noise: bool = False,
+                 similarity: str = "dot") -> None:
         super().__init__()
         self.resolution = resolution
         self.norm1 = _norm(norm, dim)
@@ -214,10 +216,10 @@ class TransformerBlock(nn.Module):
         # strength (zero at init) to each attention's input.
         self.noise_strength = nn.Parameter(torch.zeros([])) if attention_noise else None
         if resolution is None:
-            self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, kernel=kernel)
+            self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, kernel=kernel, similarity=similarity)
         else:
             self.attn = GridAttention(dim, num_heads, grid=window or resolution, qkv_bias=qkv_bias,
-                                      rel_pos=rel_pos, kernel=kernel)
+                                      rel_pos=rel_pos, kernel=kernel, similarity=similarity)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = _norm(norm, dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
@@ -365,6 +367,13 @@ class TransGANDiscriminator(nn.Module):
     stage, then ``last_depth`` blocks over the tokens and the [cls] token.
     ``attention_noise`` adds the public CIFAR-10 discriminator's per-token noise (a learned
     strength per attention, zero at init) to every attention's input.
+
+    ViTGAN's stabilizers of a transformer critic (Lee et al., ICLR 2022), each an option:
+    ``attention_similarity="l2_tied"`` (L2-distance attention with tied queries and keys, a
+    Lipschitz self-attention), ``spectral_norm="isn"`` (improved spectral normalization of every
+    linear and conv layer: spectrally normalized, scaled by the layer's spectral norm at
+    initialization; ``"plain"``: scaled to 1) and ``patch_overlap`` (each patch embedding also sees
+    that many pixels of its neighbours on every side).
     """
 
     def __init__(self, img_resolution: int, img_channels: int, num_classes: int, patch_size: int = 2,
@@ -373,9 +382,13 @@ class TransGANDiscriminator(nn.Module):
                  pos_embed: str = "learned", rel_pos: bool = True, norm: str = "layer",
                  global_attention_tokens: int = 1024, grid_size: int = 16, drop_path: float = 0.0,
                  attention_kernel: Optional[str] = None, gradient_checkpointing: bool = False,
-                 attention_noise: bool = False) -> None:
+                 attention_noise: bool = False, attention_similarity: str = "dot", spectral_norm: str = "none",
+                 patch_overlap: int = 0) -> None:
         super().__init__()
         where = "transgan discriminator"
+        _check_choice(spectral_norm, SPECTRAL_NORMS, "spectral_norm", where)
+        if patch_overlap < 0:
+            raise ConfigError(f"{where}: patch_overlap must be >= 0, got {patch_overlap}")
         if img_channels < 1 or num_classes < 0 or last_depth < 1:
             raise ConfigError(f"{where}: need img_channels >= 1, num_classes >= 0, last_depth >= 1; got "
                               f"{img_channels}, {num_classes}, {last_depth}")
@@ -390,20 +403,24 @@ class TransGANDiscriminator(nn.Module):
         self.gradient_checkpointing = bool(gradient_checkpointing)
         dim = self.stages_plan[-1].dim
         # Linear flatten of non-overlapping patches = a conv with kernel = stride = patch size.
+        # With patch_overlap o the kernel grows by o on each side at the same stride (ViTGAN's overlapping patches).
         self.patch_embeds = nn.ModuleList([
-            nn.Conv2d(img_channels, e, kernel_size=patch_size * 2 ** s, stride=patch_size * 2 ** s)
+            nn.Conv2d(img_channels, e, kernel_size=patch_size * 2 ** s + 2 * patch_overlap,
+                      stride=patch_size * 2 ** s, padding=patch_overlap)
             for s, e in enumerate(embed_dims)])
         self.pos_embeds = nn.ModuleList([PositionEmbedding(s.resolution, s.dim, pos_embed) for s in self.stages_plan])
         rates = _drop_path_rates([s.depth for s in self.stages_plan] + [last_depth], drop_path)
         self.stages = nn.ModuleList([
             nn.ModuleList([TransformerBlock(s.dim, s.num_heads, s.resolution, s.window, mlp_ratio=mlp_ratio,
                                             qkv_bias=qkv_bias, rel_pos=rel_pos, norm=norm, drop_path=rate,
-                                            kernel=kernel, attention_noise=attention_noise) for rate in stage_rates])
+                                            kernel=kernel, attention_noise=attention_noise,
+                                            similarity=attention_similarity) for rate in stage_rates])
             for s, stage_rates in zip(self.stages_plan, rates)])
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.last_blocks = nn.ModuleList([
             TransformerBlock(dim, self.stages_plan[-1].num_heads, None, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
-                             norm=norm, drop_path=rate, kernel=kernel, attention_noise=attention_noise)
+                             norm=norm, drop_path=rate, kernel=kernel, attention_noise=attention_noise,
+                             similarity=attention_similarity)
             for rate in rates[-1]])
         self.norm = _norm(norm, dim)
         self.head = nn.Linear(dim, 1)
@@ -417,6 +434,11 @@ class TransGANDiscriminator(nn.Module):
             # term starts at ~0.1 of a logit and a WGAN-GP critic learned almost no class margin in 200 steps
             # (docs/ablation.md, "ViT critic conditioning: measured").
             nn.init.xavier_uniform_(self.class_embed.weight)
+        if spectral_norm == "isn":
+            improved_spectral_norm(self)  # after init: each layer keeps its initial spectral norm
+        elif spectral_norm == "plain":
+            for layer in [m for m in self.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]:
+                nn.utils.parametrizations.spectral_norm(layer, name="weight")
 
     def features(self, x: Tensor) -> Tensor:
         """Images [B, C, R, R] -> the normalized [cls] feature [B, dim]."""

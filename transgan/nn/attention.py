@@ -130,7 +130,7 @@ def math_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None, 
     scores = (q * scale) @ k.transpose(-2, -1)
     if bias is not None:
         scores = scores + bias
-    weights = scores.float().softmax(dim=-1).to(v.dtype)  # softmax in fp32 under half precision
+    weights = scores.to(accumulation_dtype(scores)).softmax(dim=-1).to(v.dtype)  # half precision: in fp32
     if dropout_p > 0:
         weights = F.dropout(weights, dropout_p)
     return weights @ v
@@ -192,22 +192,39 @@ def scaled_dot_product(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = No
 # ---------------------------------------------------------------------------------------------
 
 
+SIMILARITIES = ("dot", "l2_tied")
+
+
 class Attention(nn.Module):
-    """Multi-head self / cross attention: q from x, k and v from ``context`` (x itself if None)."""
+    """Multi-head self / cross attention: q from x, k and v from ``context`` (x itself if None).
+
+    ``similarity="l2_tied"`` is ViTGAN's Lipschitz attention (Lee et al. 2022): one projection
+    for queries and keys, logits -||q_i - k_j||^2 / sqrt(d) instead of q_i . k_j / sqrt(d). Within
+    a row that is 2 q_i . k_j / sqrt(d) - ||k_j||^2 / sqrt(d) (||q_i||^2 is the same for every j
+    and cancels in the softmax), so every kernel runs it as dot-product attention with scale
+    2 / sqrt(d) and an additive bias -||k_j||^2 / sqrt(d) per key.
+    """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, context_dim: int | None = None,
                  qk_scale: float | None = None, attn_drop: float = 0.0, proj_drop: float = 0.0,
-                 kernel: str = "auto") -> None:
+                 kernel: str = "auto", similarity: str = "dot") -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"attention dim {dim} is not divisible by num_heads {num_heads}")
+        if similarity not in SIMILARITIES:
+            raise ConfigError(f"attention similarity must be one of {list(SIMILARITIES)}, got {similarity!r}")
+        if similarity == "l2_tied" and context_dim not in (None, dim):
+            raise ConfigError("l2_tied attention ties queries and keys: self-attention only")
+        self.l2_tied = similarity == "l2_tied"
         self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
         self.context_dim = dim if context_dim is None else context_dim
         self.scale = self.head_dim ** -0.5 if qk_scale is None else qk_scale
         self.kernel = check_kernel(kernel)  # read once, as timm reads its fused-attention flag
         self.attn_drop = float(attn_drop)
         self.fused_qkv = self.context_dim == dim
-        if self.fused_qkv:
+        if self.l2_tied:
+            self.qkv = nn.Linear(dim, 2 * dim, bias=qkv_bias)  # [q = k | v]
+        elif self.fused_qkv:
             # One fused projection (timm layout: [q | k | v], heads inside each); cross attention
             # with a same-width context uses its q rows on x and its k, v rows on the context.
             self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
@@ -225,6 +242,11 @@ class Attention(nn.Module):
                                     or context.shape[0] != x.shape[0]):
             raise ValueError(f"Attention wants context as [{x.shape[0]}, M, {self.context_dim}], "
                              f"got {tuple(context.shape)}")
+        if self.l2_tied:
+            if context is not None:
+                raise ValueError("l2_tied attention is self-attention: no context")
+            qk, v = rearrange(self.qkv(x), "b n (two h d) -> two b h n d", two=2, h=self.num_heads)
+            return qk, qk, v
         if self.fused_qkv:
             if context is None:
                 q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.num_heads)
@@ -243,7 +265,13 @@ class Attention(nn.Module):
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None) -> Tensor:
         """The attention core with this module's scale, kernel and dropout."""
-        return scaled_dot_product(q, k, v, bias=bias, scale=self.scale, kernel=self.kernel,
+        scale = self.scale
+        if self.l2_tied:
+            # -scale ||q - k||^2 = 2 scale q.k - scale ||k||^2 - scale ||q||^2, the last constant along a row
+            key_norms = (k.to(accumulation_dtype(k)).square().sum(-1) * -scale).unsqueeze(-2).to(q.dtype)  # [.., 1, M]
+            bias = key_norms if bias is None else additive_bias(bias, q.dtype) + key_norms
+            scale = 2 * scale
+        return scaled_dot_product(q, k, v, bias=bias, scale=scale, kernel=self.kernel,
                                   dropout_p=self.attn_drop if self.training else 0.0)
 
     def project_out(self, out: Tensor) -> Tensor:

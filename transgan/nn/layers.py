@@ -180,6 +180,29 @@ class EqualizedConv2d(nn.Module):
                 f"activation={self.activation}, down={self.down}")
 
 
+class _Scale(nn.Module):
+    """A parametrization multiplying a weight by a constant (kept as a buffer)."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.register_buffer("factor", torch.tensor(float(factor)))
+
+    def forward(self, weight: Tensor) -> Tensor:
+        return weight * self.factor.to(weight.dtype)
+
+
+def improved_spectral_norm(module: nn.Module, types: tuple[type, ...] = (nn.Linear, nn.Conv2d)) -> nn.Module:
+    """ViTGAN's improved spectral normalization (Lee et al. 2022), in place on every layer of ``types``:
+    W -> sigma(W_init) W / sigma(W): spectrally normalized, then scaled back to the layer's spectral norm at
+    initialization (plain spectral norm would shrink every layer to 1, which a transformer trains badly with)."""
+    for layer in [m for m in module.modules() if isinstance(m, types)]:
+        with torch.no_grad():
+            sigma0 = torch.linalg.matrix_norm(layer.weight.detach().flatten(1).float(), ord=2)
+        nn.utils.parametrizations.spectral_norm(layer, name="weight")
+        nn.utils.parametrize.register_parametrization(layer, "weight", _Scale(float(sigma0)))
+    return module
+
+
 def apply_spectral_norm(module: nn.Module) -> nn.Module:
     """Spectrally normalize every equalized layer in ``module`` (in place); their run-time gain becomes 1.
 

@@ -111,13 +111,13 @@ class WindowAttention(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, window: int, shift: int = 0, qkv_bias: bool = True,
                  qk_scale: float | None = None, attn_drop: float = 0.0, proj_drop: float = 0.0,
-                 rel_pos: bool = True, kernel: str = "auto") -> None:
+                 rel_pos: bool = True, kernel: str = "auto", similarity: str = "dot") -> None:
         super().__init__()
         if window < 1 or not 0 <= shift < window:
             raise ValueError(f"need window >= 1 and 0 <= shift < window, got window={window}, shift={shift}")
         self.window, self.shift = window, shift
         self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale, attn_drop=attn_drop,
-                              proj_drop=proj_drop, kernel=kernel)
+                              proj_drop=proj_drop, kernel=kernel, similarity=similarity)
         self.rel_pos = RelativePositionBias(window, num_heads) if rel_pos else None
         self._masks: dict[tuple, Tensor] = {}
 
@@ -146,9 +146,10 @@ class GridAttention(WindowAttention):
 
     def __init__(self, dim: int, num_heads: int, grid: int, qkv_bias: bool = True, qk_scale: float | None = None,
                  attn_drop: float = 0.0, proj_drop: float = 0.0, rel_pos: bool = True,
-                 kernel: str = "auto") -> None:
+                 kernel: str = "auto", similarity: str = "dot") -> None:
         super().__init__(dim, num_heads, window=grid, shift=0, qkv_bias=qkv_bias, qk_scale=qk_scale,
-                         attn_drop=attn_drop, proj_drop=proj_drop, rel_pos=rel_pos, kernel=kernel)
+                         attn_drop=attn_drop, proj_drop=proj_drop, rel_pos=rel_pos, kernel=kernel,
+                         similarity=similarity)
 
 
 def grid_attention(x: Tensor, attn: Attention, grid: int, bias: Tensor | None = None) -> Tensor:
