@@ -6,10 +6,8 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from transgan.augment import (ADAPipeline, affine_resample, apply_color, color_matrix, int_translate, rot90,
-                              xflip)
+from transgan.augment import ADAPipeline, affine_resample, apply_color, color_matrix, int_translate, rot90, xflip
 
 
 def images(B=6, C=3, H=8, W=8, seed=0):

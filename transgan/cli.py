@@ -15,7 +15,7 @@ import sys
 import textwrap
 from typing import TYPE_CHECKING, Callable, Mapping, NoReturn, Optional, Sequence
 
-from transgan.errors import CheckpointError, ConfigError, NonFiniteError
+from transgan.errors import CheckpointError, ConfigError, NonFiniteError, OutputError
 
 if TYPE_CHECKING:
     import torch
@@ -135,7 +135,7 @@ def run_cli(job: Callable[[], None], usage: str | CommandLine, argv: Sequence[st
         return 0
     try:
         job()
-    except (ConfigError, CheckpointError, FileNotFoundError) as e:
+    except (ConfigError, CheckpointError, FileNotFoundError, OutputError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except NonFiniteError as e:

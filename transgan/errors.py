@@ -17,3 +17,8 @@ class CheckpointError(RuntimeError):
 
 class NonFiniteError(RuntimeError):
     """Too many training steps in a row had a non-finite loss or gradient; the run stopped."""
+
+
+class OutputError(RuntimeError):
+    """A run's output (checkpoint, metrics line, sample grid, export) could not be written, e.g. a full disk;
+    what was written before is intact."""

@@ -144,3 +144,32 @@ def test_serve_refuses_a_taken_port_before_loading_the_model(serve_tool, tmp_pat
 
 def test_serve_refuses_a_wildcard_host_without_allowed_hosts(serve_tool, tmp_path, capsys):
     one_error(capsys, serve_tool.main([str(tmp_path / "missing"), "--host", "0.0.0.0"]), "--allowed-host")
+
+
+@pytest.mark.parametrize("out", ["grid.noext", "grid.jpgx", "/dev/null", "FOLDER"])
+def test_generate_refuses_an_output_it_cannot_write_with_one_line(run_dir, generate_tool, tmp_path, capsys, out):
+    target = str(tmp_path) if out == "FOLDER" else out if out.startswith("/") else str(tmp_path / out)
+    assert generate_tool.main(["images", str(run_dir), "--seeds", "0", "--out", target]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --out") and "Traceback" not in err[0]
+
+
+def test_ctrl_c_stops_the_server_with_status_130_and_no_traceback(run_dir, repo_root, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(repo_root)}
+    proc = subprocess.Popen([sys.executable, "-m", "transgan.commands.serve", str(run_dir), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        assert "serving on" in line, line + proc.stderr.read()
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in err and "KeyboardInterrupt" not in err, err[-2000:]

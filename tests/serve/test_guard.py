@@ -129,14 +129,32 @@ def budget_server(digits_model):
 def test_a_request_over_the_pixel_budget_gets_a_short_413(budget_server):
     status, body, _ = call(budget_server.url + "api/generate", {"class": 1, "count": 16, "size": 64})
     detail = json.loads(body)["detail"]
-    assert status == 413 and "65,536 pixels" in detail and "at most 32,768" in detail and len(detail) < 200
+    assert status == 413 and "at most 32,768 pixels" in detail and "65,536" not in detail and len(detail) < 200
     status, body, _ = call(budget_server.url + "api/generate.png?class=1&count=9&size=64")
     assert status == 413
     assert call(budget_server.url + "api/generate", {"class": 1, "count": 8, "size": 64})[0] == 200
     assert call(budget_server.url + "api/generate", {"class": 1, "count": 16})[0] == 200  # 16 x 16^2
 
 
-def test_a_full_server_answers_503_with_retry_after_and_serves_the_rest(budget_server):
+def test_the_pixel_budget_keeps_a_reserve_for_small_requests_and_a_share_per_client():
+    from transgan.serve.app import PixelBudget, ServerBusy
+
+    budget = PixelBudget(capacity=100, reserve=20, small=5, client_share=0.5, largest=30)
+    assert budget.client_cap == 40  # half of the 80 large requests may use, at least one largest request
+    with budget.hold(30, "a"), budget.hold(10, "a"):
+        with pytest.raises(ServerBusy):
+            budget.hold(10, "a").__enter__()  # a's share (40) is spent
+        with budget.hold(30, "b"):  # b has its own share; 70 of the large pool (80) is held ...
+            with pytest.raises(ServerBusy):
+                budget.hold(15, "c").__enter__()
+            with budget.hold(5, "a"), budget.hold(5, "c"), budget.hold(5, "d"), budget.hold(5, "e"):
+                assert budget.in_flight == 90  # ... but small requests still get the reserve
+            assert budget.large_in_flight == 70
+    assert budget.in_flight == budget.large_in_flight == 0 and budget.by_client == {}
+    assert budget.refused == 2
+
+
+def test_a_client_over_its_share_answers_503_with_retry_after_while_a_small_request_is_served(budget_server):
     service = budget_server.server.config.app.state.service
     gate, entered = threading.Event(), threading.Event()
     original = service.batcher.sampler
@@ -149,25 +167,28 @@ def test_a_full_server_answers_503_with_retry_after_and_serves_the_rest(budget_s
     service.batcher.sampler = held
     results: list[int] = []
     try:
-        threads = [threading.Thread(target=lambda: results.append(
-            call(budget_server.url + "api/generate", {"class": 1, "count": 8, "size": 64})[0])) for _ in range(3)]
-        for t in threads:
-            t.start()
+        first = threading.Thread(target=lambda: results.append(
+            call(budget_server.url + "api/generate", {"class": 1, "count": 8, "size": 64})[0]))
+        first.start()
         assert entered.wait(30)
-        deadline = time.monotonic() + 30
-        while service.budget.in_flight < service.budget.capacity and time.monotonic() < deadline:
-            time.sleep(0.01)
-        status, body, headers = call(budget_server.url + "api/generate", {"class": 1, "count": 1})
+        # the same client's second largest request: past its share (one largest request here)
+        status, body, headers = call(budget_server.url + "api/generate", {"class": 1, "count": 8, "size": 64})
         retry_after = {k.lower(): v for k, v in headers.items()}["retry-after"]
         assert status == 503 and retry_after == "1" and "busy" in json.loads(body)["detail"]
+        small = threading.Thread(target=lambda: results.append(
+            call(budget_server.url + "api/generate", {"class": 1, "count": 1})[0]))
+        small.start()  # admitted into the reserve: it waits for the model, not for the budget
+        deadline = time.monotonic() + 30
+        while service.budget.in_flight < 8 * 64 * 64 + 16 * 16 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert service.budget.in_flight == 8 * 64 * 64 + 16 * 16
         assert call(budget_server.url + "api/info")[0] == 200  # the constant answers are not queued
     finally:
         gate.set()
-        for t in threads:
+        for t in (first, small):
             t.join(60)
         service.batcher.sampler = original
-    assert results == [200, 200, 200] and service.budget.in_flight == 0
-    assert call(budget_server.url + "api/generate", {"class": 1, "count": 1})[0] == 200
+    assert sorted(results) == [200, 200] and service.budget.in_flight == 0
 
 
 def latencies_while(load, probe, seconds: float = 3.0, clients: int = 4) -> list[float]:
@@ -245,3 +266,103 @@ def test_a_trivial_request_is_not_held_by_nagle_and_delayed_ack(digits_server):
     finally:
         connection.close()
     assert percentile(times, 50) < 20, times
+
+
+def _stream_until_answered(server, head: bytes, filler: bytes, limit_s: float = 20.0) -> bytes:
+    """Send ``head``, then ``filler`` over and over until the server answers (or closes); return the answer."""
+    with socket.create_connection((server.host, server.port), timeout=limit_s) as sock:
+        sock.sendall(head)
+        sock.setblocking(False)
+        deadline, answer = time.monotonic() + limit_s, b""
+        while time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+                continue
+            except BlockingIOError:
+                pass
+            except ConnectionResetError:
+                break
+            try:
+                sock.send(filler)
+            except (BlockingIOError, BrokenPipeError, ConnectionResetError):
+                if answer:
+                    break
+                time.sleep(0.001)
+        return answer
+
+
+def _status_and_headers(answer: bytes) -> tuple[bytes, dict]:
+    head = answer.partition(b"\r\n\r\n")[0].split(b"\r\n")
+    return head[0], {n.lower(): v for n, v in (line.split(b": ", 1) for line in head[1:])}
+
+
+@pytest.mark.parametrize("head, filler, status", [
+    (b"GET /api/info HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: ", b"a" * 4096, b"HTTP/1.1 431"),   # an endless header
+    (b"GET /" , b"a" * 4096, b"HTTP/1.1 414"),                                              # an endless URL
+    (b"GET /api/info HTTP/1.1\r\nHost: 127.0.0.1\r\n", b"X-B: 1\r\n" * 256, b"HTTP/1.1 431"),  # header after header
+])
+def test_an_endless_head_is_cut_off_with_431_or_414_while_others_are_served(digits_server, head, filler, status):
+    latencies: list[float] = []
+    stop = threading.Event()
+
+    def probe() -> None:
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            assert call(digits_server.url + "api/info")[0] == 200
+            latencies.append((time.perf_counter() - t0) * 1000)
+            time.sleep(0.02)
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    answers, took = [], []
+    try:  # the attacker reconnects and streams again, for two seconds
+        end = time.monotonic() + 2.0
+        while time.monotonic() < end:
+            t0 = time.perf_counter()
+            answers.append(_stream_until_answered(digits_server, head, filler))
+            took.append(time.perf_counter() - t0)
+    finally:
+        stop.set()
+        prober.join(30)
+    for answer in answers:
+        first, headers = _status_and_headers(answer)
+        assert first.startswith(status), first
+        assert all(headers.get(name) == value for name, value in SECURITY_HEADERS)
+    assert max(took) < 5 and len(latencies) >= 5 and percentile(latencies, 95) < 250, (max(took), latencies)
+
+
+def test_post_bodies_are_json_only_and_name_each_field_once(digits_server):
+    host = {"Host": f"127.0.0.1:{digits_server.port}"}
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", ""):
+        status, body, got = raw_request(digits_server, "POST", "/api/generate",
+                                        {**host, **({"Content-Type": content_type} if content_type else {})},
+                                        b'{"class": 2}')
+        assert status == 415 and got["x-frame-options"] == "DENY", (content_type, status)
+    status, body, _ = raw_request(digits_server, "POST", "/api/generate",
+                                  {**host, "Content-Type": "application/json; charset=utf-8"}, b'{"class": 2}')
+    assert status == 200
+    status, body, _ = raw_request(digits_server, "POST", "/api/generate", {**host, "Content-Type": "application/json"},
+                                  b'{"class": 2, "seed": 1, "seed": 5}')
+    assert status == 422 and "more than once" in json.loads(body)["detail"]
+
+
+def test_websocket_upgrades_are_plain_http_answers_with_every_security_header(digits_server):
+    host = {"Host": f"127.0.0.1:{digits_server.port}"}
+    upgrade = {**host, "Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+    for path, headers in (("/ws", upgrade), ("/api/info", upgrade), ("/ws", {**upgrade, "Sec-WebSocket-Key": "x"}),
+                          ("/ws", {**upgrade, "Sec-WebSocket-Version": "8"})):
+        status, _, got = raw_request(digits_server, "GET", path, headers)
+        assert status in (200, 404), (path, status)
+        for name, value in REQUIRED.items():
+            assert got.get(name) == value, (path, name)
+
+
+def test_head_is_answered_wherever_get_is(digits_server):
+    host = {"Host": f"127.0.0.1:{digits_server.port}"}
+    for path in ("/", "/api/info", "/static/app.js", "/static/app.css"):
+        status, body, got = raw_request(digits_server, "HEAD", path, host)
+        assert status == 200 and body == b"" and got["x-content-type-options"] == "nosniff", path

@@ -6,7 +6,6 @@ import json
 import math
 import statistics
 
-import numpy as np
 import optuna
 import pytest
 from omegaconf import OmegaConf

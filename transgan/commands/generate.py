@@ -29,12 +29,13 @@ checkpoint whose config does not fit its weights, an unavailable --device, an ex
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from transgan.cli import ATTENTION_KEY, CommandLine, console_entry, overrides_as_dict, resolve_device, run_cli
-from transgan.errors import ConfigError
+from transgan.errors import ConfigError, OutputError
 
 if TYPE_CHECKING:
     from transgan.runs.export import GeneratorInfo
@@ -99,14 +100,30 @@ def command_line() -> CommandLine:
 MAX_SIZE = 4096
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
 def check_output(args: argparse.Namespace) -> None:
-    """Output options that can be refused before the model is loaded: --size, and export's --out."""
+    """Output options that can be refused before the model is loaded: --size, and --out (an image file of a
+    format PIL writes, in a folder that can be written; export: a folder)."""
     # deferred: start-up (see transgan/commands/__init__.py)
     from transgan.runs.export import CONFIG_FILE, WEIGHTS_FILE
 
     size = getattr(args, "size", None)
     if size is not None and not 1 <= size <= MAX_SIZE:
         raise ConfigError(f"--size must be in 1..{MAX_SIZE} pixels, got {size}")
+    if args.command != "export":
+        out = Path(args.out).expanduser()
+        if out.is_dir():
+            raise ConfigError(f"--out {out} is a folder; give an image file, e.g. {out / 'grid.png'}")
+        if out.suffix.lower() not in IMAGE_SUFFIXES:
+            raise ConfigError(f"--out {out}: {out.suffix or 'no suffix'} is not an image format this tool writes; "
+                              f"end the name with one of {', '.join(IMAGE_SUFFIXES)}")
+        if out.exists() and not out.is_file():
+            raise ConfigError(f"--out {out} exists and is not a regular file")
+        folder = next((p for p in (out.parent, *out.parent.parents) if p.exists()), Path("."))
+        if not os.access(folder, os.W_OK):
+            raise ConfigError(f"--out {out}: {folder} cannot be written")
     if args.command == "export":
         out = Path(args.out).expanduser()
         if out.exists() and not out.is_dir():
@@ -133,7 +150,10 @@ def run(argv: Sequence[str]) -> Path:
     out = Path(args.out).expanduser()
 
     if args.command == "export":
-        export_generator(G.cpu(), info, out)
+        try:
+            export_generator(G.cpu(), info, out)
+        except OSError as e:
+            raise OutputError(f"cannot write the export to {out}: {e.strerror or e}") from e
         print(f"wrote {out}/generator.safetensors and generator.json")
         return out
 
@@ -164,7 +184,10 @@ def run(argv: Sequence[str]) -> Path:
                                          k=args.k, features=args.features, weights=args.weights,
                                          truncation=args.truncation, dataset_overrides=overrides,
                                          reference_limit=args.max_reference)
-        png, meta = report.save(out)
+        try:
+            png, meta = report.save(out)
+        except OSError as e:
+            raise OutputError(f"cannot write {out}: {e.strerror or e}") from e
         print(f"wrote {png} and {meta} ({report.features} features; rows: sample, then its {args.k} nearest "
               "training images)")
     return out
@@ -181,9 +204,12 @@ def _class_or_first(value: Optional[str], info: "GeneratorInfo") -> Optional[int
 
 
 def _save(image: Any, out: Path) -> None:
-    """Write a PIL image, making the folder."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    image.save(out)
+    """Write a PIL image, making the folder; a failed write (a full disk) is one OutputError."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        image.save(out)
+    except OSError as e:
+        raise OutputError(f"cannot write {out}: {e.strerror or e}") from e
     print(f"wrote {out}")
 
 

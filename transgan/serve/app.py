@@ -24,6 +24,7 @@ Host header outside the allow-list gets 400 (DNS rebinding).
 import asyncio
 import base64
 import io
+import json
 import math
 import threading
 import time
@@ -43,12 +44,18 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from transgan.errors import ConfigError
-from transgan.eval.generate import describe, image_grid, png_bytes, resolve_class, short_repr
+from transgan.eval.generate import describe, image_grid, png_bytes, resolve_class
 from transgan.eval.sampling import truncation_kind
 from transgan.runs.export import LoadedGenerator
 from transgan.serve.batching import Batcher
 from transgan.serve.guard import (
-    LOOPBACK_HOSTS, MAX_BODY_BYTES, MAX_QUERY_BYTES, BodyTooLarge, SecurityHeaders, SizeLimits)
+    LOOPBACK_HOSTS,
+    MAX_BODY_BYTES,
+    MAX_QUERY_BYTES,
+    BodyTooLarge,
+    SecurityHeaders,
+    SizeLimits,
+)
 from transgan.serve.page import SCRIPT, STYLE, render_page
 
 MAX_SEED = 2**31 - 1  # seeds seed..seed+count-1 stay below 2^32 (torch.Generator.manual_seed takes any)
@@ -82,30 +89,62 @@ class RequestTooLarge(ValueError):
     """A request over the per-request pixel budget (413)."""
 
 
+class UnsupportedMediaType(ValueError):
+    """A POST body that is not declared JSON (415)."""
+
+
+def _client(http: Request) -> str:
+    """The client a budget share belongs to: its address."""
+    return http.client.host if http.client is not None else ""
+
+
 class ServerBusy(RuntimeError):
     """The server's in-flight pixel budget is spent (503 with Retry-After)."""
 
 
 class PixelBudget:
-    """The pixels of the requests being served, against a server-wide cap; a request that does not fit is refused."""
+    """The pixels of the requests being served, against a server-wide cap, shared fairly.
 
-    def __init__(self, capacity: int) -> None:
-        self.capacity, self.in_flight, self.refused = capacity, 0, 0
+    Large requests share ``capacity - reserve``, and one client (its address) holds at most
+    ``client_share`` of that (never less than one request of ``largest`` pixels); small requests
+    (at most ``small`` pixels) may also use the reserve, so a crowd of the largest requests never
+    starves them. A request that does not fit is refused (503): nothing queues behind the budget.
+    """
+
+    def __init__(self, capacity: int, reserve: int = 0, small: int = 0, client_share: float = 1.0,
+                 largest: int = 0) -> None:
+        self.capacity, self.reserve, self.small = capacity, min(reserve, capacity), small
+        self.client_cap = max(int(client_share * (capacity - self.reserve)), largest)
+        self.in_flight, self.large_in_flight, self.refused = 0, 0, 0
+        self.by_client: dict[str, int] = {}
         self._lock = threading.Lock()
 
     @contextmanager
-    def hold(self, pixels: int) -> Iterator[None]:
-        """Reserve ``pixels`` for the block, or raise :class:`ServerBusy`."""
+    def hold(self, pixels: int, client: str = "") -> Iterator[None]:
+        """Reserve ``pixels`` for ``client`` for the block, or raise :class:`ServerBusy`."""
+        large = pixels > self.small
         with self._lock:
-            if self.in_flight + pixels > self.capacity:
+            fits = self.in_flight + pixels <= self.capacity
+            if large:
+                fits = (fits and self.large_in_flight + pixels <= self.capacity - self.reserve
+                        and self.by_client.get(client, 0) + pixels <= self.client_cap)
+            if not fits:
                 self.refused += 1
                 raise ServerBusy("the server is busy with other requests; try again in a second")
             self.in_flight += pixels
+            self.large_in_flight += pixels if large else 0
+            self.by_client[client] = self.by_client.get(client, 0) + pixels
         try:
             yield
         finally:
             with self._lock:
                 self.in_flight -= pixels
+                self.large_in_flight -= pixels if large else 0
+                left = self.by_client[client] - pixels
+                if left:
+                    self.by_client[client] = left
+                else:
+                    del self.by_client[client]
 
 
 def _not_bool_or_float(value: Any) -> Any:
@@ -143,7 +182,11 @@ class GenerationService:
         self.kind = truncation_kind(self.G)
         self.title = title or "transgan: conditional generation"
         self.batcher = Batcher(self.G, max_batch=limits.batch_images, window_s=limits.batch_window_s)
-        self.budget = PixelBudget(limits.max_inflight_pixels)
+        # One largest request's worth kept for small requests (an eighth of it at most each); a client
+        # holds at most half of the rest.
+        self.budget = PixelBudget(limits.max_inflight_pixels, reserve=limits.max_request_pixels,
+                                  small=limits.max_request_pixels // 8, client_share=0.5,
+                                  largest=limits.max_request_pixels)
         self.served = 0
 
     def describe(self) -> dict[str, Any]:
@@ -169,25 +212,28 @@ class GenerationService:
     def check(self, r: GenerateRequest) -> Optional[int]:
         """Bounds that depend on this model and these limits; returns the class index."""
         L = self.limits
+        # Messages name the field and its rule, never the value sent (an answer must not echo its input).
         if r.count > L.max_count:
-            raise InvalidRequest(f"count must be at most {L.max_count}, got {short_repr(r.count)}")
+            raise InvalidRequest(f"count: must be at most {L.max_count}")
         if r.size is not None and not L.min_size <= r.size <= L.max_size:
-            raise InvalidRequest(f"size must be in {L.min_size}..{L.max_size} pixels, got {short_repr(r.size)}")
+            raise InvalidRequest(f"size: must be in {L.min_size}..{L.max_size} pixels")
         if r.cols is not None and not 1 <= r.cols <= L.max_cols:
-            raise InvalidRequest(f"cols must be in 1..{L.max_cols}, got {short_repr(r.cols)}")
+            raise InvalidRequest(f"cols: must be in 1..{L.max_cols}")
         if r.truncation is not None:
             lo, hi = L.psi_range if self.kind == "psi" else L.z_threshold_range
-            what = "truncation psi" if self.kind == "psi" else "truncation |z| threshold"
+            what = "psi" if self.kind == "psi" else "|z| threshold"
             if not lo <= r.truncation <= hi:
-                raise InvalidRequest(f"{what} must be in [{lo}, {hi}] for this model, got {short_repr(r.truncation)}")
+                raise InvalidRequest(f"truncation: the {what} must be in [{lo}, {hi}] for this model")
         try:
             c = resolve_class(r.class_, self.info)
-        except ConfigError as e:
-            raise InvalidRequest(str(e)) from None
-        pixels = self.pixels(r)
-        if pixels > L.max_request_pixels:
-            raise RequestTooLarge(f"{r.count} images of {self.side(r)}x{self.side(r)} pixels are {pixels:,} pixels; "
-                                  f"a request may have at most {L.max_request_pixels:,} (fewer or smaller images)")
+        except ConfigError:
+            n = self.info.num_classes
+            rule = (("choose a class: " if r.class_ is None else "must be ") + f"a class index 0..{n - 1} or a class "
+                    "name of /api/info") if n else "this model is unconditional: give no class"
+            raise InvalidRequest(f"class: {rule}") from None
+        if self.pixels(r) > L.max_request_pixels:
+            raise RequestTooLarge(f"count x side^2 must be at most {L.max_request_pixels:,} pixels (side: the size, "
+                                  f"at least the model's {self.info.img_resolution}); ask for fewer or smaller images")
         return c
 
     def side(self, r: GenerateRequest) -> int:
@@ -217,14 +263,26 @@ MAX_ERRORS_SHOWN = 3  # a body with thousands of bad keys gets a short answer, n
 
 
 def _message(errors: Sequence[Any]) -> str:
-    """Validation errors as one short line: "seed: Input should be ..." (never the input itself)."""
+    """Validation errors as one short line: "seed: Input should be ..." (the field and the rule, never the input:
+    an unknown field is not named, since its name is the client's)."""
     parts = []
+    fields = ", ".join(f.alias or k for k, f in GenerateRequest.model_fields.items())
     for err in errors[:MAX_ERRORS_SHOWN]:
+        if err.get("type") == "extra_forbidden":
+            parts.append(f"an unknown field (the fields are {fields})")
+            continue
         loc = [str(p)[:40] for p in err.get("loc", ()) if p not in ("body", "query")]
         parts.append(f"{'.'.join(loc) or 'request'}: {str(err.get('msg', 'invalid'))[:200]}")
     if len(errors) > MAX_ERRORS_SHOWN:
         parts.append(f"and {len(errors) - MAX_ERRORS_SHOWN} more errors")
     return "; ".join(parts) or "invalid request"
+
+
+def _no_field_twice(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads``'s object hook: a JSON object may name a field once (duplicates are not last-one-wins)."""
+    if len({k for k, _ in pairs}) != len(pairs):
+        raise InvalidRequest("a field appears more than once in a JSON object; give each field once")
+    return dict(pairs)
 
 
 def parse_json_request(body: bytes) -> GenerateRequest:
@@ -233,6 +291,12 @@ def parse_json_request(body: bytes) -> GenerateRequest:
         data = pydantic_core.from_json(body)
     except ValueError:
         data = None  # model_validate_json below words the syntax error
+    else:
+        try:
+            json.loads(body, object_pairs_hook=_no_field_twice)
+        except (ValueError, RecursionError) as e:  # InvalidRequest is a ValueError
+            if isinstance(e, InvalidRequest):
+                raise
     if isinstance(data, dict) and len(data) > len(GenerateRequest.model_fields):
         # Refused before validation, which would build one error per unknown key (~8 ms for 5,000 keys).
         names = ", ".join(f.alias or k for k, f in GenerateRequest.model_fields.items())
@@ -285,24 +349,28 @@ def create_app(loaded: LoadedGenerator, limits: ServeLimits = ServeLimits(), tit
     async def request_too_large(request: Request, exc: RequestTooLarge) -> JSONResponse:
         return JSONResponse(status_code=413, content={"detail": str(exc)})
 
+    @app.exception_handler(UnsupportedMediaType)
+    async def unsupported_media_type(request: Request, exc: UnsupportedMediaType) -> JSONResponse:
+        return JSONResponse(status_code=415, content={"detail": str(exc)})
+
     @app.exception_handler(ServerBusy)
     async def server_busy(request: Request, exc: ServerBusy) -> JSONResponse:
         return JSONResponse(status_code=503, content={"detail": str(exc)}, headers={"Retry-After": "1"})
 
     # Constant answers: async, so they never wait for a thread-pool slot behind encoding work.
-    @app.get("/", response_class=HTMLResponse)
+    @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse)
     async def index() -> HTMLResponse:
         return HTMLResponse(page)
 
-    @app.get("/static/app.js")
+    @app.api_route("/static/app.js", methods=["GET", "HEAD"])
     async def script() -> Response:
         return Response(SCRIPT, media_type="text/javascript")
 
-    @app.get("/static/app.css")
+    @app.api_route("/static/app.css", methods=["GET", "HEAD"])
     async def style() -> Response:
         return Response(STYLE, media_type="text/css")
 
-    @app.get("/api/info")
+    @app.api_route("/api/info", methods=["GET", "HEAD"])
     async def model_info() -> dict[str, Any]:
         return info
 
@@ -310,6 +378,10 @@ def create_app(loaded: LoadedGenerator, limits: ServeLimits = ServeLimits(), tit
     @app.post("/api/generate", openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
         "schema": GenerateRequest.model_json_schema(by_alias=True)}}}})
     async def generate_json(http: Request) -> JSONResponse:
+        # JSON only: a form or plain-text POST (what a page elsewhere can send without asking) does no work here.
+        media = http.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media != "application/json":
+            raise UnsupportedMediaType("the body must be JSON, sent with Content-Type: application/json")
         body = await http.body()  # at most max_body_bytes (SizeLimits)
         # A real request is ~100 bytes; a big body (thousands of keys, each an error) is parsed in the thread
         # pool so the event loop keeps answering others meanwhile.
@@ -318,7 +390,7 @@ def create_app(loaded: LoadedGenerator, limits: ServeLimits = ServeLimits(), tit
         start = time.perf_counter()
         service.check(request)  # 422/413 before the budget is touched
         pixels = service.pixels(request)
-        with service.budget.hold(pixels):
+        with service.budget.hold(pixels, _client(http)):
             # The model runs on the batching worker, large encodings in the thread pool. A small one (under
             # a millisecond) is done here: two thread hand-offs would cost more than it.
             images, c, seeds = await service.generate(request)
@@ -341,9 +413,9 @@ def create_app(loaded: LoadedGenerator, limits: ServeLimits = ServeLimits(), tit
         repeated = sorted({k for k, _ in http.query_params.multi_items()
                            if len(http.query_params.getlist(k)) > 1})
         if repeated:
-            raise InvalidRequest(f"give each query parameter once; repeated: {', '.join(k[:40] for k in repeated[:5])}")
+            raise InvalidRequest("a query parameter is repeated; give each one once")
         service.check(request)
-        with service.budget.hold(service.pixels(request)):
+        with service.budget.hold(service.pixels(request), _client(http)):
             images, _, _ = await service.generate(request)
             cols = request.cols or math.ceil(math.sqrt(len(images)))
             data = await encode_large(_encode_grid, images, cols, request.size)

@@ -21,6 +21,10 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 MAX_BODY_BYTES = 64 * 1024  # a generation request is under 200 bytes
 MAX_QUERY_BYTES = 2048
+MAX_HEAD_BYTES = 32 * 1024  # request line and headers together: a browser sends 1-2 KiB
+MAX_URL_BYTES = 4096        # the request target (path and query)
+MAX_HEADERS = 100           # header lines per request
+LINGER_S = 1.0              # after answering a refused request, what the client still sends is dropped this long
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")  # Host values of a server on a loopback address
 READ_TIMEOUT_S = 10.0  # a request's head and body must arrive within this (a generation request is ~200 bytes)
 
@@ -98,8 +102,15 @@ class SecurityHeaders:
         await self.app(scope, receive, with_headers)
 
 
-def read_timeout_protocol(timeout_s: float = READ_TIMEOUT_S) -> type:
-    """uvicorn's httptools protocol with a read timeout, and security headers on its own 400 answers.
+def read_timeout_protocol(timeout_s: float = READ_TIMEOUT_S, max_head: int = MAX_HEAD_BYTES,
+                          max_url: int = MAX_URL_BYTES, max_headers: int = MAX_HEADERS) -> type:
+    """uvicorn's httptools protocol with a read timeout and a capped request head, and security headers on
+    its own answers (400, and 414 / 431 for a head over the caps).
+
+    The head (request line and headers) may be at most ``max_head`` bytes, the URL ``max_url`` and the
+    headers ``max_headers`` lines: checked as the bytes arrive, before the parser is handed more, so one
+    client streaming an endless header or URL costs a bounded amount of work (the parser joins a partial
+    value with each new piece, quadratic in its length) and is answered 431 / 414 and disconnected.
 
     The connection is closed when a request's head and body have not all arrived ``timeout_s``
     after the connection opened or after the request's first byte. uvicorn only times out idle
@@ -116,12 +127,46 @@ def read_timeout_protocol(timeout_s: float = READ_TIMEOUT_S) -> type:
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self._read_timer = None
+            self._head_bytes, self._in_head, self._refusal = 0, True, None
             self._start_read_clock()
 
         def data_received(self, data: bytes) -> None:
+            if self._refusal is not None or self.transport.is_closing() or getattr(self, "_answered", False):
+                return
             if self._read_timer is None:  # the first byte of a request (kept-alive or pipelined) starts the clock
                 self._start_read_clock()
+            if self._in_head:
+                self._head_bytes += len(data)
             super().data_received(data)
+            if self._refusal is None and self._in_head and self._head_bytes > max_head:
+                self._refusal = (431, f"the request head is too large (at most {max_head} bytes)")
+            if self._refusal is not None:
+                self._send_error(*self._refusal)
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._in_head, self._header_count = True, 0
+
+        def on_url(self, url: bytes) -> None:
+            if len(self.url) + len(url) > max_url:
+                self._refuse(414, f"the URL is too long (at most {max_url} bytes)")
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._header_count += 1
+            if self._header_count > max_headers:
+                self._refuse(431, f"too many headers (at most {max_headers})")
+            super().on_header(name, value)
+
+        def on_headers_complete(self) -> None:
+            self._in_head = False
+            super().on_headers_complete()
+
+        def _refuse(self, status: int, msg: str) -> None:
+            # Raising from a parser callback stops the parser; uvicorn then answers through send_400_response,
+            # which sends this refusal instead.
+            self._refusal = (status, msg)
+            raise RuntimeError(msg)
 
         def on_message_complete(self) -> None:
             self._cancel_read_timer()  # the whole request is in: what follows is the app's time
@@ -132,14 +177,28 @@ def read_timeout_protocol(timeout_s: float = READ_TIMEOUT_S) -> type:
             super().connection_lost(exc)
 
         def send_400_response(self, msg: str) -> None:
-            # uvicorn's own answer to unparsable HTTP never reaches the middleware: the same headers and
-            # JSON error shape as the app's answers, written here.
+            self._send_error(*(self._refusal or (400, msg)))
+
+        def _send_error(self, status: int, msg: str) -> None:
+            # The protocol's own answers never reach the middleware: the same headers and JSON error shape
+            # as the app's answers, written here; then the connection closes.
+            if self.transport.is_closing() or getattr(self, "_answered", False):
+                return
+            self._answered = True
             body = json.dumps({"detail": msg}).encode()
             headers = (*self.server_state.default_headers, *SECURITY_HEADERS, (b"content-type", b"application/json"),
                        (b"content-length", str(len(body)).encode()), (b"connection", b"close"))
-            self.transport.write(b"HTTP/1.1 400 Bad Request\r\n" + b"".join(k + b": " + v + b"\r\n" for k, v in headers)
-                                 + b"\r\n" + body)
-            self.transport.close()
+            reason = {400: b"Bad Request", 414: b"URI Too Long", 431: b"Request Header Fields Too Large"}[status]
+            self.transport.write(b"HTTP/1.1 " + str(status).encode() + b" " + reason + b"\r\n"
+                                 + b"".join(k + b": " + v + b"\r\n" for k, v in headers) + b"\r\n" + body)
+            if self.transport.can_write_eof():
+                # A lingering close: the answer goes out with a FIN while what the client is still sending is
+                # read and dropped (data_received ignores it); closing at once with unread bytes would reset
+                # the connection, and the client could lose the answer.
+                self.transport.write_eof()
+                self.loop.call_later(LINGER_S, self.transport.close)
+            else:
+                self.transport.close()
 
         def _start_read_clock(self) -> None:
             self._read_timer = self.loop.call_later(self.read_timeout_s, self._read_timed_out)

@@ -46,12 +46,20 @@ class LoadTestResult:
     images_per_s: float
     requests_per_s: float
     first_errors: list[str] = field(default_factory=list)
+    busy: int = 0  # 503 answers (the server's fair refusal with Retry-After: not an error, counted apart)
+
+    @property
+    def busy_rate(self) -> float:
+        """The fraction of answered requests refused as busy (503)."""
+        answered = self.completed + self.busy
+        return self.busy / answered if answered else float("nan")
 
     def summary(self) -> str:
         """Lines for the terminal, the error check first."""
         check = "OK" if self.errors == 0 and self.not_sent == 0 else "FAILED"
         lines = [f"{check}: {self.errors} errors, {self.not_sent} not sent, {self.completed}/{self.requests} "
-                 f"requests from {self.clients} clients",
+                 f"requests from {self.clients} clients, {self.busy} answered 503 busy "
+                 f"({self.busy_rate:.1%} of the answers)",
                  f"latency p50 {self.p50_ms:.1f} ms, p95 {self.p95_ms:.1f} ms, max {self.max_ms:.1f} ms",
                  f"throughput {self.images_per_s:.1f} images/s ({self.requests_per_s:.1f} requests/s, "
                  f"{self.images_per_request} images each) in {self.wall_s:.1f} s"]
@@ -60,7 +68,10 @@ class LoadTestResult:
 
     def to_json(self) -> dict[str, Any]:
         """The result as plain JSON values."""
-        return asdict(self)
+        return {**asdict(self), "busy_rate": self.busy_rate}
+
+
+BUSY_PAUSE_S = 0.1  # a client told 503 waits this long before its next request (a polite client, not a flood)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -117,6 +128,7 @@ def run_load_test(url: str, requests: int = 500, clients: int = 8, images_per_re
     next_index, lock = [0], threading.Lock()
     latencies: list[float] = []
     errors: list[str] = []
+    busy = [0]
     deadline = time.monotonic() + time_limit_s
 
     def take() -> Optional[int]:
@@ -146,6 +158,11 @@ def run_load_test(url: str, requests: int = 500, clients: int = 8, images_per_re
                     problem = None
                     if refused:
                         problem = None if response.status == 422 else f"request {i}: HTTP {response.status}, not 422"
+                    elif response.status == 503:  # the fair budget said no: counted, then a short pause
+                        with lock:
+                            busy[0] += 1
+                        time.sleep(BUSY_PAUSE_S)
+                        continue
                     elif response.status != 200:
                         problem = f"request {i}: HTTP {response.status} {payload[:200]!r}"
                     elif len(json.loads(payload).get("images", [])) != images_per_request:
@@ -172,7 +189,7 @@ def run_load_test(url: str, requests: int = 500, clients: int = 8, images_per_re
         p50_ms=percentile(latencies, 50),
         p95_ms=percentile(latencies, 95), max_ms=max(latencies, default=float("nan")),
         images_per_s=len(latencies) * images_per_request / wall, requests_per_s=len(latencies) / wall,
-        first_errors=errors[:5])
+        first_errors=errors[:5], busy=busy[0])
 
 
 @dataclass

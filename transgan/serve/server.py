@@ -81,7 +81,9 @@ def _config(app: Any, log_level: str, read_timeout_s: float, keep_alive_s: int) 
     # lifespan off: the app has no startup work (the model is loaded before the app exists).
     # httptools with a read deadline (transgan.serve.guard), uvloop where installed (loop="auto"); idle
     # keep-alive connections close after keep_alive_s.
-    return uvicorn.Config(app, log_level=log_level, lifespan="off", access_log=False,
+    # ws="none": the app serves no WebSocket, so an upgrade request is a plain HTTP request to it, answered
+    # (404, ...) with the security headers, not by the WebSocket library before the app.
+    return uvicorn.Config(app, log_level=log_level, lifespan="off", access_log=False, ws="none",
                           http=read_timeout_protocol(read_timeout_s), timeout_keep_alive=keep_alive_s)
 
 

@@ -23,12 +23,19 @@ class RunWriter:
         self.run_dir = Path(run_dir)
         (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
         self.tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
-        self._metrics = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
+        # Unbuffered bytes: a record is on disk when scalars() returns, and a failed write leaves nothing buffered.
+        self._metrics = open(self.run_dir / "metrics.jsonl", "ab", buffering=0)
 
     def scalars(self, step: int, values: Mapping[str, Any], group: str = "train") -> None:
         """Write one JSON line and the same scalars to TensorBoard under ``group/``."""
         record = {"step": step, **{k: _plain(v) for k, v in values.items()}}
-        self._metrics.write(json.dumps(record) + "\n")
+        end = self._metrics.tell()
+        try:
+            self._metrics.write((json.dumps(record) + "\n").encode())
+        except OSError:
+            # A line that did not fit (a full disk) is taken back whole: readers never see half a record.
+            self._metrics.truncate(end)
+            raise
         for key, value in record.items():
             if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
                 self.tb.add_scalar(f"{group}/{key}", value, step)
@@ -46,9 +53,12 @@ class RunWriter:
         self.tb.flush()
 
     def close(self) -> None:
-        """Flush and close every file."""
-        self.tb.close()
-        self._metrics.close()
+        """Flush and close every file (on a full disk, as much as fits: the run's error says what failed)."""
+        for closing in (self.tb.close, self._metrics.close):
+            try:
+                closing()
+            except OSError:
+                pass
 
 
 def _plain(value: Any) -> Any:

@@ -15,10 +15,10 @@ import logging
 import math
 import time
 from collections import defaultdict
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Protocol
+from typing import Callable, Iterator, Optional, Protocol
 
 import torch
 import torch.distributed as dist
@@ -31,7 +31,7 @@ from tqdm import tqdm
 from transgan.data import build_heldout_dataset
 from transgan.data.datasets import max_images_indices
 from transgan.data.transforms import random_augment
-from transgan.errors import ConfigError
+from transgan.errors import ConfigError, OutputError
 from transgan.losses import PhaseInputs, PhaseSpec, lazy_regularization_hparams
 from transgan.models.common import recompute_norm_statistics
 from transgan.runs import checkpoint as ckpt
@@ -389,14 +389,20 @@ class Trainer:
         acc = self.accelerator
         self._own_ema_statistics()
         rng = ckpt.gather_rng_states()
+        failure: Optional[OSError] = None
         if acc.is_main_process:
             state = self.state.state_dict(rng, acc.scaler.state_dict() if acc.scaler is not None else None)
-            if regular:
-                ckpt.save_atomic(state, ckpt.checkpoint_path(self.run_dir, self.progress.step))
-                ckpt.prune_checkpoints(self.run_dir, self.cfg.train.keep_checkpoints)
-            if best is not None:  # best.pt is not a step-*.pt file: pruning and resume never touch it
-                ckpt.save_best(state, self.run_dir, best)
-                self.best = best
+            try:
+                if regular:
+                    ckpt.save_atomic(state, ckpt.checkpoint_path(self.run_dir, self.progress.step))
+                    ckpt.prune_checkpoints(self.run_dir, self.cfg.train.keep_checkpoints)
+                if best is not None:  # best.pt is not a step-*.pt file: pruning and resume never touch it
+                    ckpt.save_best(state, self.run_dir, best)
+                    self.best = best
+            except OSError as e:  # every process hears of it, or the others would wait at the next collective
+                failure = e
+        if _from_main(failure is not None, acc):
+            raise failure if failure is not None else OSError("the main process could not write the checkpoint")
         acc.wait_for_everyone()
 
     # ------------------------------------------------------------------ loop
@@ -436,6 +442,22 @@ class Trainer:
         flag = torch.tensor([int(signals.received is not None)], dtype=torch.int32)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._stop_group)
         return (signals.received or "a stop signal (on another process)") if flag.item() else None
+
+    @contextmanager
+    def _writing(self, what: str) -> Iterator[None]:
+        """Turn a failed write of the run's outputs (a full disk, a read-only folder) into one clear OutputError.
+
+        Checkpoints are written atomically, so the ones before stay complete and loadable; the run stops
+        rather than training on without being able to save its progress.
+        """
+        try:
+            yield
+        except OSError as e:
+            kept = ckpt.list_checkpoints(self.run_dir)
+            last = f"the last complete checkpoint is {kept[-1]}" if kept else "no checkpoint was written yet"
+            raise OutputError(f"stopped at step {self.progress.step}: cannot write {what} in {self.run_dir} "
+                              f"({e.strerror or e}); {last}. Free some space and continue with "
+                              f"resume={self.run_dir}") from e
 
     def train(self) -> Path:
         """Train until ``train.max_steps`` (or ``train.max_seconds``, or SIGTERM/SIGINT); return the run directory."""
@@ -487,12 +509,14 @@ class Trainer:
             if acc.device.type == "cpu" or self._log_now or ckpt_due or last or stop:
                 self._check_numerics()
             if self._log_now:
-                self._log(sums, count, time.perf_counter() - t0, p.images_seen - images0, bar)
+                with self._writing("a metrics line"):
+                    self._log(sums, count, time.perf_counter() - t0, p.images_seen - images0, bar)
                 sums.clear()
                 count, t0, images0 = 0, time.perf_counter(), p.images_seen
             outputs_start = time.perf_counter()
             if stop:  # pre-emption leaves little time: the checkpoint only, no samples or evaluation
-                self.save_checkpoint()
+                with self._writing("a checkpoint"):
+                    self.save_checkpoint()
                 p.overhead_s += time.perf_counter() - outputs_start
                 self.stopped_by = stop
                 if acc.is_main_process:
@@ -500,14 +524,16 @@ class Trainer:
                                 stop, p.step, self.run_dir)
                 return
             if acc.is_main_process and (p.step % t.sample_every == 0 or last):
-                with ckpt.preserved_rng_state():
+                with ckpt.preserved_rng_state(), self._writing("a sample grid"):
                     self.save_samples()
-            best = self._evaluate_and_log(bar) if p.step % t.eval_every == 0 or last else None
+            with self._writing("the evaluation's metrics line"):
+                best = self._evaluate_and_log(bar) if p.step % t.eval_every == 0 or last else None
             # A checkpoint falls due every ckpt_every steps and waits for a step without a non-finite
             # skip, so a run that goes bad never replaces its good checkpoints with ones from the streak.
             regular = last or (ckpt_due and p.nonfinite_in_row == 0)
             if regular or best is not None:
-                self.save_checkpoint(regular=regular, best=best)
+                with self._writing("a checkpoint"):
+                    self.save_checkpoint(regular=regular, best=best)
                 ckpt_due = ckpt_due and not regular
             p.overhead_s += time.perf_counter() - outputs_start
 
