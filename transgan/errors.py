@@ -11,6 +11,11 @@ class ConfigError(ValueError):
     """A configuration value that cannot work; raised before any output is written."""
 
 
+class ConvertError(ConfigError):
+    """An official checkpoint that cannot be converted: unsafe, truncated, over the reading budget, or not
+    the expected kind."""
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: missing, partial, unsafe, or from another model."""
 

@@ -32,11 +32,12 @@ def _io() -> dict[str, torch.Tensor]:
     return {k[3:]: v for k, v in load_file(SMALL).items() if k.startswith("io.")}
 
 
-def _official_checkpoint(tmp_path: Path) -> Path:
+def _official_checkpoint(tmp_path: Path, **args) -> Path:
     """The fixture in train_styleswin.py's checkpoint layout, argparse.Namespace included."""
     path = tmp_path / "000100.pt"
+    args = dict(dict(size=16, style_dim=32, n_mlp=2, r1=10.0, lr_mlp=0.01), **args)
     torch.save({"g": _g(), "g_ema": _g(), "d": _d(), "g_optim": {}, "d_optim": {},
-                "args": argparse.Namespace(size=16, style_dim=32, n_mlp=2, r1=10.0)}, path)
+                "args": argparse.Namespace(**args)}, path)
     return path
 
 
@@ -95,3 +96,33 @@ def test_missing_tensor_is_named():
     del sd["layers.1.upsample.reduction.weight"]
     with pytest.raises(ConvertError, match="no 'layers.1.upsample.reduction.weight'"):
         convert_styleswin({"g_ema": sd})
+
+
+def test_lr_mlp_is_read_from_the_stored_args(tmp_path):
+    """A checkpoint trained with --lr_mlp 0.05 gives the official images of a G built with lr_mlp 0.05
+    (fixture styleswin_lr_mlp.safetensors; the same weights with 0.01 differ by 91)."""
+    conv = convert_styleswin(load_official(_official_checkpoint(tmp_path, lr_mlp=0.05)))
+    official = load_file(FIXTURES / "styleswin_lr_mlp.safetensors")
+    with torch.no_grad():
+        images = conv.G_ema(_io()["z"])
+        images64 = conv.G_ema.double()(_io()["z"].double())
+    assert conv.generator["mapping_lr_multiplier"] == 0.05
+    # Its w and attention logits reach the hundreds: float32 agrees to ~2e-4 relative, float64 exactly.
+    assert (images64 - official["io.images64"]).abs().max().item() <= 1e-6
+    assert (images - official["io.images"]).abs().max().item() <= 1e-3 * official["io.images"].abs().max().item()
+    assert (official["io.images"] - _io()["images"]).abs().max().item() > 1  # the test can fail
+    # Logits this large attend across the shifted windows' rolled border through the official -100:
+    # the exact mask (-inf) gives another image.
+    exact = build_generator(dict(conv.generator, shift_mask="exact"), 16, 3, 0).double().eval()
+    exact.load_state_dict(conv.G_ema.state_dict())
+    with torch.no_grad():
+        assert (exact(_io()["z"].double()) - official["io.images64"]).abs().max().item() > 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (dict(attn_kind="linear"), r"args hold \['attn_kind'\].*may change the network"),
+    (dict(style_dim=64), r"style_dim=64 \(the weights say 32\)"),
+    (dict(size=32), r"size=32 \(the weights say 16\)")])
+def test_unknown_or_contradicting_args_are_refused(tmp_path, args, message):
+    with pytest.raises(ConvertError, match=message):
+        convert_styleswin(load_official(_official_checkpoint(tmp_path, **args)))

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from transgan.convert.transgan_official import convert_transgan
 from transgan.convert.unpickle import ConvertError, load_official
+from transgan.errors import CheckpointError
 from transgan.registry import build_discriminator, build_generator
 from transgan.runs.state import CHECKPOINT_KEYS
 from transgan.train.config import compose_config
@@ -27,9 +28,10 @@ def _split(prefix: str) -> dict[str, torch.Tensor]:
 
 
 def _official_checkpoint(tmp_path: Path) -> Path:
-    """The fixture's weights in train_derived.py's checkpoint layout (DDP 'module.' keys), as a .pth file."""
+    """The fixture's weights in train_derived.py's checkpoint layout (DDP 'module.' keys), in a file named as
+    that script names it: ``checkpoint``, no suffix (the public file is ``cifar_checkpoint``)."""
     G, D = _split("G."), _split("D.")
-    path = tmp_path / "checkpoint.pth"
+    path = tmp_path / "checkpoint"
     torch.save({"epoch": 1, "gen_model": "ViT_custom_rp", "dis_model": "ViT_custom_scale2_rp_noise",
                 "gen_state_dict": {f"module.{k}": v for k, v in G.items()},
                 "avg_gen_state_dict": {f"module.{k}": v for k, v in G.items()},
@@ -79,6 +81,10 @@ def test_foreign_and_incomplete_checkpoints_are_named(tmp_path):
     G["extra.weight"] = torch.zeros(1)
     with pytest.raises(ConvertError, match="does not know.*extra.weight"):
         convert_transgan({"gen_state_dict": G})
+    G = _split("G.")
+    G["l1.weight"][0, 0] = float("nan")
+    with pytest.raises(CheckpointError, match="TransGAN G: to_tokens.weight holds 1 non-finite value"):
+        convert_transgan({"gen_state_dict": G})
 
 
 def test_fixture_records_its_official_commit():
@@ -97,8 +103,8 @@ def _tool(repo_root: Path, name: str):
 
 def test_convert_tool_writes_a_run_that_loads_and_fine_tunes(tmp_path, repo_root, capsys):
     """tools/convert.py: the run's G_ema gives the official images; resume= trains one more step from it."""
-    from transgan.runs.load import load_source
     from transgan.runs.checkpoint import latest_checkpoint, load_checkpoint
+    from transgan.runs.load import load_source
 
     run = tmp_path / "run"
     small = ["experiment=transgan_paper", "dataset=synthetic", "dataset.size=8", "train.batch_size=4",

@@ -160,7 +160,7 @@ def test_flowers102_layout_conditional_run_end_to_end(tmp_path, repo_root, eval_
     assert json.loads(out_file.read_text())["fid"] == out["fid"]
 
 
-def test_folder_of_images_against_celeba_reference(tmp_path, repo_root, eval_tool, monkeypatch):
+def test_folder_of_images_against_celeba_reference(tmp_path, repo_root, eval_tool, monkeypatch, capsys):
     root = make_celeba(tmp_path / "data", n=12)
     folder = tmp_path / "samples"
     folder.mkdir()
@@ -172,6 +172,22 @@ def test_folder_of_images_against_celeba_reference(tmp_path, repo_root, eval_too
                            "eval.metrics=[fid]", *small(tmp_path)]) == 0
     out = json.loads((tmp_path / "eval.json").read_text())
     assert out["fid"] > 0 and out["protocol"]["num_samples"] == 10 and out["protocol"]["source"] == str(folder)
+    assert out["protocol"]["resize"]["folder"] == "none: every image is 64x64"
+
+    # Images at another size would be resized by torch-fidelity, not as the reference was: refused unless allowed.
+    Image.fromarray(rng.randint(0, 256, (80, 96, 3), dtype=np.uint8)).save(folder / "odd.png")
+    args = [str(folder), "dataset=celeba", f"dataset.root={root}", "eval=celeba64", "eval.metrics=[fid,kid]",
+            *small(tmp_path)]
+    assert eval_tool.main(args) == 2
+    err = capsys.readouterr().err
+    assert "1 of 11 images are not 64x64 (e.g. odd.png: 96x80)" in err and "eval.allow_folder_resize=true" in err
+    assert eval_tool.main([*args, "eval.allow_folder_resize=true", "eval.kid_subset_size=50"]) == 0
+    protocol = json.loads((tmp_path / "eval.json").read_text())["protocol"]
+    assert "1 images to 64x64 by torch-fidelity" in protocol["resize"]["folder"]
+    # ... and the KID subset, shrunk to the 8 reference images (CelebA's train split of 12), is a warning in the record.
+    assert protocol["kid_subset_size"] == 8
+    assert protocol["warnings"] == ["KID subsets shrunk from 50 to 8 images (the smaller set: 11 generated, "
+                                    "8 reference); KID with other subset sizes is not comparable"]
 
 
 def test_missing_inception_weights_exit_2_naming_the_file(tmp_path, repo_root, eval_tool, tiny_generator, capsys):

@@ -77,6 +77,12 @@ def test_imagefolder_run_logs_fid_and_kid_keeps_the_best_and_matches_the_eval_to
     best = json.loads((run / "checkpoints" / "best.json").read_text())
     winner = min(evals, key=lambda r: r[FID])
     assert (best["step"], best["metric"], best["value"]) == (winner["step"], FID, winner[FID])
+    # Each number names the sample count it comes from: the rows, best.json and the TensorBoard tags.
+    assert all(r["num_samples"] == 64 for r in evals) and best["num_samples"] == 64
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = EventAccumulator(str(run / "tensorboard")).Reload().Tags()["scalars"]
+    assert f"eval@64/{FID}" in tags and f"eval/{FID}" not in tags
     assert load_checkpoint(run / "checkpoints" / "best.pt")["progress"]["step"] == winner["step"]
     assert [p.name for p in list_checkpoints(run)] == ["step-000000006.pt"]  # pruned to 1; best.pt kept
 

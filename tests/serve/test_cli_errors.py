@@ -173,3 +173,27 @@ def test_ctrl_c_stops_the_server_with_status_130_and_no_traceback(run_dir, repo_
     finally:
         proc.kill()
     assert proc.returncode == 130 and "Traceback" not in err and "KeyboardInterrupt" not in err, err[-2000:]
+
+
+def test_non_finite_weights_are_refused_naming_the_tensor(generate_tool, serve_tool, run_dir, export_dir, tmp_path,
+                                                          capsys):
+    """A NaN in an export or a checkpoint: generate, serve and eval each stop with one line naming the tensor."""
+    from safetensors.torch import load_file, save_file
+
+    from tests.conftest import load_tool
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(export_dir, damaged)
+    weights = load_file(damaged / "generator.safetensors")
+    name = sorted(k for k, v in weights.items() if v.is_floating_point())[0]
+    weights[name].view(-1)[0] = float("nan")
+    save_file(weights, damaged / "generator.safetensors")
+    one_error(capsys, generate_tool.main(["images", str(damaged), "--classes", "1"]), name, "non-finite")
+    one_error(capsys, serve_tool.main([str(damaged), "--port", "0"]), name, "non-finite")
+    state = torch.load(latest_checkpoint(run_dir), map_location="cpu", weights_only=True)
+    state["G_ema"][name].view(-1)[0] = float("inf")
+    bad = tmp_path / "inf.pt"
+    torch.save(state, bad)
+    one_error(capsys, generate_tool.main(["images", str(bad), "--classes", "1"]), f"G_ema: {name} holds 1",
+              "non-finite")
+    one_error(capsys, load_tool("eval").main([str(bad), "eval.num_samples=8"]), name, "non-finite")

@@ -14,8 +14,8 @@ from transgan.ablation.stats import (ALPHA, CONFIDENCE, detectable_difference, f
 from transgan.eval.metric_registry import lower_is_better
 
 # The issue's columns first, in its order; then what else a reader needs to check a row.
-COLUMNS = ["generator", "discriminator", "seed", "budget_kind", "budget", "metric", "metric_value", "class_acc",
-           "params_g", "params_d", "flops_per_image", "images_per_s", "peak_mem_bytes", "wall_s",
+COLUMNS = ["generator", "discriminator", "seed", "budget_kind", "budget", "metric", "metric_value", "metric_samples",
+           "class_acc", "params_g", "params_d", "flops_per_image", "images_per_s", "peak_mem_bytes", "wall_s",
            "cell", "steps", "images_seen", "train_s", "flops_g", "flops_d", "attention_flops_per_image",
            "peak_mem_kind", "run_dir"]
 CURVE_COLUMNS = ["cell", "seed", "step", "images_seen", "train_s", "time_s", "metric_value", "class_acc"]
@@ -61,7 +61,10 @@ def markdown_table(rows: Sequence[dict[str, Any]], order: Sequence[str], header:
     """A Markdown table of the cells, mean ± sample std over seeds; cells without results are listed as such."""
     groups = _grouped(rows)
     metric = rows[0]["metric"] if rows else "metric"
-    better = " (lower is better)" if lower_is_better(metric) else ""
+    samples = sorted({r.get("metric_samples") for r in rows} - {None})
+    if samples:  # the sample count is part of the metric's name: a FID of 1k samples is not a FID of 50k
+        metric += f" ({', '.join(f'{n:,}' for n in samples)} samples)"
+    better = " (lower is better)" if lower_is_better(rows[0]["metric"] if rows else "metric") else ""
     mem_kind = {r.get("peak_mem_kind") for r in rows} - {None}
     lines = [header.rstrip(), ""] if header else []
     lines += [f"| cell | G | D | seeds | {metric}{better} | class acc | params G | params D | GFLOPs/img (G+D fwd) "

@@ -406,7 +406,7 @@ def curve_points(cell: Cell, cfg: DictConfig) -> list[dict[str, Any]]:
             if metric in r:  # an eval record; a resumed run may repeat a step: the last one wins
                 points[int(r["step"])] = {"step": int(r["step"]), "images_seen": r["images_seen"],
                                           "train_s": r.get("train_s", r["time_s"]), "time_s": r["time_s"],
-                                          "metric_value": _number(r[metric]),
+                                          "metric_value": _number(r[metric]), "metric_samples": r.get("num_samples"),
                                           "class_acc": _number(r.get("digits_class_acc"))}
     else:
         for path in ckpt.list_checkpoints(cell.run_dir):
@@ -414,7 +414,8 @@ def curve_points(cell: Cell, cfg: DictConfig) -> list[dict[str, Any]]:
             p = ckpt.load_checkpoint(path)["progress"]
             points[int(p["step"])] = {"step": int(p["step"]), "images_seen": p["images_seen"],
                                       "train_s": p["elapsed_s"] - p.get("overhead_s", 0.0), "time_s": p["elapsed_s"],
-                                      "metric_value": _number(res.get(metric)), "class_acc": None}
+                                      "metric_value": _number(res.get(metric)),
+                                      "metric_samples": (res.get("protocol") or {}).get("num_samples"), "class_acc": None}
     return [{"cell": cell.label, "seed": cell.seed, **points[s]} for s in sorted(points)]
 
 
@@ -433,7 +434,8 @@ def collect(cell: Cell, cfg: DictConfig, stats: dict[str, Any]) -> tuple[dict[st
         kind = "cpu_peak_rss" if peak is not None else None
     row = {"cell": cell.label, "generator": cell.generator, "discriminator": cell.discriminator, "seed": cell.seed,
            "budget_kind": cfg.budget.kind, "budget": budget_value(cfg), "metric": cfg.eval.metric,
-           "metric_value": curve[-1]["metric_value"], "class_acc": curve[-1]["class_acc"], **stats,
+           "metric_value": curve[-1]["metric_value"], "metric_samples": curve[-1].get("metric_samples"),
+           "class_acc": curve[-1]["class_acc"], **stats,
            "images_per_s": progress["images_seen"] / max(train_s, 1e-9), "peak_mem_bytes": peak,
            "peak_mem_kind": kind, "wall_s": progress["elapsed_s"], "train_s": train_s, "steps": progress["step"],
            "images_seen": progress["images_seen"], "run_dir": str(cell.run_dir)}

@@ -14,11 +14,11 @@ from transgan.convert.styleswin import convert_styleswin
 from transgan.convert.transgan_official import convert_transgan
 from transgan.convert.unpickle import ConvertError, PersistentObject, load_official
 
-__all__ = ["USAGE", "detect", "convert_file", "main", "entry"]
+__all__ = ["USAGE", "detect", "default_overrides", "convert_file", "main", "entry"]
 
 USAGE = """Convert an official checkpoint into a transgan run directory (no pickled code is run).
 
-    python tools/convert.py <checkpoint> --out <run dir> [overrides ...]
+    python tools/convert.py <checkpoint> --out <run dir> [--verify] [overrides ...]
 
   <checkpoint>   TransGAN .pth (VITA-Group/TransGAN train_derived.py: gen/dis/avg_gen state dicts), or
                  a stylegan2-ada-pytorch network-snapshot-*.pkl (G, D, G_ema; conditional too),
@@ -26,8 +26,12 @@ USAGE = """Convert an official checkpoint into a transgan run directory (no pick
                  a StyleSwin .pt (g, g_ema, d), or an R3GAN network-snapshot-*.pkl (G, D, G_ema as
                  plainly pickled modules, either naming of the official code)
   --out <run dir>  an empty folder; receives config.yaml and checkpoints/step-000000000.pt
+  --verify       after writing, print max abs differences: the golden fixture of the file's kind
+                 (outputs of the official code) through this converter, and the written run against
+                 the networks converted from your file, with the parameter counts; exit 2 if one fails
   overrides      Hydra overrides composed first (default: the paper preset of the checkpoint's
-                 kind: experiment=transgan_paper dataset=cifar10, experiment=stylegan2_ada_paper256
+                 kind: experiment=transgan_paper dataset=cifar10, experiment=stylegan2_ada_cifar10 for
+                 a 32x32 stylegan2-ada snapshot (--cfg=cifar), else experiment=stylegan2_ada_paper256
                  dataset=cifar10, experiment=styleswin_paper dataset=celeba, experiment=r3gan_cifar10;
                  give your dataset=...; conditional snapshots need dataset.conditional=true); the
                  converted networks replace the preset's model.
@@ -61,6 +65,13 @@ def detect(data: Any, path: Path) -> str:
                        f"found {keys}")
 
 
+def default_overrides(kind: str, converted: Converted) -> list[str]:
+    """The paper preset for a converted checkpoint (used when the command line gives no overrides)."""
+    if kind == "stylegan2-ada" and converted.resolution == 32:
+        return ["experiment=stylegan2_ada_cifar10"]  # --cfg=cifar: 32x32 and the 'orig' D
+    return KINDS[kind][1]
+
+
 def convert_file(path: Path) -> tuple[str, Converted]:
     """Load ``path`` safely, detect its kind, and convert it."""
     data = load_official(path)
@@ -76,6 +87,7 @@ def command_line() -> CommandLine:
     cli = CommandLine("tools/convert.py", USAGE, run_config_keys(), any_key=True)
     cli.parser.add_argument("checkpoint", nargs="?", help="the official checkpoint file")
     cli.parser.add_argument("--out", default=None, help="an empty folder for the run directory")
+    cli.parser.add_argument("--verify", action="store_true", help="print parity checks after converting")
     return cli
 
 
@@ -83,6 +95,7 @@ def main(argv: Sequence[str]) -> int:
     """Entry point of tools/convert.py; returns the exit status."""
     # deferred: start-up (see transgan/commands/__init__.py)
     from transgan.convert.run import write_run
+    from transgan.convert.verify import report
 
     cli = command_line()
 
@@ -90,9 +103,17 @@ def main(argv: Sequence[str]) -> int:
         flags, overrides = cli.parse(argv)
         if flags.checkpoint is None or flags.out is None:
             raise ConvertError("give one checkpoint file and --out <run dir> (see --help)")
-        kind, conv = convert_file(Path(flags.checkpoint).expanduser())
-        path = write_run(conv, Path(flags.out).expanduser(), overrides or KINDS[kind][1])
+        source = Path(flags.checkpoint).expanduser()
+        data = load_official(source)
+        kind = detect(data, source)
+        conv = KINDS[kind][0](data)
+        path = write_run(conv, Path(flags.out).expanduser(), overrides or default_overrides(kind, conv))
         print(f"{kind}: wrote {path}")
+        if flags.verify:
+            table, ok = report(kind, data, conv, Path(flags.out).expanduser())
+            print(table)
+            if not ok:
+                raise ConvertError("--verify: a check failed (the table above); the run was written, do not trust it")
 
     return run_cli(job, usage=cli, argv=argv)
 

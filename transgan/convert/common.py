@@ -9,6 +9,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from transgan.convert.unpickle import ConvertError
+from transgan.models.common import check_finite
 
 __all__ = ["Converted", "Tracked", "load_converted"]
 
@@ -51,4 +52,5 @@ def load_converted(net: nn.Module, sd: dict[str, Tensor], what: str) -> nn.Modul
         net.load_state_dict(sd, strict=True)
     except RuntimeError as e:
         raise ConvertError(f"the converted {what} does not fit this project's model: {e}") from None
+    check_finite(net, f"the checkpoint's {what}")
     return net.eval()

@@ -12,7 +12,6 @@ network but has no counterpart here (another resampling filter) is an error nami
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import torch

@@ -1,10 +1,11 @@
 """stylegan2-ada-pytorch snapshots (``network-snapshot-*.pkl``) into this project's ``stylegan2`` models.
 
 A snapshot is read by :func:`transgan.convert.unpickle.load_pickle` into inert records
-(:class:`PersistentObject`): no official code runs. Supported: the default architectures of
-``training/networks.py`` (``skip`` generator, ``resnet`` discriminator), unconditional or
-class-conditional. The generator is built with ``resample=fir`` (the official [1, 3, 3, 1]
-upfirdn2d with zero padding). Official up=2 convolutions are true convolutions (their weights
+(:class:`PersistentObject`): no official code runs. Supported: the ``skip`` generator (every
+official config builds it) and the discriminator in each official architecture (``resnet``, the
+default; ``orig``, the one of ``--cfg=cifar``; ``skip``), unconditional or class-conditional. The
+generator is built with ``resample=fir`` (the official [1, 3, 3, 1] upfirdn2d with zero padding).
+Official up=2 convolutions are true convolutions (their weights
 enter a transposed convolution), this project's correlate, so those kernels are flipped here.
 
 Not carried over: ``conv_clamp`` (the official layers clip activations to +-256 when trained
@@ -92,8 +93,11 @@ def discriminator_config(D: PersistentObject) -> tuple[dict[str, Any], int, int]
         raise ConvertError(f"not a stylegan2-ada Discriminator: no b4.out (class {D.class_name})")
     res = [r for r in _resolutions(sd, "") if r > 4]
     R = max(res)
-    if f"b{R}.fromrgb.weight" not in sd or any(f"b{r}.skip.weight" not in sd for r in res):
-        raise ConvertError("stylegan2-ada Discriminator: only the 'resnet' architecture is supported")
+    architecture = _d_architecture(sd, res)
+    stated = _attr(D, f"b{R}", "architecture", architecture)
+    if stated != architecture:
+        raise ConvertError(f"stylegan2-ada Discriminator: its blocks say architecture {stated!r}, "
+                           f"its tensors are those of {architecture!r}")
     channels = {r: int(sd[f"b{r}.conv0.weight"].shape[0]) for r in res}
     channels[4] = int(sd["b4.conv.weight"].shape[0])
     base, cmax = _channel_plan(channels, "discriminator")
@@ -103,8 +107,28 @@ def discriminator_config(D: PersistentObject) -> tuple[dict[str, Any], int, int]
            "mbstd_group_size": int(_attr(D, "b4.mbstd", "group_size", 4) or 4),
            "mbstd_channels": mbstd_channels,
            "cmap_dim": int(sd["b4.out.weight"].shape[0]) if embed is not None else None,
-           "cmap_layers": _count(sd, "mapping.") if embed is not None else 2, "spectral_norm": False}
+           "cmap_layers": _count(sd, "mapping.") if embed is not None else 2, "spectral_norm": False,
+           "architecture": architecture}
     return cfg, R, int(embed.shape[1]) if embed is not None else 0
+
+
+def _d_architecture(sd: Mapping[str, Tensor], res: list[int]) -> str:
+    """The official D's ``architecture`` from its tensors: 1x1 skips (resnet), an image input at every
+    block and the epilogue (skip), or the image only at the top block (orig, the cifar config)."""
+    R = max(res)
+    if f"b{R}.fromrgb.weight" not in sd:
+        raise ConvertError(f"stylegan2-ada Discriminator: no b{R}.fromrgb (the image input of the top block)")
+    skips = [f"b{r}.skip.weight" in sd for r in res]
+    inputs = [f"b{r}.fromrgb.weight" in sd for r in res if r < R] + ["b4.fromrgb.weight" in sd]
+    if all(skips) and not any(inputs):
+        return "resnet"
+    if not any(skips) and all(inputs):
+        return "skip"
+    if not any(skips) and not any(inputs):
+        return "orig"
+    raise ConvertError(f"stylegan2-ada Discriminator: a mix of architectures (1x1 skips at "
+                       f"{[r for r, k in zip(res, skips) if k]}, image inputs at "
+                       f"{[r for r, k in zip([r for r in res if r < R] + [4], inputs) if k]})")
 
 
 def _check_filters(sd: Mapping[str, Tensor], what: str) -> None:
@@ -172,7 +196,11 @@ def map_discriminator(D: PersistentObject) -> dict[str, Tensor]:
         for name in ("conv0", "conv1"):
             out[f"blocks.{k}.{name}.weight"], out[f"blocks.{k}.{name}.bias"] = (sd[f"b{r}.{name}.weight"],
                                                                                  sd[f"b{r}.{name}.bias"])
-        out[f"blocks.{k}.skip.weight"] = sd[f"b{r}.skip.weight"]
+        if cfg["architecture"] == "resnet":
+            out[f"blocks.{k}.skip.weight"] = sd[f"b{r}.skip.weight"]
+        if cfg["architecture"] == "skip":  # the image at this block's output size: the next block's fromrgb
+            nxt = f"b{r // 2}.fromrgb."
+            out[f"image_inputs.{k}.weight"], out[f"image_inputs.{k}.bias"] = sd[nxt + "weight"], sd[nxt + "bias"]
     for name in ("conv", "fc", "out"):
         out[f"epilogue.{name}.weight"], out[f"epilogue.{name}.bias"] = sd[f"b4.{name}.weight"], sd[f"b4.{name}.bias"]
     if c_dim:

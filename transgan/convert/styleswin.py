@@ -12,11 +12,14 @@ Mapped: mapping ``style.{i}`` -> ``mapping.layers``; the constant; per block the
 (rows [gamma; beta] -> scale, shift), the shared qkv / proj, the two halves' relative position
 tables (concatenated along heads: regular windows first), the MLP; the upsampling's norm,
 reduction and SPE gain; to-RGB 1x1 conv and its separate bias. StyleSwin keeps no w average:
-``w_avg`` stays 0.
+``w_avg`` stays 0. The mapping's ``--lr_mlp`` (which scales its forward pass but leaves no trace in
+the weights) is read from the stored ``args``; arguments the weights also tell (size, style_dim,
+n_mlp) must agree with them, and an argument train_styleswin.py does not have is refused.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from typing import Any, Mapping
@@ -28,9 +31,47 @@ from transgan.convert.common import Converted, Tracked, load_converted
 from transgan.convert.unpickle import ConvertError
 from transgan.registry import build_discriminator, build_generator
 
-__all__ = ["generator_config", "map_generator", "discriminator_config", "map_discriminator", "convert_styleswin"]
+__all__ = ["generator_config", "map_generator", "discriminator_config", "map_discriminator", "stored_args",
+           "convert_styleswin"]
+
+log = logging.getLogger("transgan.convert")
 
 _IGNORED = ("relative_position_index", "attn_mask", "_float_tensor", "upsample.kernel")
+
+# train_styleswin.py's arguments (microsoft/StyleSwin @ a7c28b3: its parser and what it sets after
+# parsing). An ``args`` with any other attribute comes from code this converter does not know, which
+# may build another network: refused, naming it.
+_NETWORK_ARGS = frozenset({"size", "style_dim", "n_mlp", "G_channel_multiplier", "D_channel_multiplier", "D_sn",
+                           "lr_mlp", "enable_full_resolution", "mlp_ratio", "use_checkpoint", "start_dim"})
+_TRAINING_ARGS = frozenset({
+    "path", "iter", "batch", "r1", "d_reg_every", "ckpt", "G_lr", "D_lr", "beta1", "beta2", "local_rank", "print_freq",
+    "save_freq", "eval_freq", "workers", "checkpoint_path", "sample_path", "start_iter", "tf_log", "gan_weight",
+    "val_num_batches", "val_batch_size", "ttur", "eval", "eval_iters", "eval_gt_path", "bcr", "bcr_fake_lambda",
+    "bcr_real_lambda", "auto_resume", "lmdb", "use_flip", "wandb", "project_name", "lr_decay", "lr_decay_start_steps",
+    "distributed", "latent", "g_reg_every"})
+LR_MLP_DEFAULT = 0.01  # --lr_mlp's default
+
+
+def stored_args(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """The checkpoint's ``args`` (train_styleswin.py's namespace) as a dict; unknown attributes are refused."""
+    args = checkpoint.get("args")
+    if args is None:
+        return {}
+    values = dict(args) if isinstance(args, Mapping) else dict(getattr(args, "__dict__", {}))
+    unknown = sorted(set(values) - _NETWORK_ARGS - _TRAINING_ARGS)
+    if unknown:
+        raise ConvertError(f"StyleSwin checkpoint: its args hold {unknown}, which train_styleswin.py (a7c28b3) "
+                           f"does not have; they may change the network, so it is not converted")
+    return values
+
+
+def _check_args(args: Mapping[str, Any], cfg: Mapping[str, Any], resolution: int) -> None:
+    """The stored arguments that the tensors also say must agree with them."""
+    told = {"size": (args.get("size"), resolution), "style_dim": (args.get("style_dim"), cfg["w_dim"]),
+            "n_mlp": (args.get("n_mlp"), cfg["mapping_layers"])}
+    wrong = [f"{k}={a!r} (the weights say {t!r})" for k, (a, t) in told.items() if a is not None and a != t]
+    if wrong:
+        raise ConvertError(f"StyleSwin checkpoint: its args do not fit its weights: {', '.join(wrong)}")
 
 
 def _stages(sd: Mapping[str, Tensor]) -> int:
@@ -61,13 +102,13 @@ def generator_config(sd: Mapping[str, Tensor]) -> tuple[dict[str, Any], int]:
     w_dim = int(sd["style.1.weight"].shape[0])
     cfg = {"name": "swin_gan", "z_dim": int(sd["style.1.weight"].shape[1]), "w_dim": w_dim,
            "mapping_layers": len({m.group(1) for k in sd for m in [re.match(r"style\.(\d+)\.", k)] if m}),
-           "mapping_lr_multiplier": 0.01,  # --lr_mlp (not stored in the weights): StyleSwin's default
+           "mapping_lr_multiplier": LR_MLP_DEFAULT,  # --lr_mlp is not in the weights: from args (convert_styleswin)
            "w_avg_beta": 0.995, "embed_dim": None, "channel_base": channel_base, "channel_max": channel_max,
            "window": max(windows), "head_dim": 32, "min_heads": 4, "depth": depth,
            "mlp_ratio": sd["layers.0.blocks.0.mlp.fc1.weight"].shape[0] / channels[4],
            "qkv_bias": "layers.0.blocks.0.qkv.bias" in sd, "spe": "layers.0.upsample.alpha" in sd,
            "gradient_checkpointing": False, "attention_kernel": None, "adain_scale_init": 0.0,
-           "to_rgb": "upsampled", "resample": "fir"}
+           "to_rgb": "upsampled", "resample": "fir", "shift_mask": "swin"}
     return cfg, resolution
 
 
@@ -183,6 +224,13 @@ def convert_styleswin(checkpoint: Mapping[str, Any]) -> Converted:
         keys = sorted(checkpoint)[:8] if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
         raise ConvertError(f"not a StyleSwin checkpoint: expected g / g_ema state dicts, found {keys}")
     cfg, res = generator_config(checkpoint.get("g_ema") or checkpoint["g"])
+    args = stored_args(checkpoint)
+    _check_args(args, cfg, res)
+    if "lr_mlp" in args:
+        cfg["mapping_lr_multiplier"] = float(args["lr_mlp"])  # scales the mapping's forward pass
+    else:
+        log.warning("StyleSwin checkpoint without args.lr_mlp: assuming %s (train_styleswin.py's default)",
+                    LR_MLP_DEFAULT)
     nets = {name: load_converted(build_generator(cfg, res, 3, 0), map_generator(checkpoint[key]), f"StyleSwin {name}")
             for key, name in (("g", "G"), ("g_ema", "G_ema")) if checkpoint.get(key) is not None}
     d_cfg, D = {}, None

@@ -1,9 +1,12 @@
 """Reading other projects' checkpoints without running anything they contain.
 
-- ``.pt`` / ``.pth`` (TransGAN, StyleSwin): ``torch.load(weights_only=True)``, torch's own
+A file is recognized by its first bytes, whatever its name, and checked against a reading budget
+before anything is unpickled (:mod:`transgan.convert.limits`).
+
+- torch.save archives (TransGAN ``.pth`` or suffix-less ``checkpoint``, StyleSwin ``.pt``): ``torch.load(weights_only=True)``, torch's own
   restricted unpickler (tensors, plain containers, numbers, strings), plus ``argparse.Namespace``
   (StyleSwin saves its arguments; a namespace only holds attributes).
-- ``.pkl`` (stylegan2-ada-pytorch snapshots): plain ``pickle`` files in which every network is
+- pickles (stylegan2-ada-pytorch ``.pkl`` snapshots): plain ``pickle`` files in which every network is
   a *persistent class*: the pickle calls ``torch_utils.persistence._reconstruct_persistent_obj``
   with ``meta = {type, version, module_src, class_name, state}``, where ``module_src`` is the
   source code of the module defining the class and ``state`` the module's ``__dict__``. The
@@ -12,7 +15,7 @@
   tensors through torch's tensor rebuilders (storages through the weights-only loader), maps a
   short list of container types to harmless stand-ins, and refuses every other global. The
   source code is never compiled.
-- ``.pkl`` (R3GAN snapshots): the same snapshot dict, but the networks are plain pickled
+- pickles (R3GAN ``.pkl`` snapshots): the same snapshot dict, but the networks are plain pickled
   ``nn.Module`` objects (``training.networks.Generator`` holding ``R3GAN.Networks`` layers; the
   released files name them ``training.networks_baseline`` / ``BaselineGAN``). Pickle rebuilds such
   an object by its class name and sets its ``__dict__``; each name on a short list becomes an inert
@@ -25,7 +28,6 @@ import argparse
 import collections
 import io
 import pickle
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -33,14 +35,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from transgan.errors import ConfigError
+from transgan.convert.limits import PICKLE, check_archive, check_legacy_storage, check_pickle, sniff
+from transgan.errors import ConvertError
 
 __all__ = ["ConvertError", "PersistentObject", "ModuleRecord", "RestrictedUnpickler", "load_pickle", "load_torch",
            "load_official"]
-
-
-class ConvertError(ConfigError):
-    """An official checkpoint that cannot be converted: unsafe, truncated, or not the expected kind."""
 
 
 @dataclass
@@ -168,9 +167,16 @@ def _numpy_scalar(dtype: Any, data: Any = None) -> Any:
 
 
 def _storage_from_bytes(data: bytes) -> Any:
-    """Stand-in for ``torch.storage._load_from_bytes``: the nested torch.save, read weights-only."""
+    """Stand-in for ``torch.storage._load_from_bytes``: the nested torch.save, checked, then read weights-only."""
     if not isinstance(data, (bytes, bytearray)):
         raise ConvertError("a tensor storage whose payload is not bytes")
+    # torch pickles a storage as a pre-1.6 torch.save of it (checked: the sizes it declares are the bytes
+    # that follow); a zip archive is checked like a file.
+    what = "a tensor storage inside the pickle"
+    if data.startswith(b"PK\x03\x04"):
+        check_archive(io.BytesIO(data), what)
+    else:
+        check_legacy_storage(bytes(data), what)
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -226,14 +232,13 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 
 def load_pickle(path: Path) -> Any:
-    """Unpickle a stylegan2-ada ``.pkl`` with :class:`RestrictedUnpickler`; clear errors for cut or foreign files."""
+    """Unpickle a stylegan2-ada / R3GAN ``.pkl`` with :class:`RestrictedUnpickler`, after checking its opcodes
+    against the reading budget (:mod:`transgan.convert.limits`); clear errors for cut or foreign files."""
     path = Path(path)
     data = path.read_bytes()
-    if zipfile.is_zipfile(io.BytesIO(data)):
-        raise ConvertError(f"{path} is a torch.save archive, not a stylegan2-ada pickle; load it as .pt/.pth")
-    if not data.startswith(b"\x80"):
-        raise ConvertError(f"{path} is not a pickle (it does not start with a pickle protocol header)")
+    check_pickle(data, str(path))
     try:
+        # From memory: a length the file states can never make a read larger than the file.
         return RestrictedUnpickler(io.BytesIO(data)).load()
     except ConvertError as e:
         raise ConvertError(f"{path}: {e}") from None
@@ -244,14 +249,10 @@ def load_pickle(path: Path) -> Any:
 
 
 def load_torch(path: Path) -> Any:
-    """``torch.load(weights_only=True)`` of a ``.pt``/``.pth`` with errors that say what is wrong."""
+    """``torch.load(weights_only=True)`` of a torch.save archive, after checking it against the reading
+    budget, with errors that say what is wrong."""
     path = Path(path)
-    if not zipfile.is_zipfile(path):
-        with open(path, "rb") as f:
-            head = f.read(2)
-        if head != b"\x80\x02":  # the pre-1.6 (legacy) torch.save format starts with a protocol-2 pickle
-            raise ConvertError(f"{path} is not a complete torch.save file (no zip directory at its end, "
-                               f"{path.stat().st_size} bytes): truncated, or not a checkpoint")
+    check_archive(path, str(path))
     try:
         # StyleSwin checkpoints carry the run's argparse.Namespace: plain attributes, nothing callable.
         with torch.serialization.safe_globals([argparse.Namespace]):
@@ -265,13 +266,9 @@ def load_torch(path: Path) -> Any:
 
 
 def load_official(path: Path) -> Any:
-    """Load an official checkpoint by its suffix without executing pickled code."""
+    """Load an official checkpoint, recognized by its content (a pickle, or a torch.save archive whatever its
+    name: TransGAN's ``checkpoint`` has no suffix), without executing pickled code."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
-    if path.suffix == ".pkl":
-        return load_pickle(path)
-    if path.suffix in (".pt", ".pth", ".tar"):
-        return load_torch(path)
-    raise ConvertError(f"{path}: unknown checkpoint kind {path.suffix!r}; expected .pkl (stylegan2-ada) "
-                       f"or .pt/.pth (StyleSwin, TransGAN)")
+    return load_pickle(path) if sniff(path) == PICKLE else load_torch(path)

@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import importlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
@@ -23,8 +24,10 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch_fidelity
+import torch_fidelity.defaults
 from accelerate.utils import gather
 from omegaconf import DictConfig, OmegaConf
+from PIL import Image
 from torch.utils.data import Dataset
 from torch_fidelity.metric_fid import fid_input_id_to_statistics_cached, fid_statistics_to_metric
 from torch_fidelity.noise import random_normal
@@ -50,6 +53,8 @@ from transgan.eval.metric_registry import METRICS, MetricInputs, metric_names, r
 from transgan.eval.sampling import GeneratorSource, LazyDataset, RealImages, check_truncation, dataset_labels
 from transgan.presets import load_option, option_names
 from transgan.runs.files import atomic_write_text
+
+log = logging.getLogger(__name__)
 
 # Dataset-config keys that do not change the reference images (left out of the cache key;
 # split and resolution are in the cache name itself).
@@ -85,6 +90,7 @@ class EvalConfig:
     extractor_weights: Optional[str] = None  # the weights file of another extractor (CLIP); None = hub cache
     download_weights: bool = False          # fetch missing weights into torch's hub cache
     allow_unverified_weights: bool = False  # accept weights whose sha256 is not the published one (recorded)
+    allow_folder_resize: bool = False       # evaluate a folder whose images are not at the protocol's size (recorded)
     cache_dir: Optional[str] = None         # None = $TRANSGAN_CACHE_DIR or ~/.cache/transgan/eval
     kid_subsets: int = 100
     kid_subset_size: int = 1000             # lowered to the smaller set's size when needed
@@ -391,6 +397,8 @@ class _Evaluation:
     rank: int
     kid_subset_size: Optional[int] = None
     per_class_n: Optional[int] = None
+    folder_resized: int = 0           # images of a folder that torch-fidelity resizes (allowed explicitly)
+    warnings: list[str] = dataclasses.field(default_factory=list)  # recorded in the protocol
 
     def weights_key(self, name: str) -> str:
         """A cache-name suffix naming the extractor's weights file (none for built-in weights)."""
@@ -479,6 +487,7 @@ def _prepare(source: Source, dataset_cfg: Mapping[str, Any], cfg: EvalConfig) ->
     device = _device(cfg, source)
     cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
     reference = _Reference(reference_dataset_config(dataset_cfg, cfg), int(resolution), cfg, cache_dir)
+    folder_resized = _check_folder_sizes(source, int(resolution), reference, cfg) if isinstance(source, Path) else 0
     if not is_generator and not isinstance(source, Path):
         source = RealImages(source)
     # torch-fidelity starts min(4, 2 x cores) loader workers; torch warns (and the machine thrashes) when
@@ -489,7 +498,37 @@ def _prepare(source: Source, dataset_cfg: Mapping[str, Any], cfg: EvalConfig) ->
                   samples_find_deep=True, samples_resize_and_crop=int(resolution), samples_shuffle=True,
                   isc_splits=cfg.isc_splits, prc_neighborhood=cfg.prc_neighborhood, kid_subsets=cfg.kid_subsets)
     return _Evaluation(cfg, source, is_generator, int(resolution), num_classes, weights, weights_info, device,
-                       reference, common, loader_workers, process_group()[0])
+                       reference, common, loader_workers, process_group()[0], folder_resized=folder_resized)
+
+
+def _check_folder_sizes(folder: Path, resolution: int, reference: "_Reference", cfg: EvalConfig) -> int:
+    """How many of a folder's images are not ``resolution`` square; refused unless ``eval.allow_folder_resize``.
+
+    torch-fidelity brings such images to size with its own Resize + CenterCrop, not the way the
+    reference images were brought there (the dataset's crop, then PIL bicubic): a resampling
+    difference FID measures as a distance between the sets.
+    """
+    suffixes = {f".{e}" for e in torch_fidelity.defaults.DEFAULTS["samples_find_ext"].split(",")}
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in suffixes)
+    if not files:
+        raise ConfigError(f"{folder} holds no {'/'.join(sorted(suffixes))} images")
+    off = []
+    for path in files:
+        try:
+            with Image.open(path) as im:  # the header only
+                if im.size != (resolution, resolution):
+                    off.append((path, im.size))
+        except (OSError, SyntaxError) as e:
+            raise ConfigError(f"{path} is not a readable image ({type(e).__name__}: {e})") from None
+    if off and not cfg.allow_folder_resize:
+        (first, (w, h)) = off[0]
+        raise ConfigError(
+            f"{folder}: {len(off)} of {len(files)} images are not {resolution}x{resolution} (e.g. {first.name}: "
+            f"{w}x{h}); torch-fidelity would resize them (Resize + CenterCrop), not as the reference was made "
+            f"({_reference_resize(reference.dataset_cfg, resolution)}), and FID would count the difference. "
+            f"Save them at {resolution}x{resolution} the reference's way, or set eval.allow_folder_resize=true "
+            f"(recorded in the protocol)")
+    return len(off)
 
 
 def _sample_features(job: _Evaluation, extractor: Any, kwargs: dict[str, Any], fixed_class: Optional[int] = None,
@@ -532,6 +571,11 @@ def _registered_metrics(job: _Evaluation, name: str, metrics: list[str], extract
         n1 = next(iter(generated.values())).shape[0]
         job.kid_subset_size = min(job.cfg.kid_subset_size, n1, job.reference.size())
         kwargs["kid_subset_size"] = job.kid_subset_size
+        if job.kid_subset_size < job.cfg.kid_subset_size:
+            job.warnings.append(f"KID subsets shrunk from {job.cfg.kid_subset_size} to {job.kid_subset_size} "
+                                f"images (the smaller set: {n1} generated, {job.reference.size()} reference); "
+                                f"KID with other subset sizes is not comparable")
+            log.warning(job.warnings[-1])
     return _compute(metrics, extractor, generated, labels, job.reference.images(),
                     job.reference.name + job.weights_key(name), kwargs)
 
@@ -583,8 +627,10 @@ def protocol_record(job: _Evaluation) -> dict[str, Any]:
         "reference_dataset": ref["dataset"],
         "resolution": resolution,
         "resize": {"reference": _reference_resize(ref["dataset"], resolution),
-                   "folder": (f"{resolution}x{resolution} by torch-fidelity (Resize + CenterCrop)"
-                              if isinstance(source, Path) else None),
+                   "folder": (None if not isinstance(source, Path) else
+                              f"none: every image is {resolution}x{resolution}" if not job.folder_resized else
+                              f"{job.folder_resized} images to {resolution}x{resolution} by torch-fidelity (Resize + "
+                              f"CenterCrop), allowed by eval.allow_folder_resize"),
                    "extractor": {name: _EXTRACTOR_RESIZE.get(name, "the extractor's own") for name in plan}},
         "feature_layers": {name: {m: _feature_layer(name, METRICS[m].feature)
                                   for m in metrics + (["fid"] if not metrics else [])}
@@ -597,6 +643,7 @@ def protocol_record(job: _Evaluation) -> dict[str, Any]:
         "batch_size": cfg.batch_size,
         "kid_subsets": cfg.kid_subsets if job.kid_subset_size else None,
         "kid_subset_size": job.kid_subset_size,
+        "warnings": list(job.warnings),
         "isc_splits": cfg.isc_splits if "isc" in cfg.metrics else None,
         "prc_neighborhood": cfg.prc_neighborhood if "prc" in cfg.metrics else None,
         "versions": {"torch_fidelity": torch_fidelity.__version__, "torch": torch.__version__,

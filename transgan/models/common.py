@@ -7,9 +7,9 @@ import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _NormBase
 
-from transgan.errors import ConfigError
+from transgan.errors import CheckpointError, ConfigError
 
-__all__ = ["check_resolution", "stage_channels", "running_norm_layers", "recompute_norm_statistics",
+__all__ = ["check_finite", "check_resolution", "stage_channels", "running_norm_layers", "recompute_norm_statistics",
            "NORM_STATS_BATCHES", "NORM_STATS_BATCH_SIZE"]
 
 NORM_STATS_BATCHES = 40      # BigGAN's "standing statistics": a cumulative average over many batches
@@ -72,3 +72,13 @@ def recompute_norm_statistics(G: nn.Module, num_batches: int = NORM_STATS_BATCHE
         for m, training in modes.items():
             m.train(training)
     return True
+
+
+def check_finite(module: nn.Module, what: str) -> None:
+    """Refuse weights holding NaN or inf, naming the first such tensor of ``module``'s state dict (damaged
+    weights would otherwise be served as black images without a word)."""
+    for name, tensor in module.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(f"{what}: {name} holds {bad} non-finite value(s) (NaN or inf) of {tensor.numel()}; "
+                                  f"these weights are damaged and are not used")

@@ -36,12 +36,14 @@ from torch import Tensor
 
 from transgan.errors import ConfigError
 from transgan.models.common import check_resolution, stage_channels
-from transgan.nn.layers import (RESAMPLE_MODES, apply_spectral_norm, check_class_labels, EqualizedConv2d,
-                                EqualizedLinear, fir_kernel, MinibatchStd, upsample2d, upsample2d_fir)
+from transgan.nn.layers import (RESAMPLE_MODES, apply_spectral_norm, check_class_labels, downsample2d,
+                                EqualizedConv2d, EqualizedLinear, fir_kernel, MinibatchStd, upsample2d, upsample2d_fir)
 from transgan.nn.style import MappingNetwork, StyledConv2d, StyleGenerator, ToRGB
 
 __all__ = ["LayerFactory", "SynthesisBlock", "SynthesisNetwork", "StyleGAN2Generator",
-           "DiscriminatorBlock", "DiscriminatorEpilogue", "StyleGAN2Discriminator"]
+           "D_ARCHITECTURES", "DiscriminatorBlock", "DiscriminatorEpilogue", "StyleGAN2Discriminator"]
+
+D_ARCHITECTURES = ("resnet", "orig", "skip")
 
 
 def _check_shape(x: Tensor, shape: tuple, who: str) -> None:
@@ -143,18 +145,22 @@ class StyleGAN2Generator(StyleGenerator):
 # ----------------------------------------------------------------------------- discriminator
 
 class DiscriminatorBlock(nn.Module):
-    """Residual block at resolution r -> r/2: (conv3x3, conv3x3 /2) + conv1x1 /2, scaled by sqrt(1/2)."""
+    """Block at resolution r -> r/2: conv3x3, conv3x3 /2; ``residual`` adds a conv1x1 /2 skip, the sum
+    scaled by sqrt(1/2) (StyleGAN2's ``resnet`` block; without it the ``orig`` / ``skip`` block)."""
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, residual: bool = True) -> None:
         super().__init__()
         self.conv0 = EqualizedConv2d(in_channels, in_channels, 3, activation="lrelu")
         self.conv1 = EqualizedConv2d(in_channels, out_channels, 3, activation="lrelu", down=True)
-        self.skip = EqualizedConv2d(in_channels, out_channels, 1, bias=False, down=True)
+        self.skip = EqualizedConv2d(in_channels, out_channels, 1, bias=False, down=True) if residual else None
 
     def forward(self, x: Tensor) -> Tensor:
         """[B, in, r, r] -> [B, out, r/2, r/2]."""
+        y = self.conv1(self.conv0(x))
+        if self.skip is None:
+            return y
         # Sum of two unit-variance paths, rescaled to unit variance.
-        return (self.skip(x) + self.conv1(self.conv0(x))) * math.sqrt(0.5)
+        return (self.skip(x) + y) * math.sqrt(0.5)
 
 
 class DiscriminatorEpilogue(nn.Module):
@@ -181,20 +187,33 @@ class StyleGAN2Discriminator(nn.Module):
     ``cmap_dim`` vector and the logit is its inner product with the class embedding cmap(c)
     (a small MappingNetwork on the class alone), divided by sqrt(cmap_dim).
     ``spectral_norm=True`` spectrally normalizes every conv and linear layer except cmap.
+    ``architecture`` as in StyleGAN2 (Karras et al. 2020, fig. 7): ``resnet`` (residual blocks, the
+    default), ``orig`` (plain blocks; stylegan2-ada's CIFAR-10 config) or ``skip`` (plain blocks, and
+    the image, FIR-downsampled, enters again through a 1x1 conv after every block).
     """
 
     def __init__(self, img_resolution: int, img_channels: int, num_classes: int, channel_base: int = 32768,
                  channel_max: int = 512, mbstd_group_size: int = 4, mbstd_channels: int = 1,
-                 cmap_dim: Optional[int] = None, cmap_layers: int = 2, spectral_norm: bool = False) -> None:
+                 cmap_dim: Optional[int] = None, cmap_layers: int = 2, spectral_norm: bool = False,
+                 architecture: str = "resnet") -> None:
         super().__init__()
         check_resolution(img_resolution)
         if img_channels < 1 or num_classes < 0:
             raise ConfigError(f"bad discriminator shape: img_channels={img_channels}, num_classes={num_classes}")
+        if architecture not in D_ARCHITECTURES:
+            raise ConfigError(f"discriminator architecture {architecture!r}: choose one of {list(D_ARCHITECTURES)}")
         self.img_resolution, self.img_channels, self.num_classes = img_resolution, img_channels, num_classes
+        self.architecture = architecture
         resolutions = [2 ** i for i in range(int(math.log2(img_resolution)), 2, -1)]  # R, ..., 8
         channels = {r: stage_channels(r, channel_base, channel_max) for r in resolutions + [4]}
         self.fromrgb = EqualizedConv2d(img_channels, channels[img_resolution], 1, activation="lrelu")
-        self.blocks = nn.ModuleList([DiscriminatorBlock(channels[r], channels[r // 2]) for r in resolutions])
+        self.blocks = nn.ModuleList([DiscriminatorBlock(channels[r], channels[r // 2], architecture == "resnet")
+                                     for r in resolutions])
+        # skip: image_inputs[k] adds the image at block k's output size (the last one feeds the epilogue)
+        self.image_inputs = nn.ModuleList([EqualizedConv2d(img_channels, channels[r // 2], 1, activation="lrelu")
+                                           for r in resolutions]) if architecture == "skip" else None
+        if architecture == "skip":
+            self.register_buffer("resample_kernel", fir_kernel(), persistent=False)
         self.cmap_dim = (cmap_dim or channels[4]) if num_classes else 0
         self.epilogue = DiscriminatorEpilogue(channels[4], self.cmap_dim or 1, mbstd_group_size, mbstd_channels)
         self.spectral_norm = bool(spectral_norm)
@@ -206,9 +225,12 @@ class StyleGAN2Discriminator(nn.Module):
     def features(self, x: Tensor) -> Tensor:
         """Images [B, C, R, R] -> the 4 x 4 feature map fed to the epilogue."""
         _check_shape(x, (None, self.img_channels, self.img_resolution, self.img_resolution), "StyleGAN2Discriminator")
-        x = self.fromrgb(x)
-        for block in self.blocks:
+        img, x = x, self.fromrgb(x)
+        for k, block in enumerate(self.blocks):
             x = block(x)
+            if self.image_inputs is not None:
+                img = downsample2d(img, self.resample_kernel)
+                x = x + self.image_inputs[k](img)
         return x
 
     def forward(self, x: Tensor, c: Optional[Tensor] = None) -> Tensor:

@@ -49,7 +49,7 @@ TO_RGB_PLACES = ("stage", "upsampled")  # each stage's output before upsampling 
 
 __all__ = [
     "sinusoidal_position_encoding", "haar_dwt", "haar_idwt", "DoubleWindowAttention", "TokenUpsample",
-    "StyleSwinBlock", "SwinStage", "SwinGenerator", "WaveletDiscriminator", "stage_heads",
+    "SHIFT_MASKS", "StyleSwinBlock", "SwinStage", "SwinGenerator", "WaveletDiscriminator", "stage_heads",
 ]
 
 
@@ -110,6 +110,9 @@ def haar_idwt(y: Tensor) -> Tensor:
 
 # ----------------------------------------------------------------------------- double attention
 
+SHIFT_MASKS = {"exact": -math.inf, "swin": -100.0}  # shift_mask: the logit added across a rolled border
+
+
 class DoubleWindowAttention(nn.Module):
     """StyleSwin's double attention on a ``resolution`` x ``resolution`` map of tokens [B, N, C].
 
@@ -121,8 +124,10 @@ class DoubleWindowAttention(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int, resolution: int, window: int, qkv_bias: bool = True,
-                 qk_scale: Optional[float] = None, kernel: str = "auto") -> None:
+                 qk_scale: Optional[float] = None, kernel: str = "auto", shift_mask: str = "exact") -> None:
         super().__init__()
+        if shift_mask not in SHIFT_MASKS:
+            raise ConfigError(f"shift_mask must be one of {list(SHIFT_MASKS)}, got {shift_mask!r}")
         if num_heads < 2 or num_heads % 2:
             raise ValueError(f"double attention splits the heads in two halves: num_heads must be even, "
                              f"got {num_heads}")
@@ -137,8 +142,8 @@ class DoubleWindowAttention(nn.Module):
         self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale, kernel=kernel)
         self.rel_pos = RelativePositionBias(self.window, num_heads)
         if self.shift:
-            mask = shifted_window_mask(resolution, resolution, self.window, self.shift)
-            self.register_buffer("shift_mask", mask, persistent=False)  # [nW, n, n], 0 / -inf
+            mask = shifted_window_mask(resolution, resolution, self.window, self.shift, fill=SHIFT_MASKS[shift_mask])
+            self.register_buffer("shift_mask", mask, persistent=False)  # [nW, n, n], 0 / -inf (or -100)
 
     def extra_repr(self) -> str:
         return f"resolution={self.resolution}, window={self.window}, shift={self.shift}"
@@ -216,11 +221,11 @@ class StyleSwinBlock(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, resolution: int, window: int, w_dim: int, mlp_ratio: float = 4.0,
                  qkv_bias: bool = True, qk_scale: Optional[float] = None, kernel: str = "auto",
-                 adain_scale_init: float = 1.0) -> None:
+                 adain_scale_init: float = 1.0, shift_mask: str = "exact") -> None:
         super().__init__()
         self.norm1 = TokenAdaIN(dim, w_dim, scale_init=adain_scale_init)
         self.attn = DoubleWindowAttention(dim, num_heads, resolution, window, qkv_bias=qkv_bias, qk_scale=qk_scale,
-                                          kernel=kernel)
+                                          kernel=kernel, shift_mask=shift_mask)
         self.norm2 = TokenAdaIN(dim, w_dim, scale_init=adain_scale_init)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
 
@@ -245,11 +250,12 @@ class SwinStage(nn.Module):
     def __init__(self, resolution: int, dim: int, out_dim: Optional[int], num_heads: int, window: int, w_dim: int,
                  img_channels: int, depth: int = 2, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  spe: bool = True, kernel: str = "auto", adain_scale_init: float = 1.0,
-                 rgb_dim: Optional[int] = None) -> None:
+                 rgb_dim: Optional[int] = None, shift_mask: str = "exact") -> None:
         super().__init__()
         self.resolution = resolution
         self.blocks = nn.ModuleList([StyleSwinBlock(dim, num_heads, resolution, window, w_dim, mlp_ratio=mlp_ratio,
-                                                    qkv_bias=qkv_bias, kernel=kernel, adain_scale_init=adain_scale_init)
+                                                    qkv_bias=qkv_bias, kernel=kernel, adain_scale_init=adain_scale_init,
+                                                    shift_mask=shift_mask)
                                      for _ in range(depth)])
         self.to_rgb = nn.Linear(rgb_dim or dim, img_channels)  # unmodulated, as in StyleSwin
         # StyleSwin's ToRGB has a bias of its own besides its conv's; kept with its layout so the
@@ -267,6 +273,9 @@ class SwinGenerator(StyleGenerator):
     are min(channel_base / r, channel_max) (StyleSwin 256: 32768 / 512); heads are
     max(C / head_dim, min_heads). ``gradient_checkpointing`` recomputes each block in backward.
     ``adain_scale_init``: initial bias of every AdaIN scale (1 here; 0 in StyleSwin's code).
+    ``shift_mask``: what the shifted windows add to the logits of token pairs the cyclic roll made
+    neighbours: ``exact`` -inf (never attended), ``swin`` -100 (Swin's and StyleSwin's code; with
+    logits in the hundreds, such pairs are attended, so official weights need it).
     """
 
     def __init__(self, img_resolution: int, img_channels: int, num_classes: int, z_dim: int = 512, w_dim: int = 512,
@@ -275,7 +284,7 @@ class SwinGenerator(StyleGenerator):
                  head_dim: int = 32, min_heads: int = 4, depth: int = 2, mlp_ratio: float = 4.0,
                  qkv_bias: bool = True, spe: bool = True, gradient_checkpointing: bool = False,
                  attention_kernel: Optional[str] = None, adain_scale_init: float = 1.0, to_rgb: str = "stage",
-                 resample: str = "bilinear") -> None:
+                 resample: str = "bilinear", shift_mask: str = "exact") -> None:
         check_resolution(img_resolution, low=8)
         if to_rgb not in TO_RGB_PLACES or resample not in RESAMPLE_MODES:
             raise ConfigError(f"swin_gan: to_rgb must be one of {list(TO_RGB_PLACES)} and resample one of "
@@ -302,7 +311,7 @@ class SwinGenerator(StyleGenerator):
             SwinStage(r, c, channels[i + 1] if i + 1 < len(resolutions) else None,
                       stage_heads(c, head_dim, min_heads), window, w_dim, img_channels, depth=depth,
                       mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, spe=spe, kernel=self.attention_kernel,
-                      adain_scale_init=adain_scale_init,
+                      adain_scale_init=adain_scale_init, shift_mask=shift_mask,
                       rgb_dim=(channels[i + 1] if i + 1 < len(resolutions) else c) if to_rgb == "upsampled" else None)
             for i, (r, c) in enumerate(zip(resolutions, channels))])
         # StyleSwin's initialization of the synthesis layers (the mapping and AdaIN layers keep theirs).

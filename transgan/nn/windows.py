@@ -41,9 +41,11 @@ def window_reverse(windows: Tensor, window: int, H: int, W: int) -> Tensor:
     return _timm_window_reverse(windows.reshape(-1, window, window, C), (window, window), H, W)
 
 
-def shifted_window_mask(H: int, W: int, window: int, shift: int, device: torch.device | str | None = None) -> Tensor:
+def shifted_window_mask(H: int, W: int, window: int, shift: int, device: torch.device | str | None = None,
+                        fill: float = -math.inf) -> Tensor:
     """Swin's additive mask [nW, w*w, w*w]: 0 where two tokens of a shifted window came from the
-    same image region before the cyclic shift, -inf where the roll made them neighbours."""
+    same image region before the cyclic shift, ``fill`` where the roll made them neighbours (-inf:
+    never attended; Swin's and StyleSwin's code use -100, which large logits can outweigh)."""
     if not 0 < shift < window:
         raise ValueError(f"shift must be in (0, window={window}), got {shift}")
     region = torch.zeros(1, H, W, 1, device=device)
@@ -54,7 +56,7 @@ def shifted_window_mask(H: int, W: int, window: int, shift: int, device: torch.d
             label += 1
     labels = window_partition(region, window).squeeze(-1)  # [nW, w*w]
     same = labels.unsqueeze(1) == labels.unsqueeze(2)
-    return torch.zeros(same.shape, device=device).masked_fill_(~same, -math.inf)
+    return torch.zeros(same.shape, device=device).masked_fill_(~same, fill)
 
 
 class RelativePositionBias(nn.Module):

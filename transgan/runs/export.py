@@ -29,7 +29,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 
 from transgan.errors import ConfigError
-from transgan.models.common import NORM_STATS_BATCH_SIZE, NORM_STATS_BATCHES, recompute_norm_statistics
+from transgan.models.common import NORM_STATS_BATCH_SIZE, NORM_STATS_BATCHES, check_finite, recompute_norm_statistics
 from transgan.registry import build_generator
 from transgan.runs.files import atomic_write, atomic_write_text
 
@@ -177,6 +177,7 @@ def load_exported_generator(path: Path | str, device: torch.device | str = "cpu"
         raise ConfigError(f"{weights} is not a readable safetensors file (corrupt or truncated?): {e}") from None
     except RuntimeError as e:
         raise ConfigError(f"{weights} does not fit the generator of {where}: {str(e)[:500]}") from None
+    check_finite(G, str(weights))
     if info.norm_stats is None and recompute_norm_statistics(G):
         log.warning("%s was exported before G_ema kept its own BatchNorm statistics (it holds the live G's); "
                     "recomputed them from its own outputs (%d batches of %d)", weights, NORM_STATS_BATCHES,

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from transgan.data import build_dataset
 from transgan.errors import CheckpointError, ConfigError
-from transgan.models.common import NORM_STATS_BATCH_SIZE, NORM_STATS_BATCHES, recompute_norm_statistics
+from transgan.models.common import NORM_STATS_BATCH_SIZE, NORM_STATS_BATCHES, check_finite, recompute_norm_statistics
 from transgan.registry import build_generator
 from transgan.runs.checkpoint import list_checkpoints, load_checkpoint, run_dir_of
 from transgan.runs.export import GeneratorInfo, LoadedGenerator, is_export, load_exported_generator
@@ -65,6 +65,7 @@ def load_generator(state: dict[str, Any], network: str, num_classes: Optional[in
     except RuntimeError as e:  # missing/unexpected keys or shape mismatches: the config is not the weights'
         raise CheckpointError(f"the checkpoint's {network} weights do not fit the generator its config "
                               f"describes: {str(e)[:400]}") from None
+    check_finite(G, f"the checkpoint's {network}")
     if network == "G_ema" and "ema_norm_stats" not in cfg.get("train", {}):
         # Written before G_ema had statistics of its own: its BatchNorm layers hold the live G's.
         batch = int(cfg.train.get("batch_size", NORM_STATS_BATCH_SIZE)) // int(cfg.train.get("grad_accum", 1))

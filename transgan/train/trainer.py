@@ -339,7 +339,8 @@ class Trainer:
         if old is not None and not (value < old if lower else value > old):
             return None
         return {"step": self.progress.step, "metric": key, "value": value,
-                "direction": "lower is better" if lower else "higher is better"}
+                "direction": "lower is better" if lower else "higher is better",
+                "num_samples": self.evaluator.protocol.num_samples, "protocol": self.evaluator.preset}
 
     @torch.no_grad()
     def overfitting_monitor(self) -> dict[str, float]:
@@ -566,11 +567,20 @@ class Trainer:
             if acc.is_main_process:
                 metrics.update(self.overfitting_monitor())
         if acc.is_main_process and metrics:
-            self.writer.scalars(p.step, {**metrics, "images_seen": p.images_seen, "time_s": p.elapsed_s,
-                                          "train_s": p.elapsed_s - p.overhead_s}, group="eval")
+            # Every row names how many samples its numbers come from (a 10k FID is not a 50k one); so do
+            # the TensorBoard tags (eval@10k/fid).
+            samples = self.evaluator.protocol.num_samples if self.evaluator is not None else None
+            self.writer.scalars(p.step, {**metrics, "num_samples": samples, "images_seen": p.images_seen,
+                                          "time_s": p.elapsed_s, "train_s": p.elapsed_s - p.overhead_s},
+                                group=f"eval@{_count_label(samples)}" if samples else "eval")
             bar.write(f"step {p.step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
             best = self._new_best(metrics)
         return _from_main(best, acc)  # the main process holds the record; all join the write
+
+
+def _count_label(n: int) -> str:
+    """10000 -> '10k', 50000 -> '50k', 64 -> '64': a sample count as metric names carry it (FID-10k)."""
+    return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
 
 
 def _all_processes_agree(ok: torch.Tensor, acc: Accelerator) -> torch.Tensor:
