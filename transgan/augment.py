@@ -36,11 +36,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from transgan.errors import ConfigError
+from transgan.nn.layers import blur2d, fir_kernel, upsample2d_fir
 
 __all__ = ["DiffAugment", "brightness", "saturation", "contrast", "translation", "cutout", "cutout_clipped",
            "translation_transgan", "erase_transgan", "hue_transgan", "filter_transgan", "POLICY_OPS",
-           "ADAPipeline", "AdaptiveAugment", "xflip", "rot90", "int_translate", "affine_resample", "color_matrix",
-           "apply_color"]
+           "ADAPipeline", "AdaptiveAugment", "SYM6", "ada_resample", "color_matrix", "apply_color"]
 
 
 def _per_sample_uniform(x: Tensor) -> Tensor:
@@ -245,47 +245,44 @@ class DiffAugment(nn.Module):
 # fill as grid_sample's reflection mode, so integer and fractional shifts fill alike and no
 # black border tells D an image was augmented (the non-leaking design).
 
-def _mirror(i: Tensor, n: int) -> Tensor:
-    """Map integer indices onto 0..n-1 by mirroring at the borders with the edge repeated (... 1 0 | 0 1 ...)."""
-    i = i % (2 * n)
-    return torch.where(i >= n, 2 * n - 1 - i, i)
+# Daubechies' least-asymmetric wavelet with 6 vanishing moments (Symlet 6), its decomposition lowpass in
+# PyWavelets' order: ADA resamples geometric transforms on a 2x grid filtered with it, so they neither alias
+# nor leak into the generated distribution (Karras et al. 2020, appendix B.4).
+SYM6 = (0.015404109327027373, 0.0034907120842174702, -0.11799011114819057, -0.048311742585633, 0.4910559419267466,
+        0.787641141030194, 0.3379294217276218, -0.07263752278646252, -0.021060292512300564, 0.04472490177066578,
+        0.0017677118642428036, -0.007800708325034148)
 
 
-def xflip(x: Tensor, flip: Tensor) -> Tensor:
-    """Mirror the images whose ``flip`` [B] (bool) is set left-right."""
-    return torch.where(flip[:, None, None, None], x.flip(3), x)
+def ada_resample(x: Tensor, G_inv: Tensor, kernel: Tensor) -> Tensor:
+    """Resample images [B, C, H, W] through ``G_inv`` [B, 3, 3], as ADA does (stylegan2-ada-pytorch augment.py).
 
-
-def rot90(x: Tensor, k: Tensor) -> Tensor:
-    """Rotate image b by ``k[b]`` quarter turns counter-clockwise (as ``torch.rot90`` on dims (2, 3)); square images."""
-    B, C, H, W = x.shape
-    if H != W:
-        raise ValueError(f"90-degree rotations need square images, got {H}x{W}")
-    # index maps of each quarter turn: out[i, j] = x[r, c]
-    i = torch.arange(H, device=x.device)[:, None].expand(H, W)
-    j = torch.arange(W, device=x.device)[None, :].expand(H, W)
-    rows = torch.stack([i, j, H - 1 - i, W - 1 - j])
-    cols = torch.stack([j, W - 1 - i, W - 1 - j, i])
-    src = (rows * W + cols)[k % 4].reshape(B, 1, H * W).expand(B, C, H * W)
-    return x.flatten(2).gather(2, src).reshape(B, C, H, W)
-
-
-def int_translate(x: Tensor, ty: Tensor, tx: Tensor) -> Tensor:
-    """Shift image b down by ``ty[b]`` and right by ``tx[b]`` whole pixels, mirrored borders filling in."""
-    B, C, H, W = x.shape
-    rows = _mirror(torch.arange(H, device=x.device)[None, :] - ty[:, None], H)  # [B, H]
-    cols = _mirror(torch.arange(W, device=x.device)[None, :] - tx[:, None], W)  # [B, W]
-    src = (rows[:, :, None] * W + cols[:, None, :]).reshape(B, 1, H * W).expand(B, C, H * W)
-    return x.flatten(2).gather(2, src).reshape(B, C, H, W)
-
-
-def affine_resample(x: Tensor, inv: Tensor) -> Tensor:
-    """Resample each image through ``inv`` [B, 2, 3] (output -> input, normalized coordinates, align_corners=False).
-
-    Bilinear, borders mirrored; the identity matrix gives the input back.
+    ``G_inv`` maps output pixels to input pixels (x right, y down, origin at the image centre).
+    The image is mirrored outward by as much as the transform brings into view (plus the filter's
+    reach), upsampled 2x with ``kernel`` (``fir_kernel(SYM6)``), sampled bilinearly (zeros outside),
+    then filtered with it again, downsampled and cropped back to H x W.
     """
-    grid = F.affine_grid(inv.to(x.dtype), list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    B, C, H, W = x.shape
+    dev, reach = x.device, kernel.shape[0] // 4
+    cx, cy = (W - 1) / 2, (H - 1) / 2
+    corners = torch.tensor([[-cx, -cy, 1], [cx, -cy, 1], [cx, cy, 1], [-cx, cy, 1]], device=dev)
+    cp = (G_inv @ corners.t())[:, :2, :].permute(1, 0, 2).flatten(1)        # [xy, B * corners]
+    margin = torch.cat([-cp, cp]).amax(1) + torch.tensor([reach * 2 - cx, reach * 2 - cy] * 2, device=dev)
+    margin = margin.clamp(min=0).minimum(torch.tensor([W - 1, H - 1] * 2, device=dev, dtype=margin.dtype))
+    mx0, my0, mx1, my1 = (int(v) for v in margin.ceil().tolist())        # pad widths: one host sync
+    x = F.pad(x, [mx0, mx1, my0, my1], mode="reflect")
+    one = torch.ones(B, device=dev)
+    G_inv = _translate3(one * (mx0 - mx1) / 2, one * (my0 - my1) / 2) @ G_inv
+    taps = kernel.shape[0]
+    x = upsample2d_fir(x, kernel.to(x.dtype), padding=((taps + 1) // 2, (taps - 2) // 2))
+    G_inv = _scale3(one * 2, one * 2) @ G_inv @ _scale3(one / 2, one / 2)
+    G_inv = _translate3(-one / 2, -one / 2) @ G_inv @ _translate3(one / 2, one / 2)
+    shape = [B, C, (H + reach * 2) * 2, (W + reach * 2) * 2]
+    G_inv = _scale3(one * 2 / x.shape[3], one * 2 / x.shape[2]) @ G_inv @ _scale3(one * shape[3] / 2, one * shape[2] / 2)
+    grid = F.affine_grid(G_inv[:, :2, :].to(x.dtype), shape, align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    # filter (correlation: blur2d convolves, so the kernel goes in flipped), /2, crop the reach
+    return blur2d(x, kernel.flip((0, 1)).to(x.dtype), padding=((taps - 1) // 2 - reach * 2, (taps - 2) // 2 - reach * 2),
+                  stride=2)
 
 
 def _rotation3(theta: Tensor) -> Tensor:
@@ -349,16 +346,18 @@ def apply_color(x: Tensor, m: Tensor) -> Tensor:
 
 
 class ADAPipeline(nn.Module):
-    """ADA's 'bgc' pipeline: geometric (x-flip, 90-degree rotations, integer translation, then isotropic
-    scale, rotation, anisotropic scale and fractional translation in one resample) and color
-    (brightness, contrast, luma flip, hue, saturation) transforms, each applied to each image
-    independently with probability ``p``; strengths are the paper's defaults. ``p = 0`` is the identity.
+    """ADA's 'bgc' pipeline: geometric (x-flip, 90-degree rotations, integer translation, isotropic
+    scale, rotation, anisotropic scale and fractional translation, composed and resampled once as ADA
+    does: :func:`ada_resample`) and color (brightness, contrast, luma flip, hue, saturation) transforms,
+    each applied to each image independently with probability ``p``; strengths are the paper's
+    defaults. ``p = 0`` is the identity (ADA's code still resamples then, changing images by < 1e-5).
     With a ``controller`` (:class:`AdaptiveAugment`) p is the controller's, read at every call.
     """
 
     def __init__(self, p: float = 0.0, controller: Optional["AdaptiveAugment"] = None) -> None:
         super().__init__()
         self._p, self.controller = float(p), controller
+        self.register_buffer("resample_kernel", fir_kernel(SYM6), persistent=False)
 
     @property
     def p(self) -> float:
@@ -382,25 +381,27 @@ class ADAPipeline(nn.Module):
         def angle() -> Tensor:
             return torch.rand(B, device=dev) * 2 * math.pi - math.pi
 
-        x = xflip(x, on(torch.randint(0, 2, (B,), device=dev).to(dt), 0) > 0)
+        # The geometric transforms compose into one output -> input pixel map G (origin at the image centre),
+        # each factor as ADA's: x-flip, quarter turns, integer translation (up to 1/8 of the size), isotropic
+        # scale, rotation, anisotropic scale, rotation, fractional translation. The rotation is drawn twice with
+        # 1 - sqrt(1 - p) each, so any rotation has chance p.
+        one = torch.ones(B, device=dev)
+        flip = on(torch.randint(0, 2, (B,), device=dev).to(dt), 0)
+        G = _scale3(1 - 2 * flip, one)
         if H == W:
-            x = rot90(x, on(torch.randint(0, 4, (B,), device=dev).to(dt), 0).long())
-        t = on((torch.rand(B, 2, device=dev) * 2 - 1) * 0.125, 0)  # up to 1/8 of the size, whole pixels
-        x = int_translate(x, (t[:, 1] * H).round().long(), (t[:, 0] * W).round().long())
-        # Isotropic scale, rotation, anisotropic scale, rotation, fractional translation, composed and
-        # resampled once. The rotation is drawn twice with 1 - sqrt(1 - p) each, so any rotation has chance p.
+            G = G @ _rotation3(math.pi / 2 * on(torch.randint(0, 4, (B,), device=dev).to(dt), 0))
+        t = on((torch.rand(B, 2, device=dev) * 2 - 1) * 0.125, 0)
+        G = G @ _translate3(-(t[:, 0] * W).round(), -(t[:, 1] * H).round())
         p_rot = 1 - math.sqrt(max(0.0, 1 - p))
         iso = on(torch.exp2(torch.randn(B, device=dev) * 0.2), 1)
-        rot1 = on(angle(), 0, p_rot)
+        G = G @ _scale3(1 / iso, 1 / iso) @ _rotation3(on(angle(), 0, p_rot))
         aniso = on(torch.exp2(torch.randn(B, device=dev) * 0.2), 1)
-        rot2 = on(angle(), 0, p_rot)
-        frac = on(torch.randn(B, 2, device=dev) * 0.125, 0) * 2  # image sizes -> normalized units (span 2)
-        # grid_sample wants the output -> input map: the inverse of the forward chain, factors reversed
-        inv = (_scale3(1 / iso, 1 / iso) @ _rotation3(-rot1) @ _scale3(1 / aniso, aniso) @ _rotation3(-rot2)
-               @ _translate3(-frac[:, 0], -frac[:, 1]))
-        moved = (inv - torch.eye(3, device=dev)).abs().amax((1, 2)) > 0
-        if bool(moved.any()):
-            x = torch.where(moved[:, None, None, None], affine_resample(x, inv[:, :2]), x)
+        G = G @ _scale3(1 / aniso, aniso) @ _rotation3(on(angle(), 0, p_rot))
+        frac = on(torch.randn(B, 2, device=dev) * 0.125, 0)
+        G = G @ _translate3(-frac[:, 0] * W, -frac[:, 1] * H)
+        # Every image goes through the resampling, as in ADA (its 2x filtering round trip changes an
+        # untransformed image by < 1e-5).
+        x = ada_resample(x, G, self.resample_kernel)
         m = color_matrix(on(torch.randn(B, device=dev) * 0.2, 0),
                          on(torch.exp2(torch.randn(B, device=dev) * 0.5), 1),
                          on(torch.randint(0, 2, (B,), device=dev).to(dt), 0),
