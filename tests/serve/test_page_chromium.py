@@ -44,7 +44,7 @@ def test_choose_a_class_press_generate_and_the_grid_shows_its_images(digits_serv
 
         # A count beyond the server's limit: the page shows the server's 422 message, the grid stays.
         submit_a_count_over_the_limit(driver)
-        assert "count must be at most" in driver.find_element(By.ID, "error").text
+        assert "count: must be at most" in driver.find_element(By.ID, "error").text
         assert len(driver.find_elements(By.CSS_SELECTOR, "#grid img")) == 6
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and "422" not in e["message"]]
         assert errors == []  # no script errors, no blocked resources (CSP)
