@@ -4,6 +4,12 @@
         --precisions fp32 bf16 --compile off on --batch 32 --json bench_train.json
     python tools/bench_train.py --tiny --json /tmp/tiny.json   # CPU, the small digits presets, seconds
     python tools/bench_train.py --count-only --device cpu --batch 2 --models swin_gan --resolutions 256
+    python tools/bench_train.py --tiny --baseline-dir /tmp/base --repeats 3   # this tree against another
+
+``--baseline-dir DIR`` runs every case also from DIR's code (its own tools/bench_train.py, in a fresh
+process, with the same arguments), alternating with this tree's run ``--repeats`` times, and
+prints the ratio of the medians (``vs_baseline`` = this tree's images/s over the baseline's): a
+change is judged against the code before it on the same machine in the same minutes.
 
 One case is (model, resolution, precision, compile). Each runs in a fresh process (its own
 Accelerate state, memory high-water mark and compile cache), which builds the real Trainer
@@ -29,8 +35,11 @@ Columns (JSON keys):
   flops_per_step  FLOPs counted by torch.utils.flop_counter over one schedule period of eager steps,
                   divided by its length: forward, backward and double backward of the whole step
                   (G and D, regularization passes included; matmul, convolution and attention ops)
-  mfu             flops_per_step / step time / the device's dense bf16 peak (PEAK_BF16_FLOPS, or
-                  --peak-flops); null on CPU and on devices not in the table
+  mfu             flops_per_step / step time / the device's peak: on CUDA its dense bf16 peak
+                  (PEAK_BF16_FLOPS, or --peak-flops; null for devices not in the table); on CPU the
+                  sustained float32 GEMM rate measured in the same process at the case's thread
+                  count (cpu_gemm_flops: 1024 x 1024 matmuls for ~0.5 s), so 100% is what the CPU
+                  does on the best-shaped work there is
   ops_per_step    ATen operators other than views that one eager step dispatches (counted in the
                   same pass as the FLOPs): on a GPU each is a kernel launch, unless compiled
   us_per_op       step time / ops_per_step (eager cases). Eager PyTorch spends some 10-30 us of host
@@ -87,6 +96,17 @@ TINY = dict(models=["cwgan_gp", "stylegan2", "styletoken", "swin_gan", "transgan
 def peak_bf16_flops(device_name: str) -> Optional[float]:
     """Dense bf16 peak FLOP/s of a CUDA device, from its name; None if not in the table."""
     return next((peak for key, peak in PEAK_BF16_FLOPS if key in device_name), None)
+
+
+def cpu_gemm_flops(seconds: float = 0.5, n: int = 1024) -> float:
+    """Sustained float32 FLOP/s of n x n matmuls on this process's CPU threads (the CPU's practical peak)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)  # warm-up: thread pool, caches
+    reps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        torch.mm(a, b)
+        reps += 1
+    return 2 * n ** 3 * reps / (time.perf_counter() - start)
 
 
 def recipe(model: str, overrides: list[str]) -> list[str]:
@@ -178,7 +198,8 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     flops = work["flops_per_step"]
     step_time = elapsed / timed if timed else None
     device_name = torch.cuda.get_device_name() if cuda else "cpu"
-    peak = case["peak_flops"] or (peak_bf16_flops(device_name) if cuda else None)
+    gemm = cpu_gemm_flops() if timed and not cuda else None  # at the thread count the trainer set
+    peak = case["peak_flops"] or (peak_bf16_flops(device_name) if cuda else gemm)
     return {
         "model": case["model"], "resolution": int(cfg.model.resolution), "precision": case["precision"],
         "compile": bool(case["compile"]), "batch": case["batch"], "device": device_name,
@@ -190,7 +211,8 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
         "preset": preset, "step_time_s": step_time, "timed_steps": timed, "warmup_steps": warmup,
         "schedule_period": period, "n_critic": int(cfg.train.n_critic), "loss": str(cfg.loss.name),
         "reg_precision": str(cfg.loss.reg_precision), "channels_last": trainer.channels_last,
-        "peak_mem_kind": mem_kind, "peak_bf16_flops": peak, "torch": torch.__version__, "error": None,
+        "peak_mem_kind": mem_kind, "peak_flops": peak, "cpu_gemm_flops": gemm, "threads": torch.get_num_threads(),
+        "torch": torch.__version__, "error": None,
     }
 
 
@@ -260,10 +282,71 @@ def add_speedups(records: list[dict[str, Any]]) -> None:
         r["speedup_vs_fp32_eager"] = r["images_per_s"] / b if b and r["images_per_s"] else None
 
 
+def baseline_args(case: dict[str, Any], json_path: Path) -> list[str]:
+    """The command line that runs ``case`` with another checkout's tools/bench_train.py."""
+    args = ["--models", case["model"], "--precisions", case["precision"], "--compile",
+            "on" if case["compile"] else "off", "--batch", str(case["batch"]), "--steps", str(case["steps"]),
+            "--warmup", str(case["warmup"]), "--device", case["device"], "--json", str(json_path)]
+    overrides = list(case["overrides"])
+    if case["resolution"] is None:  # --tiny's case: the preset at its own size, with --tiny's overrides
+        args.append("--tiny")
+        overrides = [o for o in overrides if o not in TINY["overrides"]]
+    else:
+        args += ["--resolutions", str(case["resolution"])]
+    if case["threads"]:
+        args += ["--threads", str(case["threads"])]
+    if overrides:
+        args += ["--override", *overrides]
+    return args
+
+
+def measure_baseline(case: dict[str, Any], baseline: Path) -> dict[str, Any]:
+    """Run ``case`` with the code of the checkout at ``baseline`` (its own bench, a fresh process)."""
+    import subprocess
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "baseline.json"
+        done = subprocess.run([sys.executable, str(baseline / "tools" / "bench_train.py"), *baseline_args(case, out)],
+                              cwd=baseline, capture_output=True, text=True)
+        if done.returncode != 0 or not out.is_file():
+            tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            return {"images_per_s": None, "error": f"baseline failed: {tail[:160]}"}
+        return json.loads(out.read_text())[0]
+
+
+def _median(values: list[float]) -> Optional[float]:
+    values = sorted(v for v in values if v)
+    if not values:
+        return None
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def compare(case: dict[str, Any], ctx: Any, baseline: Path, repeats: int) -> dict[str, Any]:
+    """This tree's and the baseline's runs of ``case``, alternating ``repeats`` times; the record of this
+    tree's median run with the baseline's median images/s and the ratio."""
+    ours, theirs = [], []
+    for _ in range(repeats):
+        ours.append(measure(case, ctx))
+        theirs.append(measure_baseline(case, baseline))
+    speed = _median([r["images_per_s"] for r in ours])
+    record = min(ours, key=lambda r: abs((r["images_per_s"] or 0) - (speed or 0)))
+    base = _median([r.get("images_per_s") for r in theirs])
+    record = {**record, "images_per_s_runs": [r["images_per_s"] for r in ours],
+              "baseline_images_per_s": base, "baseline_images_per_s_runs": [r.get("images_per_s") for r in theirs],
+              "baseline_dir": str(baseline), "vs_baseline": speed / base if speed and base else None}
+    if record.get("error") is None and base is None:
+        record["baseline_error"] = next((r.get("error") for r in theirs if r.get("error")), None)
+    return record
+
+
 def format_table(records: list[dict[str, Any]]) -> str:
     """The human-readable table of the records."""
     head = (f"{'model':<12} {'res':>4} {'prec':<5} {'compile':<7} {'batch':>5} {'images/s':>10} {'step ms':>9} "
             f"{'x fp32':>6} {'peak MiB':>9} {'GFLOP/step':>11} {'MFU':>6} {'kops/step':>9} {'us/op':>6}")
+    compared = any("vs_baseline" in r for r in records)
+    if compared:
+        head += f" {'baseline img/s':>14} {'x baseline':>10}"
     lines = [head]
     for r in records:
         key = (f"{r['model']:<12} {str(r['resolution']):>4} {r['precision']:<5} {'on' if r['compile'] else 'off':<7} "
@@ -279,9 +362,14 @@ def format_table(records: list[dict[str, Any]]) -> str:
         speed_cell = f"{speed:.2f}" if speed else "-"
         mfu_cell = f"{mfu:.1%}" if mfu is not None else "-"
         us_cell = f"{r['us_per_op']:.1f}" if r.get("us_per_op") is not None else "-"
-        lines.append(f"{key} {r['images_per_s']:>10.1f} {r['step_time_s'] * 1e3:>9.1f} {speed_cell:>6} "
-                     f"{r['peak_mem_bytes'] / 2**20:>9.0f} {r['flops_per_step'] / 1e9:>11.1f} {mfu_cell:>6} "
-                     f"{r['ops_per_step'] / 1e3:>9.1f} {us_cell:>6}")
+        line = (f"{key} {r['images_per_s']:>10.1f} {r['step_time_s'] * 1e3:>9.1f} {speed_cell:>6} "
+                f"{r['peak_mem_bytes'] / 2**20:>9.0f} {r['flops_per_step'] / 1e9:>11.1f} {mfu_cell:>6} "
+                f"{r['ops_per_step'] / 1e3:>9.1f} {us_cell:>6}")
+        if compared:
+            base, ratio = r.get("baseline_images_per_s"), r.get("vs_baseline")
+            line += (f" {base:>14.1f} {ratio:>10.2f}" if base and ratio else
+                     f" {'-':>14} {r.get('baseline_error') or '-':>10}")
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -308,7 +396,14 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
     p.add_argument("--override", nargs="+", default=[], metavar="KEY=VALUE",
                    help="extra Hydra overrides for every case, e.g. train.channels_last=false")
     p.add_argument("--json", type=Path, help="write the records here")
+    p.add_argument("--baseline-dir", type=Path, metavar="DIR",
+                   help="also run every case from this checkout's code (alternating) and print the ratio")
+    p.add_argument("--repeats", type=int, default=1, help="runs per case and tree with --baseline-dir (median)")
     args = p.parse_args(argv)
+    if args.baseline_dir is not None and not (args.baseline_dir / "tools" / "bench_train.py").is_file():
+        p.error(f"--baseline-dir {args.baseline_dir}: no tools/bench_train.py there (a checkout of this project)")
+    if args.repeats < 1:
+        p.error("--repeats must be positive")
 
     tiny = TINY if args.tiny else {}
     device = "cpu" if args.tiny else args.device
@@ -344,7 +439,8 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
                                 threads=args.threads or tiny.get("threads"), reg_precision=args.reg_precision,
                                 peak_flops=args.peak_flops, count_only=args.count_only,
                                 overrides=[*tiny.get("overrides", []), *args.override])
-                    record = measure(case, ctx)
+                    record = (compare(case, ctx, args.baseline_dir.resolve(), args.repeats) if args.baseline_dir
+                              else measure(case, ctx))
                     records.append(record)
                     print(format_table([record]).splitlines()[1], flush=True)
                     if args.json:  # after every case, so a run cut short keeps what it measured

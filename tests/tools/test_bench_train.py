@@ -14,9 +14,11 @@ from tools.bench_train import KEYS, PEAK_BF16_FLOPS, case_overrides, peak_bf16_f
 
 
 def test_tiny_cpu_run_produces_every_column(repo_root, tmp_path):
+    """Also --baseline-dir, with this checkout as its own baseline: each case runs from both trees' code."""
     out = tmp_path / "bench.json"
     # A fresh process, as a user runs it: each case forks from its own forkserver.
-    cmd = [sys.executable, "tools/bench_train.py", "--tiny", "--models", "swin_gan", "--json", str(out)]
+    cmd = [sys.executable, "tools/bench_train.py", "--tiny", "--models", "swin_gan", "--json", str(out),
+           "--baseline-dir", str(repo_root)]
     env = {**os.environ, "PYTHONPATH": str(repo_root), "CUDA_VISIBLE_DEVICES": ""}
     run = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
@@ -26,7 +28,11 @@ def test_tiny_cpu_run_produces_every_column(repo_root, tmp_path):
         assert set(KEYS) <= r.keys()
         assert r["error"] is None, r["error"]
         assert r["model"] == "swin_gan" and r["resolution"] == 32 and r["batch"] == 4 and r["device"] == "cpu"
-        assert r["mfu"] is None  # no bf16 peak on CPU
+        # CPU MFU: the step's FLOPs per second over the float32 GEMM rate measured in the same process
+        assert r["cpu_gemm_flops"] > 1e8 and r["peak_flops"] == r["cpu_gemm_flops"] and r["threads"] == 1
+        assert r["mfu"] == r["flops_per_step"] / r["step_time_s"] / r["cpu_gemm_flops"] and 0 < r["mfu"] < 1
+        # The same code as baseline: both ran, the ratio is that of the two medians (one run each here)
+        assert r["baseline_images_per_s"] > 0 and r["vs_baseline"] == r["images_per_s"] / r["baseline_images_per_s"]
         for key in ("images_per_s", "peak_mem_bytes", "flops_per_step", "ops_per_step", "us_per_op"):
             assert isinstance(r[key], (int, float)) and math.isfinite(r[key]) and r[key] > 0, key
         # The step never makes the host wait for the device (.item(), bool(), nonzero): losses
@@ -37,6 +43,7 @@ def test_tiny_cpu_run_produces_every_column(repo_root, tmp_path):
     assert records[0]["flops_per_step"] == records[1]["flops_per_step"]  # FLOPs do not depend on precision
     assert records[1]["ops_per_step"] > records[0]["ops_per_step"]  # autocast adds its casts
     assert "swin_gan" in run.stdout and "images/s" in run.stdout and "us/op" in run.stdout  # the printed table
+    assert "x baseline" in run.stdout
 
 
 def test_peak_table_prefers_specific_names():
