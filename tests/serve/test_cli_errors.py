@@ -146,6 +146,11 @@ def test_serve_refuses_a_wildcard_host_without_allowed_hosts(serve_tool, tmp_pat
     one_error(capsys, serve_tool.main([str(tmp_path / "missing"), "--host", "0.0.0.0"]), "--allowed-host")
 
 
+@pytest.mark.parametrize("flag, value", [("--max-head-kib", "2"), ("--max-count", "0"), ("--batch", "300")])
+def test_serve_refuses_an_out_of_range_limit_before_loading_the_model(serve_tool, tmp_path, capsys, flag, value):
+    one_error(capsys, serve_tool.main([str(tmp_path / "missing"), flag, value]), f"{flag} must be in")
+
+
 @pytest.mark.parametrize("out", ["grid.noext", "grid.jpgx", "/dev/null", "FOLDER"])
 def test_generate_refuses_an_output_it_cannot_write_with_one_line(run_dir, generate_tool, tmp_path, capsys, out):
     target = str(tmp_path) if out == "FOLDER" else out if out.startswith("/") else str(tmp_path / out)

@@ -48,6 +48,8 @@ def command_line() -> CommandLine:
     p.add_argument("--title", default=None)
     p.add_argument("--batch", type=int, default=16, help="images per model call (1 = no batching)")
     p.add_argument("--allowed-host", action="append", default=None, help="a Host name of the page (repeatable)")
+    p.add_argument("--max-head-kib", type=int, default=32,
+                   help="most KiB of a request's line and headers (431 beyond; the URL alone: 4 KiB, 414)")
     return cli
 
 
@@ -69,6 +71,8 @@ def check_args(args: argparse.Namespace) -> tuple[list[str], Any]:
         raise ConfigError(f"--batch must be in 1..256, got {args.batch}")
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must be in 0..65535, got {args.port}")
+    if not 4 <= args.max_head_kib <= 1024:  # below 4 KiB the URL cap could never be reached
+        raise ConfigError(f"--max-head-kib must be in 4..1024, got {args.max_head_kib}")
     if args.threads is not None and not 1 <= args.threads <= 1024:
         raise ConfigError(f"--threads must be in 1..1024, got {args.threads}")
     return args.allowed_host or allowed_hosts_for(args.host), resolve_device(args.device)
@@ -117,7 +121,7 @@ def run(argv: Sequence[str]) -> None:
         if not is_loopback_host(args.host):
             print(f"warning: {args.host} is not a loopback address; other machines can reach this page",
                   file=sys.stderr)
-        serve_forever(app, sock)
+        serve_forever(app, sock, max_head_bytes=args.max_head_kib * 1024)
     finally:
         sock.close()
 

@@ -69,7 +69,8 @@ def double_backward_safe() -> Iterator[None]:
 
 
 def _log_once(key: str, message: str, *args: object) -> None:
-    if key not in _logged:
+    # Not while dynamo traces: a logger call is a graph break (the eager calls log it).
+    if key not in _logged and not torch.compiler.is_compiling():
         _logged.add(key)
         logger.info(message, *args)
 

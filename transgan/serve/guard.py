@@ -145,17 +145,22 @@ def read_timeout_protocol(timeout_s: float = READ_TIMEOUT_S, max_head: int = MAX
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
-            self._in_head, self._header_count = True, 0
+            self._in_head, self._header_count, self._head_parsed = True, 0, 0
 
         def on_url(self, url: bytes) -> None:
             if len(self.url) + len(url) > max_url:
                 self._refuse(414, f"the URL is too long (at most {max_url} bytes)")
+            self._head_parsed += len(url)
             super().on_url(url)
 
         def on_header(self, name: bytes, value: bytes) -> None:
             self._header_count += 1
             if self._header_count > max_headers:
                 self._refuse(431, f"too many headers (at most {max_headers})")
+            # A head that arrived in one piece is parsed before data_received can count it: count it here too.
+            self._head_parsed += len(name) + len(value) + 4  # ": " and CRLF
+            if self._head_parsed > max_head:
+                self._refuse(431, f"the request head is too large (at most {max_head} bytes)")
             super().on_header(name, value)
 
         def on_headers_complete(self) -> None:

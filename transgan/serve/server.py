@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import uvicorn
 
 from transgan.errors import ConfigError
-from transgan.serve.guard import LOOPBACK_HOSTS, READ_TIMEOUT_S, read_timeout_protocol
+from transgan.serve.guard import LOOPBACK_HOSTS, MAX_HEAD_BYTES, READ_TIMEOUT_S, read_timeout_protocol
 
 DEFAULT_HOST = "127.0.0.1"
 
@@ -76,7 +76,7 @@ def allowed_hosts_for(host: str) -> list[str]:
     return sorted({*LOOPBACK_HOSTS, literal}) if is_loopback_host(host) else [literal]
 
 
-def _config(app: Any, log_level: str, read_timeout_s: float, keep_alive_s: int) -> Any:
+def _config(app: Any, log_level: str, read_timeout_s: float, keep_alive_s: int, max_head_bytes: int) -> Any:
 
     # lifespan off: the app has no startup work (the model is loaded before the app exists).
     # httptools with a read deadline (transgan.serve.guard), uvloop where installed (loop="auto"); idle
@@ -84,13 +84,14 @@ def _config(app: Any, log_level: str, read_timeout_s: float, keep_alive_s: int) 
     # ws="none": the app serves no WebSocket, so an upgrade request is a plain HTTP request to it, answered
     # (404, ...) with the security headers, not by the WebSocket library before the app.
     return uvicorn.Config(app, log_level=log_level, lifespan="off", access_log=False, ws="none",
-                          http=read_timeout_protocol(read_timeout_s), timeout_keep_alive=keep_alive_s)
+                          http=read_timeout_protocol(read_timeout_s, max_head=max_head_bytes),
+                          timeout_keep_alive=keep_alive_s)
 
 
 def serve_forever(app: Any, sock: socket.socket, log_level: str = "info", read_timeout_s: float = READ_TIMEOUT_S,
-                  keep_alive_s: int = 5) -> None:
+                  keep_alive_s: int = 5, max_head_bytes: int = MAX_HEAD_BYTES) -> None:
     """Serve ``app`` on a socket from :func:`bind_socket` until interrupted (Ctrl-C)."""
-    server = uvicorn.Server(_config(app, log_level, read_timeout_s, keep_alive_s))
+    server = uvicorn.Server(_config(app, log_level, read_timeout_s, keep_alive_s, max_head_bytes))
     server.run(sockets=[sock])
 
 
@@ -98,12 +99,13 @@ class BackgroundServer:
     """``with BackgroundServer(app) as server: ... server.url ...``: uvicorn on a thread, on a free port."""
 
     def __init__(self, app: Any, host: str = DEFAULT_HOST, port: int = 0, log_level: str = "warning",
-                 read_timeout_s: float = READ_TIMEOUT_S, keep_alive_s: int = 5) -> None:
+                 read_timeout_s: float = READ_TIMEOUT_S, keep_alive_s: int = 5,
+                 max_head_bytes: int = MAX_HEAD_BYTES) -> None:
 
         self.sock = bind_socket(host, port)
         address = self.sock.getsockname()
         self.host, self.port = address[0], address[1]
-        self.server = uvicorn.Server(_config(app, log_level, read_timeout_s, keep_alive_s))
+        self.server = uvicorn.Server(_config(app, log_level, read_timeout_s, keep_alive_s, max_head_bytes))
         self.thread: Optional[threading.Thread] = None
 
     @property
