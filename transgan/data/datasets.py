@@ -1,4 +1,4 @@
-"""Datasets: digits (embedded), imagefolder, celeba, flowers102, cifar10, synthetic (random).
+"""Datasets: digits and stacked digits (embedded), imagefolder, celeba, flowers102, cifar10, synthetic (random).
 
 Every dataset returns ``(image, label)`` with ``image`` float32 ``[C, H, W]`` in [-1, 1]
 at the model resolution and ``label`` an int (0 for unconditional data). Decoding is
@@ -29,9 +29,9 @@ log = logging.getLogger("transgan.data")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 COMMON_KEYS = {"name", "root", "resolution", "channels", "conditional", "center_crop", "split", "download",
                "augment", "bad_images", "num_workers", "cache", "max_images"}
-EXTRA_KEYS = {"synthetic": {"size", "num_classes"}}  # options only one dataset has
+EXTRA_KEYS = {"synthetic": {"size", "num_classes"}, "stacked_digits": {"size"}}  # options only one dataset has
 # The class counts fixed by a dataset's definition (the data need not be on the machine to know them).
-KNOWN_CLASSES = {"digits": 10, "cifar10": 10, "flowers102": 102}
+KNOWN_CLASSES = {"digits": 10, "stacked_digits": 1000, "cifar10": 10, "flowers102": 102}
 DIGITS_SPLIT_SEED = 0       # random_state of the stratified digits train/test split
 DIGITS_TEST_SIZE = 0.2      # 360 of the 1,797 images are held out
 MAX_IMAGES_SEED = 0         # the max_images subset is fixed by this, not by the training seed
@@ -159,6 +159,32 @@ class DigitsDataset(ImageDataset):
         self.items = [(None, int(c)) for c in self.labels]
         self.channels, self.resolution = channels, resolution
         self.num_classes, self.class_names = 10, [str(d) for d in range(10)]
+
+
+STACKED_DIGITS_SEED = 0  # which digits are stacked: part of the dataset's definition, not of a run
+
+
+class StackedDigitsDataset(ImageDataset):
+    """Stacked digits (Metz et al. 2017, Unrolled GANs; VEEGAN, PacGAN): three digits of one split as the R, G
+    and B channels, 1,000 modes (the label is the mode, 100 x red digit + 10 x green + blue).
+
+    ``size`` stacks drawn with a fixed seed, each channel an independent uniform draw from the split, so
+    every mode is equally likely; the test split's stacks use only held-out digits.
+    """
+
+    name = "stacked_digits"
+
+    def __init__(self, resolution: int, size: int = 10000, split: str = "train") -> None:
+        if size < 1:
+            raise ConfigError(f"stacked_digits needs size >= 1, got {size}")
+        digits = DigitsDataset(resolution, channels=1, split=split)
+        g = torch.Generator().manual_seed(STACKED_DIGITS_SEED)
+        pick = torch.randint(0, len(digits.labels), (size, 3), generator=g)
+        self.images = digits.images[pick.flatten(), 0].view(size, 3, resolution, resolution)
+        self.labels = (digits.labels[pick] * torch.tensor([100, 10, 1])).sum(dim=1)
+        self.items = [(None, int(c)) for c in self.labels]
+        self.channels, self.resolution = 3, resolution
+        self.num_classes, self.class_names = 1000, [f"{m:03d}" for m in range(1000)]
 
 
 # ----------------------------------------------------------------------------- synthetic
@@ -352,7 +378,7 @@ def limit_images(ds: ImageDataset, max_images: int) -> ImageDataset:
 
 # The split that holds images a training run never sees, per dataset that has one (imagefolder and
 # synthetic have none: their ``split`` is ignored). flowers102 takes val, the smaller held-out split.
-HELDOUT_SPLITS = {"digits": "test", "celeba": "test", "flowers102": "val", "cifar10": "test"}
+HELDOUT_SPLITS = {"digits": "test", "stacked_digits": "test", "celeba": "test", "flowers102": "val", "cifar10": "test"}
 
 
 def build_heldout_dataset(cfg: Mapping[str, Any], resolution: int) -> Optional[ImageDataset]:
@@ -399,6 +425,10 @@ def _build_full(cfg: dict[str, Any], resolution: int) -> ImageDataset:
         if split == "val":
             raise ConfigError("digits has train, test and all splits")
         return DigitsDataset(resolution, channels, split)
+    if name == "stacked_digits":
+        if split == "val" or channels != 3:
+            raise ConfigError("stacked_digits has train, test and all splits and 3 channels (one digit each)")
+        return StackedDigitsDataset(resolution, int(cfg.get("size", 10000)), split)
     if name == "synthetic":
         return SyntheticDataset(resolution, channels, int(cfg.get("size", 256)), int(cfg.get("num_classes", 0)))
     if cfg.get("root") in (None, ""):
@@ -411,5 +441,6 @@ def _build_full(cfg: dict[str, Any], resolution: int) -> ImageDataset:
             items, names = [(p, 0) for p, _ in items], []
         return _folder_dataset(cfg, "imagefolder", items, names, decoder)
     if name not in BUILDERS:
-        raise ConfigError(f"unknown dataset {name!r}; known: digits, synthetic, imagefolder, {', '.join(BUILDERS)}")
+        raise ConfigError(f"unknown dataset {name!r}; known: digits, stacked_digits, synthetic, imagefolder, "
+                          f"{', '.join(BUILDERS)}")
     return BUILDERS[name](cfg, root, decoder)

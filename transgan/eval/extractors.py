@@ -209,8 +209,9 @@ class FeatureExtractorDigits(torch_fidelity.FeatureExtractorBase):
 
     Input, as torch-fidelity feeds every extractor: uint8 [B, 3, H, W] (or [B, 1, H, W])
     in [0, 255], any size (the judge resizes to its own 16x16). Features: the judge's
-    penultimate layer (``features``, used for FD/KID/precision-recall) and its class
-    logits (``logits``, used for an IS-style score).
+    penultimate layer (``features``, used for FD/KID/precision-recall), its class
+    logits (``logits``, used for an IS-style score) and the class logits of each channel judged
+    alone (``channel_logits`` [B, 10 x C]: stacked digits' modes).
     """
 
     def __init__(self, name: str, features_list: list[str], feature_extractor_weights_path: Optional[str] = None,
@@ -221,11 +222,12 @@ class FeatureExtractorDigits(torch_fidelity.FeatureExtractorBase):
 
     @staticmethod
     def get_provided_features_list() -> tuple[str, ...]:
-        return "features", "logits"
+        return "features", "logits", "channel_logits"
 
     @staticmethod
     def get_default_feature_layer_for_metric(metric: str) -> str:
-        return {"isc": "logits", "fid": "features", "kid": "features", "prc": "features"}[metric]
+        return {"isc": "logits", "fid": "features", "kid": "features", "prc": "features",
+                "modes": "channel_logits"}[metric]
 
     @staticmethod
     def can_be_compiled() -> bool:
@@ -243,6 +245,9 @@ class FeatureExtractorDigits(torch_fidelity.FeatureExtractorBase):
         out = {"features": features.float()}
         if "logits" in self.features_list:
             out["logits"] = self.judge.head(features).float()
+        if "channel_logits" in self.features_list:  # each channel a digit of its own (stacked digits)
+            channels = x.float().div(127.5).sub(1).unbind(dim=1)
+            out["channel_logits"] = torch.cat([self.judge(c[:, None]).float() for c in channels], dim=1)
         return tuple(out[name] for name in self.features_list)
 
 

@@ -142,3 +142,21 @@ def class_acc(x: MetricInputs) -> dict[str, float]:
     """Fraction of generated images the digits judge assigns to the class the generator was asked for."""
     logits = x.generated[x.layer("isc")]
     return {"digits_class_acc": float((logits.argmax(dim=1).cpu() == x.labels.cpu()).float().mean())}
+
+
+# Stacked digits' mode coverage (Metz et al. 2017; VEEGAN; PacGAN): each channel judged alone.
+MODES = 1000
+
+
+@register_metric("modes", {"modes_covered": False, "modes_kl": True})
+def modes(x: MetricInputs) -> dict[str, float]:
+    """Modes covered out of 1,000 and KL(generated mode histogram || uniform) of stacked-digit images."""
+    logits = x.generated[x.layer("modes")]
+    if logits.shape[1] != 30:
+        raise ValueError(f"metric modes needs 3-channel images (one digit per channel), got {logits.shape[1] // 10}")
+    digits = logits.view(len(logits), 3, 10).argmax(dim=2)
+    mode = digits[:, 0] * 100 + digits[:, 1] * 10 + digits[:, 2]
+    p = torch.bincount(mode, minlength=MODES).double() / len(mode)
+    seen = p > 0
+    kl = (p[seen] * (p[seen] * MODES).log()).sum()
+    return {"modes_covered": float(seen.sum()), "modes_kl": float(kl)}

@@ -116,6 +116,8 @@ def eval_config(cfg: Union[EvalConfig, Mapping[str, Any], DictConfig, None] = No
         (not unknown, f"eval.metrics has unknown metric(s) {unknown}; choose from {metric_names()}"),
         ("class_acc" not in out.metrics or out.extractor == FD_DIGITS,
          f"eval.metrics=[class_acc] needs the digits judge as classifier: eval.extractor={FD_DIGITS}"),
+        ("modes" not in out.metrics or out.extractor == FD_DIGITS,
+         f"eval.metrics=[modes] needs the digits judge as classifier: eval.extractor={FD_DIGITS}"),
         (out.metrics or out.intra_fid, "eval.metrics is empty and eval.intra_fid is off: nothing to compute"),
         (out.num_samples >= 2, "eval.num_samples must be >= 2"),
         (out.batch_size >= 1, "eval.batch_size must be >= 1"),

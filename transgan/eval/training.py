@@ -79,6 +79,8 @@ def training_evaluator(cfg: DictConfig) -> Optional[TrainingEvaluator]:
     metrics = list(e.metrics) if e.metrics is not None else ["fid", "kid"]
     if e.metrics is None and dataset.get("name") == "digits" and dataset.get("conditional") and extractor == FD_DIGITS:
         metrics.append("class_acc")
+    if e.metrics is None and dataset.get("name") == "stacked_digits" and extractor == FD_DIGITS:
+        metrics.append("modes")
     num_samples = e.num_samples or min(int(base.get("num_samples", EvalConfig.num_samples)), TRAINING_MAX_SAMPLES)
     given = {k: e[k] for k in _PASSED if e[k] is not None and not (isinstance(e[k], bool) and not e[k])}
     protocol = eval_config(base, metrics=metrics, num_samples=num_samples, seed=int(cfg.seed), intra_fid=False,
