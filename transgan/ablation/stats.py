@@ -1,7 +1,7 @@
 """Small-sample statistics for an ablation's few seeds per cell: what they can and cannot say.
 
-With 3-5 seeds a percentile bootstrap of the mean cannot be narrower than the min-max (it covers
-the true mean about 75% of the time at n = 3), so cells get Student-t intervals; two cells are
+With 3-5 seeds, intervals from resampling the seeds' values are at most their min-max (covering the
+true mean about 75% of the time at n = 3), so cells get Student-t intervals; two cells are
 compared by Welch's difference interval, an exact permutation test (every relabelling of the
 seeds enumerated), Hedges' g (Cohen's d with the small-sample correction) and Holm's adjustment
 over the contrasts declared before the runs. :func:`detectable_difference` says how large a
