@@ -241,13 +241,14 @@ class FeatureExtractorDigits(torch_fidelity.FeatureExtractorBase):
         if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] not in (1, 3):
             raise ValueError(f"fd-digits expects uint8 images [B, 1 or 3, H, W], got {x.dtype} {tuple(x.shape)}")
         # The judge takes [-1, 1] at any size; it averages RGB (gray repeated) back to one channel.
-        features = self.judge.features(x.float() / 127.5 - 1)
-        out = {"features": features.float()}
-        if "logits" in self.features_list:
-            out["logits"] = self.judge.head(features).float()
-        if "channel_logits" in self.features_list:  # each channel a digit of its own (stacked digits)
-            channels = x.float().div(127.5).sub(1).unbind(dim=1)
-            out["channel_logits"] = torch.cat([self.judge(c[:, None]).float() for c in channels], dim=1)
+        x = x.float() / 127.5 - 1
+        out = {}
+        if {"features", "logits"} & set(self.features_list):
+            out["features"] = self.judge.features(x).float()
+            out["logits"] = self.judge.head(out["features"]).float()
+        if "channel_logits" in self.features_list:  # each channel a digit of its own (stacked digits), one batch
+            B, C = x.shape[:2]
+            out["channel_logits"] = self.judge(x.reshape(B * C, 1, *x.shape[2:])).float().view(B, C * 10)
         return tuple(out[name] for name in self.features_list)
 
 
