@@ -27,6 +27,10 @@ _PASSED = ("extractor", "batch_size", "inception_weights", "vgg16_weights", "ext
            "allow_unverified_weights", "cache_dir")
 
 
+# The metric the digits judge adds by default on its own datasets: (metric, needs class-conditional data).
+JUDGE_METRICS = {"digits": ("class_acc", True), "stacked_digits": ("modes", False)}
+
+
 def auto_preset(dataset: str, resolution: int) -> Optional[str]:
     """The configs/eval/ preset for a dataset at a resolution (``celeba64``, ``flowers102_128``, ``digits``), if any."""
     known = preset_names()
@@ -77,10 +81,9 @@ def training_evaluator(cfg: DictConfig) -> Optional[TrainingEvaluator]:
                           f"model makes {resolution}x{resolution} images")
     extractor = e.extractor or base.get("extractor") or EvalConfig.extractor
     metrics = list(e.metrics) if e.metrics is not None else ["fid", "kid"]
-    if e.metrics is None and dataset.get("name") == "digits" and dataset.get("conditional") and extractor == FD_DIGITS:
-        metrics.append("class_acc")
-    if e.metrics is None and dataset.get("name") == "stacked_digits" and extractor == FD_DIGITS:
-        metrics.append("modes")
+    judged = JUDGE_METRICS.get(str(dataset.get("name")))
+    if e.metrics is None and judged and extractor == FD_DIGITS and (dataset.get("conditional") or not judged[1]):
+        metrics.append(judged[0])
     num_samples = e.num_samples or min(int(base.get("num_samples", EvalConfig.num_samples)), TRAINING_MAX_SAMPLES)
     given = {k: e[k] for k in _PASSED if e[k] is not None and not (isinstance(e[k], bool) and not e[k])}
     protocol = eval_config(base, metrics=metrics, num_samples=num_samples, seed=int(cfg.seed), intra_fid=False,
