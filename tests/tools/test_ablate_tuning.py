@@ -247,3 +247,30 @@ def test_a_tied_loss_key_draws_one_value_for_both():
     assert recipe[0] == "loss=rpgan_r1r2"
     (r1,), (r2,) = [[o.split("=")[1] for o in recipe if o.startswith(f"loss.{k}=")] for k in ("r1_gamma", "r2_gamma")]
     assert r1 == r2 and 0.01 <= float(r1) <= 1.0
+
+
+def test_equal_g_images_gives_g_as_many_generated_images_as_d_real_ones_in_every_tuned_cell():
+    cfg = compose_ablation(["experiment=ablation_digits_tuned", "budget.g_images=equal"])
+    recipes = {f"{c.generator}+{c.discriminator}": {"recipe": ["loss=ns_r1", "train.batch_size=32", "train.n_critic=1"]}
+               for c in cfg.cells}
+    recipes["cwgan_gp+cwgan_gp"] = {"recipe": ["loss=wgan_gp", "train.batch_size=64", "train.n_critic=3"]}
+    for c in final_plan(cfg, recipes):
+        t = c.cfg.train
+        d_images, g_images = t.max_steps * t.batch_size * t.n_critic, t.max_steps * t.batch_size_g
+        assert g_images == d_images, c.label  # both the same count, whatever batch and n_critic the cell chose
+        assert d_images - int(cfg.budget.value) < t.batch_size * t.n_critic  # the budget, to one step
+    free = final_plan(compose_ablation(["experiment=ablation_digits_tuned", "budget.g_images=free"]), recipes)
+    assert {c.cfg.train.batch_size_g for c in free} == {None}  # the default: G's batch is the cell's own
+    with pytest.raises(AblationError, match="batch_size_g"):
+        compose_ablation(["experiment=ablation_digits_tuned", "budget.g_images=equal",
+                          "extra_args=['train.batch_size_g=16']"])
+
+
+def test_the_width_matched_conv_generator_has_the_attention_generators_parameter_count():
+    from transgan.commands.model_stats import model_stats
+
+    base = ["model=cwgan_gp", "dataset=digits"]
+    attention = model_stats([*base, "model/generator=transgan"], num_classes=10)["generator"]["parameters"]
+    default = model_stats(base, num_classes=10)["generator"]["parameters"]
+    matched = model_stats([*base, "model/generator=cwgan_gp_matched"], num_classes=10)["generator"]["parameters"]
+    assert abs(matched / attention - 1) <= 0.10 and default / attention < 0.25, (default, matched, attention)

@@ -51,6 +51,10 @@ class BudgetSpec:
 
     kind: str = "images"   # images (real images shown to D) | steps (G steps) | seconds (training time)
     value: float = 0.0
+    # free: G's batch is each cell's own (G sees images / n_critic generated images, or its batch_size_g's);
+    # equal: train.batch_size_g = batch_size x n_critic in every cell, so G is shown as many generated
+    # images as D is shown real ones whatever recipe a cell runs (tuned n_critic no longer changes G's share).
+    g_images: str = "free"
 
 
 @dataclasses.dataclass
@@ -171,6 +175,7 @@ def _check_ablation(cfg: DictConfig) -> None:
     checks = [
         (b.kind in BUDGET_KINDS, f"budget.kind must be one of {'|'.join(BUDGET_KINDS)}, not {b.kind!r}"),
         (b.value > 0, "budget.value must be > 0"),
+        (b.g_images in ("free", "equal"), f"budget.g_images must be free or equal, not {b.g_images!r}"),
         (b.kind == "seconds" or float(b.value).is_integer(), f"a {b.kind} budget must be a whole number"),
         (len(cfg.seeds) >= 1 and len(set(cfg.seeds)) == len(cfg.seeds), "seeds must be a non-empty list without repeats"),
         (e.source in ("trainer", "tool"), f"eval.source must be trainer or tool, not {e.source!r}"),
@@ -185,6 +190,11 @@ def _check_ablation(cfg: DictConfig) -> None:
         if not ok:
             raise AblationError(message)
     _refuse_reserved([*cfg.train_args, *cfg.extra_args], "train_args/extra_args")
+    if b.g_images == "equal":
+        setters = [o for o in (*cfg.train_args, *cfg.extra_args) if _override_key(o) == "train.batch_size_g"]
+        if setters or "train.batch_size_g" in (cfg.tuning.space or {}):
+            raise AblationError("budget.g_images=equal sets train.batch_size_g (batch_size x n_critic) in every cell; "
+                                "do not set or tune it as well")
 
 
 def _override_key(override: str) -> str:
@@ -235,6 +245,8 @@ def budget_overrides(cfg: DictConfig, train: DictConfig) -> dict[str, Any]:
         keys = {"max_steps": steps, "max_seconds": None}
         every = max(1, math.ceil(steps / e.points))
     keys.update(eval_every=every, sample_every=every, ckpt_every=every)
+    if b.g_images == "equal":  # one G step sees as many generated images as its n_critic D steps see real ones
+        keys["batch_size_g"] = int(train.batch_size) * int(train.n_critic)
     if e.source == "tool":  # every evaluation point is a checkpoint that tools/eval.py reads afterwards
         keys["keep_checkpoints"] = e.points + 1
     return keys

@@ -16,7 +16,7 @@ from transgan.eval.metric_registry import lower_is_better
 # The issue's columns first, in its order; then what else a reader needs to check a row.
 COLUMNS = ["generator", "discriminator", "seed", "budget_kind", "budget", "metric", "metric_value", "metric_samples",
            "class_acc", "params_g", "params_d", "flops_per_image", "images_per_s", "peak_mem_bytes", "wall_s",
-           "cell", "steps", "images_seen", "train_s", "flops_g", "flops_d", "attention_flops_per_image",
+           "cell", "steps", "images_seen", "images_g", "train_s", "flops_g", "flops_d", "attention_flops_per_image",
            "peak_mem_kind", "run_dir"]
 CURVE_COLUMNS = ["cell", "seed", "step", "images_seen", "train_s", "time_s", "metric_value", "class_acc"]
 
@@ -68,23 +68,31 @@ def markdown_table(rows: Sequence[dict[str, Any]], order: Sequence[str], header:
     mem_kind = {r.get("peak_mem_kind") for r in rows} - {None}
     lines = [header.rstrip(), ""] if header else []
     lines += [f"| cell | G | D | seeds | {metric}{better} | class acc | params G | params D | GFLOPs/img (G+D fwd) "
-              f"| images/s | peak mem (MiB) | wall s |",
-              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              f"| images D / G | images/s | peak mem (MiB) | wall s |",
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for cell in order:
         rs = groups.get(cell, [])
         if not rs:
-            lines.append(f"| {cell} | | | 0 | not run | | | | | | | |")
+            lines.append(f"| {cell} | | | 0 | not run | | | | | | | | |")
             continue
         r0 = rs[0]
         lines.append(
             f"| {cell} | {r0['generator']} | {r0['discriminator']} | {len(rs)} "
             f"| {_pm([r['metric_value'] for r in rs], '.3f')} | {_pm([r['class_acc'] for r in rs], '.3f')} "
-            f"| {r0['params_g']:,} | {r0['params_d']:,} | {r0['flops_per_image'] / 1e9:.3f} "
+            f"| {r0['params_g']:,} | {r0['params_d']:,} | {r0['flops_per_image'] / 1e9:.3f} | {_images(rs)} "
             f"| {_pm([r['images_per_s'] for r in rs], '.1f')} | {_pm([r['peak_mem_bytes'] for r in rs], '.0f', 2 ** 20)} "
             f"| {_pm([r['wall_s'] for r in rs], '.0f')} |")
     if mem_kind:
         lines += ["", "peak mem: " + ", ".join(sorted(mem_kind)) + " (see docs/ablation.md)"]
     return "\n".join(lines) + "\n"
+
+
+def _images(rs: Sequence[dict[str, Any]]) -> str:
+    """Real images shown to D / generated images shown to G (seed mean; "?" where a row predates the count)."""
+    def one(key: str) -> str:
+        vs = [float(r[key]) for r in rs if r.get(key) not in (None, "")]
+        return f"{statistics.fmean(vs):,.0f}" if vs else "?"
+    return f"{one('images_seen')} / {one('images_g')}"
 
 
 def mean_curves(curves: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, float]]]:

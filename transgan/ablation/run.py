@@ -240,7 +240,8 @@ def finished(cell: Cell, print_: str) -> bool:
 def describe(cfg: DictConfig, cells: Sequence[Cell], stats: dict[str, dict[str, Any]]) -> str:
     """The plan, printed before anything runs."""
     t, b = cells[0].cfg.train, cfg.budget
-    per = (f"{t.max_steps} steps = {t.max_steps * t.batch_size * t.n_critic} images" if b.kind != "seconds"
+    per = (f"{t.max_steps} steps = {t.max_steps * t.batch_size * t.n_critic} real images to D, "
+           f"{t.max_steps * (t.batch_size_g or t.batch_size)} generated to G" if b.kind != "seconds"
            else f"{b.value:g} s of training")
     lines = [f"ablation {cfg.name}: {len(stats)} cells x {len(cfg.seeds)} seeds = {len(cells)} runs into "
              f"{cfg.out_dir}",
@@ -426,6 +427,7 @@ def collect(cell: Cell, cfg: DictConfig, stats: dict[str, Any]) -> tuple[dict[st
     if not curve or curve[-1]["step"] != progress["step"]:
         raise AblationError(f"{cell.run_dir}: no evaluation at the final step {progress['step']}")
     train_s = progress["elapsed_s"] - progress.get("overhead_s", 0.0)
+    g_batch = int(cell.cfg.train.batch_size_g or cell.cfg.train.batch_size)  # generated images per G step
     cuda_peaks = [r["peak_mem_bytes"] for r in _read_jsonl(cell.run_dir / "metrics.jsonl") if "peak_mem_bytes" in r]
     if cuda_peaks:
         peak, kind = max(cuda_peaks), "cuda_max_allocated"
@@ -438,7 +440,7 @@ def collect(cell: Cell, cfg: DictConfig, stats: dict[str, Any]) -> tuple[dict[st
            "class_acc": curve[-1]["class_acc"], **stats,
            "images_per_s": progress["images_seen"] / max(train_s, 1e-9), "peak_mem_bytes": peak,
            "peak_mem_kind": kind, "wall_s": progress["elapsed_s"], "train_s": train_s, "steps": progress["step"],
-           "images_seen": progress["images_seen"], "run_dir": str(cell.run_dir)}
+           "images_seen": progress["images_seen"], "images_g": progress["step"] * g_batch, "run_dir": str(cell.run_dir)}
     return row, curve
 
 

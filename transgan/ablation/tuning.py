@@ -90,7 +90,8 @@ def _suggest_value(trial: Any, name: str, dom: Any) -> Any:
 def _trial_cfg(cfg: DictConfig, spec_index: int, recipe: Sequence[str], out_dir: Path) -> DictConfig:
     tree = OmegaConf.to_container(cfg)
     spec = OmegaConf.to_container(OmegaConf.structured(cell_specs(cfg)[spec_index]))
-    tree.update(cells=[spec], seeds=list(cfg.tuning.seeds), out_dir=str(out_dir), budget=tree["tuning"]["budget"],
+    budget = {**tree["tuning"]["budget"], "g_images": tree["budget"]["g_images"]}  # trials share G's share rule
+    tree.update(cells=[spec], seeds=list(cfg.tuning.seeds), out_dir=str(out_dir), budget=budget,
                 # the recipe after the shared args, as in final_plan
                 extra_args=[*tree["extra_args"], *recipe], contrasts=[], only=[])
     tree["tuning"]["trials"] = 0
