@@ -17,7 +17,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 import numpy as np
 import torch
@@ -549,14 +549,15 @@ def _sample_features(job: _Evaluation, extractor: Any, kwargs: dict[str, Any], f
 
 
 def _compute(names: list[str], extractor: Any, generated: dict[str, torch.Tensor], labels: Optional[torch.Tensor],
-             reference_images: Dataset, cache_name: str, kwargs: dict[str, Any]) -> dict[str, float]:
+             reference_images: Dataset, cache_name: str, kwargs: dict[str, Any],
+             split_features: Optional[Callable[[str], dict[str, torch.Tensor]]] = None) -> dict[str, float]:
     """The registered metrics ``names`` on these features against the reference (main process only)."""
     ref_kwargs = dict(kwargs, input2=reference_images, input2_cache_name=cache_name)
     inputs = MetricInputs(
         generated=generated, layer=extractor.get_default_feature_layer_for_metric, labels=labels,
         reference_features=lambda: extract_featuresdict_from_input_id_cached(2, extractor, **ref_kwargs),
         reference_fid_statistics=lambda layer: fid_input_id_to_statistics_cached(2, extractor, layer, **ref_kwargs),
-        options=kwargs)
+        options=kwargs, split_features=split_features)
     out: dict[str, float] = {}
     for m in names:
         out.update(METRICS[m].fn(inputs))
@@ -579,7 +580,18 @@ def _registered_metrics(job: _Evaluation, name: str, metrics: list[str], extract
                                 f"KID with other subset sizes is not comparable")
             log.warning(job.warnings[-1])
     return _compute(metrics, extractor, generated, labels, job.reference.images(),
-                    job.reference.name + job.weights_key(name), kwargs)
+                    job.reference.name + job.weights_key(name), kwargs,
+                    split_features=lambda split: _split_features(job, split, extractor, name, kwargs))
+
+
+def _split_features(job: _Evaluation, split: str, extractor: Any, name: str,
+                    kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Features of every image of one split of the evaluated dataset (torch-fidelity's cache, named by split)."""
+    ref = job.reference
+    cfg = dataclasses.replace(job.cfg, split=split, reference_samples=None)
+    images = _Reference({**ref.dataset_cfg, "split": split}, job.resolution, cfg, ref.cache_dir)
+    return extract_featuresdict_from_input_id_cached(2, extractor, **dict(
+        kwargs, input2=images.images(), input2_cache_name=images.name + job.weights_key(name)))
 
 
 def _intra_fid(job: _Evaluation, name: str, extractor: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
