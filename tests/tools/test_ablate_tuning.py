@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import statistics
@@ -114,7 +115,8 @@ def _journal_trials(out):
 def test_tuning_then_final_runs_with_fresh_seeds_and_nothing_rerun(tmp_path):
     out = tmp_path / "abl"
     args = ["experiment=ablation_digits_tuned", f"out_dir={out}", "seeds=[0]", "launcher=[python]",
-            "budget.value=16", "eval.points=2", "tuning.trials=2", "tuning.seeds=[7]", "tuning.budget.value=16",
+            "budget.value=16", "eval.points=2", "tuning.trials=2", "tuning.seeds=[7,8]", "tuning.budget.value=8",
+            "tuning.survivors=1", "eval.memorization=true",
             "cells=[{generator:cwgan_gp,discriminator:cwgan_gp}]", "contrasts=[]",
             "extra_args=['eval.num_samples=30','train.log_every=1']",
             "tuning.space={loss:{wgan_gp:{gp_weight:[1.0,10.0]},ns_r1:{r1_gamma:[0.1,1.0]}},"
@@ -125,19 +127,39 @@ def test_tuning_then_final_runs_with_fresh_seeds_and_nothing_rerun(tmp_path):
     assert len(counted_trials(study)) == 2
     recipes = json.loads((out / "tuning" / "recipes.json").read_text())
     chosen = recipes["cwgan_gp+cwgan_gp"]
-    assert chosen["value"] == min(t.value for t in counted_trials(study) if t.value is not None)
+    # successive halving: both trials ran 8 images at seed 7; the better one trained on to the final 16
+    # images (its seed-7 run continued, a seed-8 run added); its value is the mean over those two
+    best = min(counted_trials(study), key=lambda t: t.value)
+    halving = json.loads((out / "tuning" / "cwgan_gp+cwgan_gp" / "halving.json").read_text())
+    assert list(halving) == [f"1/{best.number}"] and chosen["trial"] == best.number
+    assert chosen["value"] == halving[f"1/{best.number}"] and chosen["second"] is None
+    tag_dir = next(p for p in (out / "tuning" / "cwgan_gp+cwgan_gp").iterdir() if (p / "runs").is_dir()
+                   and (p / "runs" / "cwgan_gp+cwgan_gp__seed8").is_dir())
+    rows = [json.loads((tag_dir / "runs" / f"cwgan_gp+cwgan_gp__seed{k}" / "ablation_cell.json").read_text())["row"]
+            for k in (7, 8)]
+    assert [r["images_seen"] for r in rows] == [16, 16]
+    assert chosen["value"] == pytest.approx(statistics.fmean(r["metric_value"] for r in rows))
     trial_seeds = {OmegaConf.load(p).seed for p in (out / "tuning").glob("*/*/runs/*/config.yaml")}
     final = OmegaConf.load(out / "runs" / "cwgan_gp+cwgan_gp__seed0" / "config.yaml")
-    assert trial_seeds == {7} and final.seed == 0  # the final seed never appears in tuning
+    assert trial_seeds == {7, 8} and final.seed == 0  # the final seed never appears in tuning
     assert f"loss={final.loss.name}" in chosen["recipe"] and final.train.max_steps == 2
     report = (out / "ablation.md").read_text()
     assert "Chosen recipes" in report and "95% t-interval" in report and "eval SD" in report
+    # memorization: the final run's copying figures, and the data itself as the generator
+    (figures,) = (out / "runs" / "cwgan_gp+cwgan_gp__seed0" / "ablation_memorization").glob("step-*.json")
+    res = json.loads(figures.read_text())
+    assert 0 <= res["copy_fraction"] <= 1 and res["nn_ratio"] > 0 and "fid" not in res
+    rows = json.loads((out / "reference_rows.json").read_text())
+    # the preset's reference is the held-out split: copying the training set does not score 0
+    assert set(rows) == {"train"} and rows["train"]["images"] == 1437 and 0.2 < rows["train"]["fd_digits"] < 2
+    assert "| the training images themselves (pure copying) (1,437) | | 0.00 | 1.00 |" in report
+    assert f"| cwgan_gp+cwgan_gp | 1 | {res['nn_ratio']:.3f} | {res['copy_fraction']:.3f} | |" in report
 
     said.clear()
     run_ablation(args, echo=said.append)  # every trial and run finished: nothing trains again
     (study,) = _journal_trials(out).values()
     assert len(study.trials) == 2
-    assert not any("tuning cwgan_gp+cwgan_gp: trial" in s for s in said)
+    assert not any("tuning cwgan_gp+cwgan_gp: trial" in s or "rung" in s for s in said)
     assert any("finished earlier, not rerun" in s for s in said)
     attempts = (out / "runs" / "cwgan_gp+cwgan_gp__seed0" / "ablation_attempts.jsonl").read_text().splitlines()
     assert len(attempts) == 1
@@ -161,7 +183,7 @@ def test_an_interrupted_trial_is_asked_again_with_its_parameters_and_finished_on
     from transgan.ablation.tuning import tune
 
     cfg = compose_ablation(["experiment=ablation_digits_tuned", f"out_dir={tmp_path / 'abl'}", "tuning.trials=2",
-                            "cells=[{generator:cwgan_gp,discriminator:cwgan_gp}]"])
+                            "tuning.method=tpe", "cells=[{generator:cwgan_gp,discriminator:cwgan_gp}]"])
     calls: list[list[str]] = []
 
     def interrupted(trial_cfg, cells):
@@ -196,6 +218,7 @@ def test_a_grid_run_in_parts_is_reported_whole_without_rerunning_a_part(tmp_path
     cells = ["cwgan_gp+cwgan_gp", "transgan+cwgan_gp"]
     args = ["experiment=ablation_digits_tuned", f"out_dir={out}", "seeds=[0]", "launcher=[python]",
             "budget.value=16", "eval.points=1", "tuning.trials=1", "tuning.seeds=[7]", "tuning.budget.value=16",
+            "tuning.method=tpe",
             "cells=[{generator:cwgan_gp,discriminator:cwgan_gp},{generator:transgan,discriminator:cwgan_gp}]",
             "contrasts=[]", "extra_args=['eval.num_samples=30','train.log_every=1','train.cpu_threads=1']",
             "tuning.space={loss:{wgan_gp:{gp_weight:[1.0,10.0]}},train.lr_g:[1.0e-4,1.0e-3],"
@@ -274,3 +297,51 @@ def test_the_width_matched_conv_generator_has_the_attention_generators_parameter
     default = model_stats(base, num_classes=10)["generator"]["parameters"]
     matched = model_stats([*base, "model/generator=cwgan_gp_matched"], num_classes=10)["generator"]["parameters"]
     assert abs(matched / attention - 1) <= 0.10 and default / attention < 0.25, (default, matched, attention)
+
+
+def test_successive_halving_promotes_the_best_third_and_trains_the_survivors_at_every_tuning_seed(tmp_path):
+    from transgan.ablation.tuning import rung_plan, tune
+
+    assert rung_plan(12, 3, 2, 4800, 48000) == [(12, 4800), (4, 14400), (2, 48000)]
+    assert rung_plan(27, 3, 1, 100, 10000) == [(27, 100), (9, 300), (3, 900), (1, 10000)]
+    cfg = compose_ablation(["experiment=ablation_digits_tuned", f"out_dir={tmp_path / 'abl'}",
+                            "cells=[{generator:cwgan_gp,discriminator:cwgan_gp}]"])
+    assert (cfg.tuning.method, cfg.tuning.trials, cfg.tuning.survivors) == ("halving", 12, 2)
+    calls: list[tuple[str, float, tuple[int, ...]]] = []
+
+    def score(recipe: str, images: float, seed: int) -> float:  # a recipe's quality, better with more images
+        return (int(hashlib.sha256(recipe.encode()).hexdigest(), 16) % 1000) / 100 + 48000 / images + seed / 1000
+
+    def run(trial_cfg, cells):
+        recipe, images = " ".join(list(trial_cfg.extra_args)[-8:]), trial_cfg.budget.value
+        calls.append((recipe, images, tuple(trial_cfg.seeds)))
+        return [{"metric_value": score(recipe, images, seed)} for seed in trial_cfg.seeds]
+
+    recipes = tune(cfg, run, echo=lambda m: None)
+    first, second, last = calls[:12], calls[12:16], calls[16:]
+    assert {(i, s) for _, i, s in first} == {(4800, (100,))} and len({r for r, _, _ in first}) == 12
+    assert {(i, s) for _, i, s in second} == {(14400, (100,))} and {(i, s) for _, i, s in last} == {(48000, (100, 101))}
+    rung0 = sorted(first, key=lambda c: score(c[0], 4800, 100))
+    assert [r for r, _, _ in second] == [r for r, _, _ in rung0[:4]]  # the best 4 of 12, in order
+    rung1 = sorted(second, key=lambda c: score(c[0], 14400, 100))
+    assert sorted(r for r, _, _ in last) == sorted(r for r, _, _ in rung1[:2])
+    finals = sorted(statistics.fmean(score(r, 48000, s) for s in (100, 101)) for r, _, _ in last)
+    chosen = recipes["cwgan_gp+cwgan_gp"]
+    assert (chosen["value"], chosen["second"], chosen["trials"]) == (pytest.approx(finals[0]), pytest.approx(finals[1]), 12)
+
+    calls.clear()
+    assert tune(cfg, run, echo=lambda m: None) == recipes and not calls  # every rung written down: nothing reruns
+
+
+def test_the_stacked_digits_preset_is_the_digits_one_on_1000_unconditional_modes():
+    from transgan.ablation.grid import cell_specs, plan_grid
+
+    digits = compose_ablation(["experiment=ablation_digits_tuned"])
+    stacked = compose_ablation(["experiment=ablation_stacked_digits_tuned"])
+    check_tuning(stacked)
+    assert cell_specs(stacked) == cell_specs(digits) and stacked.contrasts == digits.contrasts
+    assert stacked.tuning == digits.tuning and stacked.seeds == digits.seeds and stacked.budget == digits.budget
+    cells = plan_grid(stacked)
+    data = {(c.cfg.dataset.name, c.cfg.dataset.channels, c.cfg.dataset.conditional) for c in cells}
+    assert data == {("stacked_digits", 3, False)} and stacked.eval.metric == "modes_kl"
+    assert {c.cfg.eval.num_samples for c in cells} == {10000}

@@ -38,6 +38,7 @@ TOOL_METRICS = {**{key: m.name for m in METRICS.values() for key in m.keys}, "in
 # Keys the grid sets for every cell from its budget, evaluation, seeds and output folder.
 RESERVED = ("train.max_steps", "train.max_seconds", "train.eval_every", "train.sample_every", "train.ckpt_every",
             "train.keep_checkpoints", "seed", "resume", "hydra")
+JUDGED_DATASETS = ("digits", "stacked_digits")  # what the trainer's own evaluation measures cheaply on CPU
 NO_STEP_LIMIT = 10 ** 12  # max_steps of a seconds budget: the clock stops the run
 
 
@@ -66,6 +67,8 @@ class EvalSpec:
     points: int = 5                    # evaluations per cell, evenly spaced over a steps/images budget
     every_steps: Optional[int] = None  # evaluation interval under a seconds budget (steps unknown ahead)
     noise_seeds: int = 0               # evaluation seeds of each cell's final checkpoint for the metric's evaluation SD
+    memorization: bool = False         # every run's final checkpoint: nearest-neighbour copying (metric memorization),
+                                       # and the metric of the training / held-out images themselves as rows
     preset: Optional[str] = None       # tool source: configs/eval/<preset>.yaml
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # tool source: eval.<key>=<value>
 
@@ -78,6 +81,13 @@ class TuningSpec:
     seeds: list[int] = dataclasses.field(default_factory=list)  # trial seeds: disjoint from the final seeds
     budget: BudgetSpec = dataclasses.field(default_factory=BudgetSpec)  # per trial; images keeps compute equal
     sampler_seed: int = 0            # TPE sampler seed (cell i uses sampler_seed + i)
+    # tpe: every trial a run of ``budget`` at every tuning seed, the best value wins. halving: successive
+    # halving (Jamieson & Talwalkar 2016): the trials run ``budget`` at the first tuning seed, the best
+    # 1/eta go on at eta x the images, and so on, until ``survivors`` recipes train to the final
+    # runs' budget at every tuning seed; the best mean there wins (the second's is the recipe sensitivity).
+    method: str = "tpe"
+    eta: int = 3
+    survivors: int = 2
     # The one search space: {loss: {<configs/loss option>: {<loss key>: [low, high]}}, train.<key>: [low, high]
     # (log-uniform floats), or a list of choices}; see docs/ablation.md.
     space: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -279,9 +289,9 @@ def plan_grid(cfg: DictConfig, recipes: Optional[dict[str, list[str]]] = None,
         raise AblationError(f"two cells share a label ({sorted({x for x in labels if labels.count(x) > 1})}); "
                             "give cells distinct labels")
     check_equal_budget([(label, base) for label, _, base in composed], tuned)
-    if cfg.eval.source == "trainer" and composed[0][2].dataset.name != "digits":
-        raise AblationError("eval.source=trainer measures digits runs only (the trainer evaluates nothing else); "
-                            "use eval.source=tool with an eval.preset")
+    if cfg.eval.source == "trainer" and composed[0][2].dataset.name not in JUDGED_DATASETS:
+        raise AblationError(f"eval.source=trainer measures {' and '.join(JUDGED_DATASETS)} runs only (the digits "
+                            "judge's protocols); use eval.source=tool with an eval.preset")
     # With the tool source, tools/eval.py evaluates the checkpoints afterwards: the runs evaluate nothing themselves.
     quiet = ["eval.metrics=[]"] if cfg.eval.source == "tool" else []
     cells = []

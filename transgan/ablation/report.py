@@ -221,12 +221,17 @@ def statistics_section(rows: Sequence[dict[str, Any]], curves: Sequence[dict[str
     eval_sd = eval_sd or {}
     lines = []
     if recipes:
-        lines += ["", "Chosen recipes (equal tuning budget per cell; tuning seeds disjoint from the final seeds):", "",
-                  "| cell | recipe | tuning value | trials (diverged) |", "|---|---|---:|---:|"]
+        halving = any(r.get("method") == "halving" for r in recipes.values())
+        lines += ["", "Chosen recipes (equal tuning budget per cell; tuning seeds disjoint from the final seeds"
+                  + ("; successive halving: the value is the mean over the tuning seeds at the final budget" if halving
+                     else "") + "). Recipe sensitivity: the value of the second-best recipe.", "",
+                  "| cell | recipe | tuning value | 2nd-best recipe | trials (diverged) |", "|---|---|---:|---:|---:|"]
         for cell in order:
             r = recipes.get(cell)
             if r:
-                lines.append(f"| {cell} | `{' '.join(r['recipe'])}` | {r['value']:.3f} | {r['trials']} ({r['diverged']}) |")
+                second = "n/a" if r.get("second") is None else f"{r['second']:.3f}"
+                lines.append(f"| {cell} | `{' '.join(r['recipe'])}` | {r['value']:.3f} | {second} "
+                             f"| {r['trials']} ({r['diverged']}) |")
     lines += ["", f"{metric}: mean over seeds with its {CONFIDENCE:.0%} Student-t interval (df = seeds - 1); "
               f"eval SD: the metric's spread over evaluation seeds of one checkpoint. Converged: a line through the "
               f"cell's last {PLATEAU_POINTS} evaluations (seed means) does not improve over the last third of the "
@@ -258,5 +263,39 @@ def statistics_section(rows: Sequence[dict[str, Any]], curves: Sequence[dict[str
         for r in table:
             lines.append(f"| {r['name']} | {r['a']} | {r['b']} | {r['diff']:+.3f} | [{r['low']:+.3f}, {r['high']:+.3f}] "
                          f"| {r['p_perm']:.3g} | {r['p_holm']:.3g} | {r['p_welch']:.3g} | {r['g']:+.2f} "
-                         f"| {r['detectable']:.3f} | {r['reading']}{' (exploratory)' if exploratory else ''} |")
+                         f"| {r['detectable']:.3f} | {r['reading']}{' (exploratory)' if exploratory else ''}"
+                         f"{_loss_note(recipes, r['a'], r['b'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def _loss_note(recipes: Optional[dict[str, Any]], a: str, b: str) -> str:
+    """A warning when the tuning chose different loss families for the two cells of a contrast."""
+    def loss(cell: str) -> Optional[str]:
+        recipe = (recipes or {}).get(cell, {}).get("recipe", [])
+        return next((o.split("=", 1)[1] for o in recipe if o.startswith("loss=")), None)
+    la, lb = loss(a), loss(b)
+    return f"; **confounded with the loss** ({la} vs {lb})" if la and lb and la != lb else ""
+
+
+def memorization_section(figures: dict[str, list[dict[str, float]]], order: Sequence[str],
+                         reference: Optional[dict[str, Any]], metric: str) -> str:
+    """Markdown: the data itself as the generator (what copying scores), then each cell's copying figures."""
+    if not figures and not reference:
+        return ""
+    lines = ["", "Memorization. Nearest-neighbour distances in the judge's feature space (metric `memorization`, "
+             "each run's final checkpoint): `nn_ratio` = median distance of a generated image to its nearest "
+             "training image over the same median for held-out images (1: as far as fresh data, 0: copies); "
+             "`copy fraction` = share of generated images nearer to the training set than 95% of held-out images "
+             "are (held-out data: 0.05, the training images: 1). Mean ± sample std over seeds.", "",
+             f"| generator | seeds | nn_ratio | copy fraction | {metric} |", "|---|---:|---:|---:|---:|"]
+    names = {"train": "the training images themselves (pure copying)", "test": "held-out real images"}
+    for split, row in (reference or {}).items():
+        value = row.get(metric)
+        lines.append(f"| {names.get(split, split)} ({row['images']:,}) | | {0.0 if split == 'train' else 1.0:.2f} "
+                     f"| {1.0 if split == 'train' else 0.05:.2f} | {'n/a' if value is None else format(value, '.3f')} |")
+    for cell in order:
+        fs = figures.get(cell)
+        if fs:
+            lines.append(f"| {cell} | {len(fs)} | {_pm([f['nn_ratio'] for f in fs], '.3f')} "
+                         f"| {_pm([f['copy_fraction'] for f in fs], '.3f')} | |")
     return "\n".join(lines) + "\n"

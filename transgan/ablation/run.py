@@ -28,15 +28,17 @@ from omegaconf import DictConfig, OmegaConf
 
 import transgan
 from transgan.ablation.grid import TOOL_METRICS, AblationError, Cell, compose_ablation, fingerprint, plan_grid, selected
-from transgan.ablation.report import COLUMNS, CURVE_COLUMNS, markdown_table, plot_curves, statistics_section, write_csv
+from transgan.ablation.report import (COLUMNS, CURVE_COLUMNS, markdown_table, memorization_section, plot_curves,
+                                      statistics_section, write_csv)
 from transgan.ablation.tuning import check_tuning, final_plan, tune
 from transgan.commands import eval as eval_command
 from transgan.commands import train as train_command
 from transgan.data import build_dataset
 from transgan.errors import ConfigError
 from transgan.eval.complexity import dataset_classes, measure_models
-from transgan.eval.metric_registry import training_key
-from transgan.eval.metrics import eval_config, load_preset, protocol_weights
+from transgan.eval.metric_registry import METRICS, training_key
+from transgan.eval.metrics import eval_config, evaluate, load_preset, protocol_weights
+from transgan.eval.training import training_evaluator
 from transgan.runs import checkpoint as ckpt
 from transgan.runs.files import atomic_write_text
 from transgan.train.config import validate_config
@@ -126,6 +128,7 @@ def run_cells(cfg: DictConfig, cells: Sequence[Cell], echo: Callable[[str], None
             write_report(cfg, cells, out_dir, recipes)
     if report:
         measure_eval_noise(cfg, cells, echo)
+        measure_memorization(cfg, cells, echo)
         paths = write_report(cfg, cells, out_dir, recipes)
         echo("wrote " + ", ".join(str(p) for p in paths))
     if failed:
@@ -355,7 +358,7 @@ def measure_eval_noise(cfg: DictConfig, cells: Sequence[Cell], echo: Callable[[s
         path = ckpt.latest_checkpoint(c.run_dir)
         protocol = ["eval=run"] if cfg.eval.source == "trainer" else eval_tool_args(cfg)
         for k in range(int(cfg.eval.noise_seeds)):
-            out = c.run_dir / NOISE_DIR / f"seed-{NOISE_SEED + k}.json"
+            out = c.run_dir / NOISE_DIR / path.stem / f"seed-{NOISE_SEED + k}.json"  # per checkpoint: never stale
             if out.is_file():
                 continue
             echo(f"{label}: evaluation noise, evaluation seed {NOISE_SEED + k} of {path.name}")
@@ -366,6 +369,61 @@ def measure_eval_noise(cfg: DictConfig, cells: Sequence[Cell], echo: Callable[[s
                                     f"{path}")
 
 
+MEMORIZATION_DIR = "ablation_memorization"  # in each run dir: <checkpoint stem>.json, the copying figures
+REFERENCE_ROWS = "reference_rows.json"       # in out_dir: the metric of the data itself as the generator
+MEMORIZATION_KEYS = ("nn_ratio", "copy_fraction")
+
+
+def measure_memorization(cfg: DictConfig, cells: Sequence[Cell], echo: Callable[[str], None] = print) -> None:
+    """Every finished run's final checkpoint scored for copying (metric ``memorization``, tools/eval.py), and
+    the reported metric of the training images and of held-out images evaluated as if they were generated."""
+    if not cfg.eval.memorization:
+        return
+    done = [c for c in cells if (c.run_dir / MARKER).is_file()]
+    protocol = ["eval=run"] if cfg.eval.source == "trainer" else eval_tool_args(cfg)
+    for c in done:
+        path = ckpt.latest_checkpoint(c.run_dir)
+        out = c.run_dir / MEMORIZATION_DIR / f"{path.stem}.json"  # a continued run's new final checkpoint: scored anew
+        if out.is_file():
+            continue
+        echo(f"{c.label} seed {c.seed}: nearest-neighbour memorization of {path.name}")
+        res = run_process([sys.executable, *EVAL_COMMAND, str(path), *protocol, "eval.metrics=[memorization]",
+                           "eval.intra_fid=false", "--out", str(out)],
+                          c.run_dir.parent.parent / "logs" / f"{c.key}.memorization.log")
+        if res["rc"] != 0:
+            raise AblationError(f"tools/eval.py exited with status {res['rc']} scoring memorization of {path}")
+    rows_path = Path(cfg.out_dir).expanduser() / REFERENCE_ROWS
+    if done and cfg.eval.source == "trainer" and not rows_path.is_file():
+        run = done[0].cfg
+        protocol_cfg = training_evaluator(run).protocol
+        # data has no "class asked of the generator": the metrics that read one are left out of these rows
+        protocol_cfg = eval_config(protocol_cfg, metrics=[m for m in protocol_cfg.metrics if not METRICS[m].classes])
+        rows = {}
+        for split in ("train", "test"):
+            if split == protocol_cfg.split:  # the reference against itself says nothing
+                continue
+            echo(f"reference row: the {split} images as the generator")
+            images = build_dataset({**OmegaConf.to_container(run.dataset), "split": split}, int(run.model.resolution))
+            res = evaluate(images, OmegaConf.to_container(run.dataset), protocol_cfg)
+            extractor = res["protocol"].get("extractor", "")
+            rows[split] = {"images": len(images), **{training_key(k, extractor): v for k, v in res.items()
+                                                     if k != "protocol"}}
+        _write_json(rows_path, rows)
+
+
+def memorization(cfg: DictConfig, cells: Sequence[Cell]) -> dict[str, list[dict[str, float]]]:
+    """Per cell, each finished run's copying figures."""
+    out: dict[str, list[dict[str, float]]] = {}
+    for c in cells:
+        if not (c.run_dir / MARKER).is_file():
+            continue
+        path = c.run_dir / MEMORIZATION_DIR / f"{ckpt.latest_checkpoint(c.run_dir).stem}.json"
+        if path.is_file():
+            res = json.loads(path.read_text())
+            out.setdefault(c.label, []).append({k: float(res[k]) for k in MEMORIZATION_KEYS})
+    return out
+
+
 NOISE_SEED = 1000  # evaluation seeds of the noise measurement: none of them is a run's own (its seed)
 
 
@@ -373,8 +431,10 @@ def eval_noise(cfg: DictConfig, cells: Sequence[Cell]) -> dict[str, float]:
     """Per cell, the SD of its metric over the final checkpoint's evaluations (the run's own and the noise seeds')."""
     out = {}
     for c in cells:
-        folder = c.run_dir / NOISE_DIR
-        if c.label in out or not folder.is_dir() or not (c.run_dir / MARKER).is_file():
+        if c.label in out or not (c.run_dir / MARKER).is_file():
+            continue
+        folder = c.run_dir / NOISE_DIR / ckpt.latest_checkpoint(c.run_dir).stem  # the checkpoint the row reports
+        if not folder.is_dir():
             continue
         values = [json.loads((c.run_dir / MARKER).read_text())["row"]["metric_value"]]
         for f in sorted(folder.glob("seed-*.json")):
@@ -385,6 +445,10 @@ def eval_noise(cfg: DictConfig, cells: Sequence[Cell]) -> dict[str, float]:
         if len(xs) > 1:
             out[c.label] = statistics.stdev(xs)
     return out
+
+
+def _read_json(path: Path) -> Optional[dict[str, Any]]:
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -485,7 +549,8 @@ def write_report(cfg: DictConfig, cells: Sequence[Cell], out_dir: Path,
     exploratory = cfg.declared_budget is not None and float(cfg.budget.value) != float(cfg.declared_budget)
     md.write_text(markdown_table(rows, order, header) + statistics_section(
         rows, curves, order, [OmegaConf.to_container(c) for c in cfg.contrasts], recipes,
-        eval_sd=eval_noise(cfg, cells), exploratory=exploratory))
+        eval_sd=eval_noise(cfg, cells), exploratory=exploratory) + memorization_section(
+        memorization(cfg, cells), order, _read_json(out_dir / REFERENCE_ROWS), cfg.eval.metric))
     paths.append(md)
     if cfg.plots and curves:
         paths += plot_curves(curves, order, cfg.eval.metric, out_dir, title=f"{cfg.name}: {b.kind} budget {b.value:g}")

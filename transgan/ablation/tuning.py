@@ -26,6 +26,7 @@ from optuna.storages.journal import JournalFileBackend
 
 from transgan.ablation.grid import AblationError, Cell, cell_specs, plan_grid, selected, spec_label
 from transgan.eval.metric_registry import lower_is_better
+from transgan.runs.files import atomic_write_text
 
 JOURNAL = "optuna.journal"
 RECIPES = "recipes.json"
@@ -51,6 +52,15 @@ def check_tuning(cfg: DictConfig) -> None:
                             "use images or seconds")
     if not t.space:
         raise AblationError("tuning.space is empty")
+    if t.method not in ("tpe", "halving"):
+        raise AblationError(f"tuning.method must be tpe or halving, not {t.method!r}")
+    if t.method == "halving":
+        if len(t.seeds) < 2 or t.eta < 2 or not 1 <= t.survivors < t.trials:
+            raise AblationError("tuning.method=halving needs >= 2 tuning.seeds (the survivors run at each), "
+                                "tuning.eta >= 2 and 1 <= tuning.survivors < tuning.trials")
+        if t.budget.kind != cfg.budget.kind or t.budget.value >= cfg.budget.value:
+            raise AblationError("tuning.method=halving grows the trials' budget to the final runs' one: "
+                                "tuning.budget must be of the same kind as budget and smaller")
     for s in cell_specs(cfg):
         if not (s.generator and s.discriminator):
             raise AblationError("a tuned grid names every cell's generator and discriminator")
@@ -87,11 +97,16 @@ def _suggest_value(trial: Any, name: str, dom: Any) -> Any:
     return trial.suggest_categorical(name, dom)
 
 
-def _trial_cfg(cfg: DictConfig, spec_index: int, recipe: Sequence[str], out_dir: Path) -> DictConfig:
+def _trial_cfg(cfg: DictConfig, spec_index: int, recipe: Sequence[str], out_dir: Path,
+               value: Optional[float] = None, seeds: Optional[Sequence[int]] = None) -> DictConfig:
+    """The one-cell grid of a trial: its recipe at ``seeds`` (default: every tuning seed) for ``value`` images."""
     tree = OmegaConf.to_container(cfg)
     spec = OmegaConf.to_container(OmegaConf.structured(cell_specs(cfg)[spec_index]))
     budget = {**tree["tuning"]["budget"], "g_images": tree["budget"]["g_images"]}  # trials share G's share rule
-    tree.update(cells=[spec], seeds=list(cfg.tuning.seeds), out_dir=str(out_dir), budget=budget,
+    if value is not None:
+        budget["value"] = value
+    tree.update(cells=[spec], seeds=list(cfg.tuning.seeds if seeds is None else seeds), out_dir=str(out_dir),
+                budget=budget,
                 # the recipe after the shared args, as in final_plan
                 extra_args=[*tree["extra_args"], *recipe], contrasts=[], only=[])
     tree["tuning"]["trials"] = 0
@@ -117,8 +132,12 @@ def tune(cfg: DictConfig, run_cells: Callable[[DictConfig, list[Cell]], list[dic
     root.mkdir(parents=True, exist_ok=True)
     storage = JournalStorage(JournalFileBackend(str(root / JOURNAL)))
     direction = "minimize" if lower_is_better(cfg.eval.metric) is not False else "maximize"
-    declared = json.dumps({"space": OmegaConf.to_container(cfg.tuning.space), "budget": OmegaConf.to_container(
-        cfg.tuning.budget), "seeds": list(cfg.tuning.seeds), "metric": cfg.eval.metric}, sort_keys=True)
+    declared_dict = {"space": OmegaConf.to_container(cfg.tuning.space), "budget": OmegaConf.to_container(
+        cfg.tuning.budget), "seeds": list(cfg.tuning.seeds), "metric": cfg.eval.metric}
+    if cfg.tuning.method != "tpe":  # (tpe journals written before the option existed stay valid)
+        declared_dict.update(method=cfg.tuning.method, eta=cfg.tuning.eta, survivors=cfg.tuning.survivors,
+                             final_budget=cfg.budget.value)
+    declared = json.dumps(declared_dict, sort_keys=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     recipes: dict[str, dict[str, Any]] = {}
     for i, spec in enumerate(cell_specs(cfg)):  # i seeds the cell's sampler: the same in a part as in the whole
@@ -141,7 +160,8 @@ def tune(cfg: DictConfig, run_cells: Callable[[DictConfig, list[Cell]], list[dic
             recipe = suggest(trial, cfg.tuning.space)
             tag = hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:10]
             trial.set_user_attr("recipe", recipe)
-            trial_cfg = _trial_cfg(cfg, i, recipe, root / label / tag)
+            first = cfg.tuning.seeds[:1] if cfg.tuning.method == "halving" else None  # halving: rung 0, one seed
+            trial_cfg = _trial_cfg(cfg, i, recipe, root / label / tag, seeds=first)
             echo(f"tuning {label}: trial {len(counted_trials(study)) + 1}/{cfg.tuning.trials}: {' '.join(recipe)}")
             value = _metric(run_cells(trial_cfg, plan_grid(trial_cfg)))
             if math.isfinite(value):
@@ -153,12 +173,66 @@ def tune(cfg: DictConfig, run_cells: Callable[[DictConfig, list[Cell]], list[dic
         done = [t for t in counted_trials(study) if t.state == optuna.trial.TrialState.COMPLETE]
         if not done:
             raise AblationError(f"cell {label}: every tuning trial diverged; widen or move tuning.space")
-        best = min(done, key=lambda t: t.value) if direction == "minimize" else max(done, key=lambda t: t.value)
-        recipes[label] = {"recipe": best.user_attrs["recipe"], "value": best.value, "trial": best.number,
-                          "trials": len(counted_trials(study)), "diverged": len(counted_trials(study)) - len(done)}
+        sign = 1.0 if direction == "minimize" else -1.0
+        if cfg.tuning.method == "halving":
+            ranked = halve(cfg, i, root / label, [(t.number, t.user_attrs["recipe"], t.value) for t in done], sign,
+                           run_cells, lambda m: echo(f"tuning {label}: {m}"))
+        else:
+            ranked = sorted(((t.value, t.number, t.user_attrs["recipe"]) for t in done), key=lambda r: sign * r[0])
+        (value, number, recipe), second = ranked[0], (ranked[1][0] if len(ranked) > 1 else None)
+        recipes[label] = {"recipe": recipe, "value": value, "trial": number, "second": second,
+                          "method": cfg.tuning.method, "trials": len(counted_trials(study)),
+                          "diverged": len(counted_trials(study)) - len(done)}
     if not cfg.only:  # a part's recipes are in the journal; the whole grid's run writes the file
         (root / RECIPES).write_text(json.dumps(recipes, indent=1) + "\n")
     return recipes
+
+
+HALVING = "halving.json"  # per cell: each rung's value of each promoted trial (runs move on; values stay)
+
+
+def rung_plan(trials: int, eta: int, survivors: int, first: float, final: float) -> list[tuple[int, float]]:
+    """Successive halving's rungs as (trials run, images each): ``first`` images for all, eta x the images for
+    the best 1/eta, ..., then ``survivors`` trials at the ``final`` budget."""
+    plan, n, budget = [(trials, first)], trials, first
+    while True:
+        n, budget = max(survivors, math.ceil(n / eta)), budget * eta
+        if n <= survivors or budget >= final:
+            return [*plan, (survivors, final)]
+        plan.append((n, budget))
+
+
+def halve(cfg: DictConfig, spec_index: int, root: Path, done: Sequence[tuple[int, list[str], float]], sign: float,
+          run_cells: Callable[[DictConfig, list[Cell]], list[dict[str, Any]]],
+          echo: Callable[[str], None]) -> list[tuple[float, int, list[str]]]:
+    """Promote the best trials rung by rung (each run continued from its checkpoint to the larger budget; the last
+    rung also trains every other tuning seed); return the survivors as (mean at the final budget, trial, recipe),
+    best first. Each rung's values are written down, so a restart reruns nothing."""
+    t = cfg.tuning
+    plan = rung_plan(int(t.trials), int(t.eta), int(t.survivors), float(t.budget.value), float(cfg.budget.value))
+    record_path = root / HALVING
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    values = {number: value for number, _, value in done}  # rung 0: the trials' own values
+    recipes = {number: recipe for number, recipe, _ in done}
+    for r, (keep, images) in enumerate(plan[1:], 1):
+        # rank by the last rung (ties: the earlier trial); a diverged trial never goes on
+        promoted = sorted((n for n, v in values.items() if math.isfinite(v)), key=lambda n: (sign * values[n], n))[:keep]
+        last = r == len(plan) - 1
+        seeds = list(t.seeds) if last else list(t.seeds[:1])
+        values = {}
+        for number in promoted:
+            key = f"{r}/{number}"
+            if key not in record:
+                tag = hashlib.sha256(json.dumps(recipes[number]).encode()).hexdigest()[:10]
+                echo(f"rung {r}/{len(plan) - 1}: trial {number} to {images:g} images at seeds {seeds}")
+                trial_cfg = _trial_cfg(cfg, spec_index, recipes[number], root / tag, value=images, seeds=seeds)
+                record[key] = _metric(run_cells(trial_cfg, plan_grid(trial_cfg)))
+                atomic_write_text(record_path, json.dumps(record, indent=1) + "\n")
+            values[number] = float(record[key])
+    finite = [n for n, v in values.items() if math.isfinite(v)]
+    if not finite:
+        raise AblationError(f"{root.name}: every recipe diverged at the final budget; widen or move tuning.space")
+    return sorted(((values[n], n, recipes[n]) for n in finite), key=lambda x: (sign * x[0], x[1]))
 
 
 def counted_trials(study: Any) -> list[Any]:
