@@ -83,3 +83,16 @@ def test_the_vitgan_critic_builds_with_every_stabilizer_and_overlapping_patches_
     y[..., 0, 2] += 1.0
     changed = (tokens(y) - tokens(x)).abs().sum(1)[0]
     assert changed[0, 1] > 0 and changed[0, 0] > 0 and changed[0, 2] == 0
+
+
+def test_the_vitgan_critic_is_counted_on_the_meta_device_like_every_other():
+    # The ablation measures every cell's networks on the meta device before anything runs: the
+    # improved spectral norm's initial sigma must not be read to the host there.
+    from transgan.commands.model_stats import model_stats
+
+    from omegaconf import OmegaConf
+
+    counted = model_stats(["model=cwgan_gp", "dataset=digits", "model/discriminator=vitgan"], num_classes=10)
+    D = build_discriminator(OmegaConf.to_container(OmegaConf.load("configs/model/discriminator/vitgan.yaml")), 32, 1, 10)
+    assert counted["discriminator"]["parameters"] == sum(p.numel() for p in D.parameters())
+    assert counted["discriminator"]["flops_per_image"] > 0

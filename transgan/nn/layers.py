@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextvars
 import math
 from contextlib import nullcontext
-from typing import Callable, Sequence
+from typing import Callable, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -183,9 +183,10 @@ class EqualizedConv2d(nn.Module):
 class _Scale(nn.Module):
     """A parametrization multiplying a weight by a constant (kept as a buffer)."""
 
-    def __init__(self, factor: float) -> None:
+    def __init__(self, factor: Union[float, Tensor]) -> None:
         super().__init__()
-        self.register_buffer("factor", torch.tensor(float(factor)))
+        # a tensor as it is: no host read, so the layer also builds on the meta device (parameter counts)
+        self.register_buffer("factor", torch.as_tensor(factor, dtype=torch.float32).detach().clone())
 
     def forward(self, weight: Tensor) -> Tensor:
         return weight * self.factor.to(weight.dtype)
@@ -199,7 +200,7 @@ def improved_spectral_norm(module: nn.Module, types: tuple[type, ...] = (nn.Line
         with torch.no_grad():
             sigma0 = torch.linalg.matrix_norm(layer.weight.detach().flatten(1).float(), ord=2)
         nn.utils.parametrizations.spectral_norm(layer, name="weight")
-        nn.utils.parametrize.register_parametrization(layer, "weight", _Scale(float(sigma0)))
+        nn.utils.parametrize.register_parametrization(layer, "weight", _Scale(sigma0))
     return module
 
 
