@@ -81,7 +81,33 @@ def test_bad_schedules_are_refused(override, message):
         compose_config([*TINY, override, *extra])
 
 
-def test_a_relativistic_loss_refuses_a_g_batch_of_another_size(tmp_path):
-    cfg, _ = compose_config([*TINY, "train.batch_size_g=16", f"hydra.run.dir={tmp_path / 'run'}"])
-    with pytest.raises(ConfigError, match="batch_size_g=16 must be null or train.batch_size"):
+def test_a_relativistic_loss_refuses_a_g_batch_that_is_not_whole_d_batches(tmp_path):
+    cfg, _ = compose_config([*TINY, "train.batch_size=8", "train.batch_size_g=12", f"hydra.run.dir={tmp_path / 'run'}"])
+    with pytest.raises(ConfigError, match="batch_size_g=12 must be null or a multiple of train.batch_size=8"):
         build_trainer(cfg, str(tmp_path / "run"))
+
+
+def test_a_relativistic_g_step_of_two_d_batches_pairs_each_fake_with_its_own_real(tmp_path):
+    # batch_size_g = 2 x batch_size (the ablation's equal G images at n_critic 2): the G step draws two
+    # loader batches, so every generated image has a real partner and the data moves on by two batches.
+    cfg, _ = compose_config([*TINY, "train.batch_size=8", "train.batch_size_g=16", "train.n_critic=2",
+                             f"hydra.run.dir={tmp_path / 'run'}"])
+    trainer = build_trainer(cfg, str(tmp_path / "run"))
+    seen = []
+    real_batch = trainer._real_batch
+
+    def counting() -> tuple:
+        out = real_batch()
+        seen.append(out[0].shape[0])
+        return out
+    latents = []
+    sample_z = trainer._sample_z
+
+    def sampling(n: int) -> tuple:
+        latents.append(n)
+        return sample_z(n)
+    trainer._real_batch, trainer._sample_z = counting, sampling
+    stats = trainer.train_step()
+    assert seen == [8, 8, 8, 8]  # two D steps of one batch each, then the G step's two
+    assert latents[-1] == 16  # the G step's fakes: one per real
+    assert all(torch.isfinite(v).all() for v in stats.values())

@@ -52,9 +52,10 @@ def build_trainer(cfg: DictConfig, run_dir_pattern: str, resume_from: Optional[P
     channels_last = acc.device.type == "cuda" if t.channels_last is None else bool(t.channels_last)
     state = TrainingState.build(cfg, num_classes, dataset.class_names, channels_last=channels_last,
                                 fused=acc.device.type in ("cuda", "cpu"))
-    if any(p.needs_reals for p in state.loss.phases() if p.trains == "G") and t.batch_size_g not in (None, t.batch_size):
+    if any(p.needs_reals for p in state.loss.phases() if p.trains == "G") and (t.batch_size_g or t.batch_size) % t.batch_size:
         raise ConfigError(f"loss.adversarial={cfg.loss.adversarial} pairs each generated image with a real one in "
-                          f"the G step too: train.batch_size_g={t.batch_size_g} must be null or train.batch_size")
+                          f"the G step too (drawn as whole batches): train.batch_size_g={t.batch_size_g} must be null "
+                          f"or a multiple of train.batch_size={t.batch_size}")
     evaluator = build_evaluator(cfg) if build_evaluator is not None else None
     saved = None
     if resume_from is not None:

@@ -168,10 +168,11 @@ class Trainer:
         return x, (c if self.num_classes else None)
 
     def _network_step(self, phases: list[Phase], count: int, batch_size: int,
-                      counts_images: bool) -> dict[str, torch.Tensor]:
+                      counts_images: bool, real_batches: int = 1) -> dict[str, torch.Tensor]:
         """Run the ``phases`` due on the ``count``-th step of their network; return their stats.
 
-        Reals are drawn once for the step (its phases share them) when a due phase reads them;
+        Reals are drawn once for the step (its phases share them) when a due phase reads them:
+        ``real_batches`` loader batches (a paired G step with a G batch of several D batches);
         each phase that reads latents draws its own. ``batch_size`` is this process's batch;
         ``counts_images``: the reals count in ``images_seen`` (those of D steps do).
         """
@@ -180,7 +181,9 @@ class Trainer:
         reals: list[tuple[torch.Tensor, Optional[torch.Tensor]]] = []
         n_real = 0
         if any(p.spec.needs_reals for p in due):
-            real, c_real = self._real_batch()
+            drawn = [self._real_batch() for _ in range(real_batches)]
+            real, c_real = drawn[0] if real_batches == 1 else (
+                torch.cat([x for x, _ in drawn]), None if drawn[0][1] is None else torch.cat([c for _, c in drawn]))
             n_real = real.shape[0]
             reals = list(zip(real.chunk(k), c_real.chunk(k) if c_real is not None else [None] * k))
             if counts_images:
@@ -283,8 +286,9 @@ class Trainer:
             p.d_steps += 1
         # G phases: D is used, not trained; its weights need no gradient.
         self.D.requires_grad_(False)
-        stats.update(self._network_step(self.phases_g, p.step + 1, (t.batch_size_g or t.batch_size) // procs,
-                                        False))
+        g_batch = t.batch_size_g or t.batch_size
+        stats.update(self._network_step(self.phases_g, p.step + 1, g_batch // procs, False,
+                                        real_batches=max(1, g_batch // t.batch_size)))
         self.D.requires_grad_(True)
         self._in_row = (self._in_row + 1) * self._step_bad  # consecutive steps with a skip
         p.step += 1
