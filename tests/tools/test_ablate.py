@@ -188,3 +188,19 @@ def test_celeba64_config_runs_its_first_steps_on_a_celeba_layout_fixture(tmp_pat
     assert math.isfinite(float(row["metric_value"])) and row["class_acc"] == ""
     protocol = json.loads((run_dir / "ablation_eval" / "step-000000001.json").read_text())["protocol"]
     assert (protocol["dataset"], protocol["resolution"], protocol["num_samples"]) == ("celeba", 64, 8)
+
+
+def test_a_budget_that_rounds_to_the_same_steps_keeps_the_finished_run(tmp_path):
+    # Successive halving grows a trial's budget; at a larger batch x n_critic the larger budget can round to
+    # the very same steps: that run is finished, not "another configuration".
+    out = tmp_path / "abl"
+    args = ["experiment=ablation_digits", f"out_dir={out}", "seeds=[0]", "budget.kind=images", "eval.points=1",
+            "launcher=[python]", "extra_args=['train.batch_size=8','eval.num_samples=30','train.log_every=1']",
+            "cells=[{generator:cwgan_gp,discriminator:cwgan_gp}]"]
+    run_ablation([*args, "budget.value=17"], echo=lambda m: None)  # 8 x 3 images per step: 1 step
+    said: list[str] = []
+    run_ablation([*args, "budget.value=24"], echo=said.append)      # still 1 step
+    assert any("finished earlier, not rerun" in s for s in said) and not any("training" in s for s in said)
+    (row,) = _rows(out)
+    assert (row["budget"], row["steps"]) == ("24", "1")
+    assert len(_attempts(out / "runs" / "cwgan_gp+cwgan_gp__seed0")) == 1

@@ -94,7 +94,7 @@ def prepare(cfg: DictConfig, cells: Sequence[Cell], echo: Callable[[str], None] 
     if cfg.eval.source == "tool":
         check_eval_protocol(cfg)
     for c in cells if folders else ():
-        check_cell_folder(c, fingerprint(c, cfg))
+        check_cell_folder(c, cfg)
     echo(describe(cfg, cells, stats))
     return stats
 
@@ -193,14 +193,26 @@ def check_eval_protocol(cfg: DictConfig) -> None:
     protocol_weights(protocol)  # a missing Inception file fails now, not after hours of training
 
 
-def check_cell_folder(cell: Cell, print_: str) -> None:
+def check_cell_folder(cell: Cell, cfg: DictConfig) -> None:
     """Refuse a cell folder that holds a finished or started run of another configuration (one that
-    differs from this cell's in more than a smaller training budget)."""
+    differs from this cell's in more than a smaller training budget); a finished run that a changed
+    budget value leaves step for step the same is re-recorded under the new budget."""
     marker = cell.run_dir / MARKER
     if marker.is_file():
-        if json.loads(marker.read_text()).get("fingerprint") != print_ and saved_run(cell) != SMALLER_BUDGET:
+        done = json.loads(marker.read_text())
+        if done.get("fingerprint") == fingerprint(cell, cfg):
+            return
+        relation = saved_run(cell)
+        # A larger budget that rounds to the same steps (tiny budgets, or a larger batch x n_critic) trains
+        # the very same run: it is the finished run, if nothing but the budget's value changed.
+        same_run = relation == SAME and done.get("fingerprint") == fingerprint(
+            cell, OmegaConf.merge(cfg, {"budget": {"value": float(done["row"]["budget"])}}))  # as composed: float
+        if relation != SMALLER_BUDGET and not same_run:
             raise AblationError(f"{cell.run_dir} holds a finished cell of another configuration (data, model, "
                                 "evaluation or a larger budget changed); choose another out_dir or delete that folder")
+        if same_run:  # recorded under this budget, so it counts as finished (nothing to train or evaluate)
+            done["fingerprint"], done["row"]["budget"] = fingerprint(cell, cfg), budget_value(cfg)
+            _write_json(marker, done)
     elif ckpt.list_checkpoints(cell.run_dir) and saved_run(cell) not in (SAME, SMALLER_BUDGET):
         raise AblationError(f"{cell.run_dir} holds a started run of another configuration; choose another "
                             "out_dir or delete that folder")
