@@ -22,14 +22,14 @@ from typing import Any, Sequence
 
 from transgan.cli import ATTENTION_KEY, CommandLine, console_entry, run_cli
 from transgan.errors import ConfigError
-from transgan.presets import load_option
+from transgan.presets import load_option, option_names
 
 
 
 KEYS = {
-    "eval": "a protocol from configs/eval/ (celeba64, flowers102_64, flowers102_128, flowers102_256, cifar10_32, "
-            "digits, synthetic); default: digits on the digits dataset, else the plain defaults (Inception, 50k "
-            "samples, train split); eval=run: the protocol the run used during training (its metrics.jsonl numbers)",
+    "eval": f"a protocol from configs/eval/ ({', '.join(option_names('eval'))}); default: the dataset's own "
+            "(digits, stacked_digits, ...), else the plain defaults (Inception, 50k samples, train split); "
+            "eval=run: the protocol the run used during training (its metrics.jsonl numbers)",
     "eval.*": "one protocol key, e.g. eval.num_samples=10000, eval.network=G, eval.intra_fid=true, "
               "eval.metrics=[fid,kid], eval.inception_weights=/path/weights-inception-2015-12-05-6726825d.pth, "
               "eval.allow_unverified_weights=true, eval.cache_dir=..., eval.device=cpu",
