@@ -11,6 +11,8 @@ train_args=[...] (tools/train.py overrides shared by every cell), cells=[...] or
 generators=[...] discriminators=[...], tuning.*= (trials per cell, trial seeds and budget,
 the search space), contrasts=[...]. --dry-run composes and checks the grid (equal budget,
 every pairing buildable, evaluation weights present), prints the plan and runs nothing.
+--cost measures every cell's training speed for a few seconds and prints what the grid will
+cost in core-hours (--parts N: and in wall-clock hours as N parts side by side).
 
 Every cell is a ``tools/train.py`` run under out_dir/runs/; rerunning the same command skips
 finished cells and resumes interrupted ones. Writes out_dir/ablation.csv, curves.csv,
@@ -19,7 +21,9 @@ ablation.md, quality_vs_images.png and quality_vs_time.png. See docs/ablation.md
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 
 from transgan.cli import CommandLine, console_entry, run_cli
 
@@ -46,6 +50,13 @@ def command_line() -> CommandLine:
     """tools/ablate.py's arguments: Hydra overrides of configs/ablation/config.yaml and --dry-run."""
     cli = CommandLine("tools/ablate.py", __doc__, ABLATION_KEYS, any_key=True)
     cli.parser.add_argument("--dry-run", action="store_true", help="compose, check and print the plan; run nothing")
+    cli.parser.add_argument("--cost", action="store_true",
+                            help="train every cell a few seconds at the light and heavy corners of the tuning space "
+                                 "and print the grid's core-hours (images budgets); run nothing else")
+    cli.parser.add_argument("--cost-seconds", type=float, default=12.0, help="timed seconds per cell and corner")
+    cli.parser.add_argument("--parts", type=int, default=None,
+                            help="with --cost: the grid runs as this many one-thread parts side by side")
+    cli.parser.add_argument("--cost-out", default=None, help="with --cost: also write the numbers to this JSON file")
     return cli
 
 
@@ -58,6 +69,15 @@ def main(argv: list[str]) -> int:
 
     def job() -> None:
         flags, overrides = cli.parse(argv)
+        if flags.cost:
+            from transgan.ablation import compose_ablation
+            from transgan.ablation.cost import estimate_cost
+            from transgan.runs.files import atomic_write_text
+
+            report = estimate_cost(compose_ablation(overrides), flags.cost_seconds, flags.parts)
+            if flags.cost_out:
+                atomic_write_text(Path(flags.cost_out), json.dumps(report, indent=1) + "\n")
+            return
         out = run_ablation(overrides, dry_run=flags.dry_run)
         print(f"dry run: nothing ran; would write to {out}" if flags.dry_run else f"done: {out}")
 
