@@ -116,7 +116,7 @@ def test_tuning_then_final_runs_with_fresh_seeds_and_nothing_rerun(tmp_path):
     out = tmp_path / "abl"
     args = ["experiment=ablation_digits_tuned", f"out_dir={out}", "seeds=[0]", "launcher=[python]",
             "budget.value=16", "eval.points=2", "tuning.trials=2", "tuning.seeds=[7,8]", "tuning.budget.value=8",
-            "tuning.survivors=1", "eval.memorization=true",
+            "tuning.survivors=1", "eval.memorization=true", "eval.noise_seeds=1",
             "cells=[{generator:cwgan_gp,discriminator:cwgan_gp}]", "contrasts=[]",
             "extra_args=['eval.num_samples=30','train.log_every=1']",
             "tuning.space={loss:{wgan_gp:{gp_weight:[1.0,10.0]},ns_r1:{r1_gamma:[0.1,1.0]}},"
@@ -218,7 +218,7 @@ def test_a_grid_run_in_parts_is_reported_whole_without_rerunning_a_part(tmp_path
     cells = ["cwgan_gp+cwgan_gp", "transgan+cwgan_gp"]
     args = ["experiment=ablation_digits_tuned", f"out_dir={out}", "seeds=[0]", "launcher=[python]",
             "budget.value=16", "eval.points=1", "tuning.trials=1", "tuning.seeds=[7]", "tuning.budget.value=16",
-            "tuning.method=tpe",
+            "tuning.method=tpe", "eval.noise_seeds=0", "eval.memorization=false",  # (tested elsewhere)
             "cells=[{generator:cwgan_gp,discriminator:cwgan_gp},{generator:transgan,discriminator:cwgan_gp}]",
             "contrasts=[]", "extra_args=['eval.num_samples=30','train.log_every=1','train.cpu_threads=1']",
             "tuning.space={loss:{wgan_gp:{gp_weight:[1.0,10.0]}},train.lr_g:[1.0e-4,1.0e-3],"
