@@ -295,6 +295,12 @@ def baseline_args(case: dict[str, Any], json_path: Path) -> list[str]:
         args += ["--resolutions", str(case["resolution"])]
     if case["threads"]:
         args += ["--threads", str(case["threads"])]
+    if case.get("count_only"):  # counted, not timed, in both trees
+        args.append("--count-only")
+    if case.get("reg_precision"):
+        args += ["--reg-precision", str(case["reg_precision"])]
+    if case.get("peak_flops"):
+        args += ["--peak-flops", str(case["peak_flops"])]
     if overrides:
         args += ["--override", *overrides]
     return args
@@ -335,6 +341,13 @@ def compare(case: dict[str, Any], ctx: Any, baseline: Path, repeats: int) -> dic
     record = {**record, "images_per_s_runs": [r["images_per_s"] for r in ours],
               "baseline_images_per_s": base, "baseline_images_per_s_runs": [r.get("images_per_s") for r in theirs],
               "baseline_dir": str(baseline), "vs_baseline": speed / base if speed and base else None}
+    if case.get("count_only"):  # nothing timed: compare what one step dispatches
+        counted = next((r for r in theirs if r.get("ops_per_step")), {})
+        record.update(baseline_ops_per_step=counted.get("ops_per_step"),
+                      baseline_flops_per_step=counted.get("flops_per_step"),
+                      ops_vs_baseline=(record["ops_per_step"] / counted["ops_per_step"]
+                                       if counted and record.get("ops_per_step") else None))
+        base = counted.get("ops_per_step")
     if record.get("error") is None and base is None:
         record["baseline_error"] = next((r.get("error") for r in theirs if r.get("error")), None)
     return record
@@ -355,8 +368,13 @@ def format_table(records: list[dict[str, Any]]) -> str:
             lines.append(f"{key} {r['error']}")
             continue
         if r["images_per_s"] is None:  # --count-only
-            lines.append(f"{key} {'-':>10} {'-':>9} {'-':>6} {'-':>9} {r['flops_per_step'] / 1e9:>11.1f} {'-':>6} "
-                         f"{r['ops_per_step'] / 1e3:>9.1f} {'-':>6}")
+            line = (f"{key} {'-':>10} {'-':>9} {'-':>6} {'-':>9} {r['flops_per_step'] / 1e9:>11.1f} {'-':>6} "
+                    f"{r['ops_per_step'] / 1e3:>9.1f} {'-':>6}")
+            if compared:  # the baseline's operators per step (thousands) and ours over theirs
+                base, ratio = r.get("baseline_ops_per_step"), r.get("ops_vs_baseline")
+                line += (f" {base / 1e3:>11.1f} ops {ratio:>10.2f}" if base and ratio else
+                         f" {'-':>14} {r.get('baseline_error') or '-':>10}")
+            lines.append(line)
             continue
         speed, mfu = r.get("speedup_vs_fp32_eager"), r["mfu"]
         speed_cell = f"{speed:.2f}" if speed else "-"

@@ -10,7 +10,7 @@ import sys
 
 from omegaconf import OmegaConf
 
-from tools.bench_train import KEYS, PEAK_BF16_FLOPS, case_overrides, peak_bf16_flops
+from tools.bench_train import KEYS, PEAK_BF16_FLOPS, baseline_args, case_overrides, peak_bf16_flops
 
 
 def test_tiny_cpu_run_produces_every_column(repo_root, tmp_path):
@@ -70,3 +70,16 @@ def test_sized_presets_and_recipes(repo_root):
     overrides, _ = case_overrides({**base, "model": "transgan", "resolution": 64,
                                    "overrides": ["experiment=transgan_paper"]})
     assert overrides[0] == "model=transgan_64" and "experiment=transgan_paper" in overrides  # no recipe: the paper's
+
+
+def test_the_baseline_runs_a_case_as_this_tree_does(tmp_path):
+    """--baseline-dir forwards what decides the case: a counted case is counted there too (not timed at 256 px
+    for minutes), and the regularization precision and peak FLOP/s are the same."""
+    case = dict(model="swin_gan", resolution=256, precision="fp32", compile=False, batch=2, steps=16, warmup=4,
+                device="cpu", threads=2, reg_precision="float32", peak_flops=1e12, count_only=True,
+                overrides=["train.channels_last=true"])
+    args = baseline_args(case, tmp_path / "b.json")
+    assert "--count-only" in args and args[args.index("--reg-precision") + 1] == "float32"
+    assert args[args.index("--peak-flops") + 1] == "1000000000000.0"
+    assert args[args.index("--resolutions") + 1] == "256" and args[-2:] == ["--override", "train.channels_last=true"]
+    assert "--count-only" not in baseline_args({**case, "count_only": False}, tmp_path / "b.json")
