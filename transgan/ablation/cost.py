@@ -51,7 +51,7 @@ def corner_recipes(cfg: DictConfig) -> dict[str, list[str]]:
             for name, prefer in (("light", LIGHT_LOSSES), ("heavy", HEAVY_LOSSES)):
                 family = next((f for f in prefer if f in families), families[0])
                 corners[name].append(f"loss={family}")
-        elif isinstance(dom[0], (int, float)) and all(isinstance(v, int) for v in dom):  # a categorical of counts
+        elif all(isinstance(v, int) for v in dom):  # batch, n_critic: a categorical of counts (rates are floats)
             corners["light"].append(f"{key}={min(dom)}")
             corners["heavy"].append(f"{key}={max(dom)}")
     return corners

@@ -90,8 +90,8 @@ def markdown_table(rows: Sequence[dict[str, Any]], order: Sequence[str], header:
 def _images(rs: Sequence[dict[str, Any]]) -> str:
     """Real images shown to D / generated images shown to G (seed mean; "?" where a row predates the count)."""
     def one(key: str) -> str:
-        vs = [float(r[key]) for r in rs if r.get(key) not in (None, "")]
-        return f"{statistics.fmean(vs):,.0f}" if vs else "?"
+        mean, _, n = mean_std([None if r.get(key) in (None, "") else float(r[key]) for r in rs])
+        return f"{mean:,.0f}" if n else "?"
     return f"{one('images_seen')} / {one('images_g')}"
 
 

@@ -113,6 +113,11 @@ def _trial_cfg(cfg: DictConfig, spec_index: int, recipe: Sequence[str], out_dir:
     return OmegaConf.create(tree)
 
 
+def recipe_tag(recipe: Sequence[str]) -> str:
+    """The folder name of a recipe's trial runs (every rung of a trial continues in it)."""
+    return hashlib.sha256(json.dumps(list(recipe)).encode()).hexdigest()[:10]
+
+
 def _metric(rows: Sequence[dict[str, Any]]) -> float:
     vals = [r["metric_value"] for r in rows]
     if any(v is None or not math.isfinite(v) for v in vals):
@@ -158,7 +163,7 @@ def tune(cfg: DictConfig, run_cells: Callable[[DictConfig, list[Cell]], list[dic
         while len(counted_trials(study)) < cfg.tuning.trials:
             trial = study.ask()
             recipe = suggest(trial, cfg.tuning.space)
-            tag = hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:10]
+            tag = recipe_tag(recipe)
             trial.set_user_attr("recipe", recipe)
             first = cfg.tuning.seeds[:1] if cfg.tuning.method == "halving" else None  # halving: rung 0, one seed
             trial_cfg = _trial_cfg(cfg, i, recipe, root / label / tag, seeds=first)
@@ -223,7 +228,7 @@ def halve(cfg: DictConfig, spec_index: int, root: Path, done: Sequence[tuple[int
         for number in promoted:
             key = f"{r}/{number}"
             if key not in record:
-                tag = hashlib.sha256(json.dumps(recipes[number]).encode()).hexdigest()[:10]
+                tag = recipe_tag(recipes[number])
                 echo(f"rung {r}/{len(plan) - 1}: trial {number} to {images:g} images at seeds {seeds}")
                 trial_cfg = _trial_cfg(cfg, spec_index, recipes[number], root / tag, value=images, seeds=seeds)
                 record[key] = _metric(run_cells(trial_cfg, plan_grid(trial_cfg)))
