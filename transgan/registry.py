@@ -67,6 +67,12 @@ def _build(table: dict[str, type[nn.Module]], kind: str, cfg: Mapping[str, Any],
         raise ConfigError(f"{kind} {name!r}: {e}") from e
 
 
+def channels_last_on_cpu(model_cfg: Mapping[str, Any]) -> bool:
+    """Whether both networks of ``model_cfg`` train faster in NHWC on CPU (``cpu_channels_last = False`` says not)."""
+    names = ((GENERATORS, model_cfg["generator"]["name"]), (DISCRIMINATORS, model_cfg["discriminator"]["name"]))
+    return all(getattr(table.get(name), "cpu_channels_last", True) for table, name in names)
+
+
 def build_generator(cfg: Mapping[str, Any], img_resolution: int, img_channels: int, num_classes: int,
                     attention: str | None = None) -> nn.Module:
     """Build the generator named by ``cfg.name`` with the remaining keys as keyword arguments.

@@ -14,6 +14,7 @@ from tests.eval.run_fixtures import tiny_digits_run
 from transgan.models.common import recompute_norm_statistics, running_norm_layers
 from transgan.runs.checkpoint import latest_checkpoint, load_checkpoint, save_atomic
 from transgan.runs.load import load_generator, load_run
+from transgan.runs.state import saved_channels_last
 from transgan.train.ema import copied_buffers, ema_beta, update_ema
 
 
@@ -106,7 +107,9 @@ def bn_run(tmp_path_factory):
 def test_a_trained_g_ema_holds_statistics_of_its_own_not_the_live_gs(bn_run):
     state = load_checkpoint(latest_checkpoint(bn_run))
     G, G_ema = load_generator(state, "G"), load_generator(state, "G_ema")
-    fresh = copy.deepcopy(G_ema)
+    # Recomputed in the layout the run trained in (NHWC on CPU for this G), so equal bit for bit.
+    layout = torch.channels_last if saved_channels_last(state) else torch.contiguous_format
+    fresh = copy.deepcopy(G_ema).to(memory_format=layout)
     assert recompute_norm_statistics(fresh, **_protocol(state))
     for m_g, m_ema, m_fresh in zip(*(running_norm_layers(n) for n in (G, G_ema, fresh))):
         assert not torch.allclose(m_ema.running_mean, m_g.running_mean, atol=1e-3)

@@ -226,6 +226,10 @@ class R3GANGenerator(nn.Module):
 class R3GANDiscriminator(nn.Module):
     """Images [B, C, R, R] (+ class c [B]) -> logits [B]."""
 
+    # oneDNN's double backward of grouped convolutions (the R1/R2 passes) is slower in NHWC than in
+    # NCHW on CPU: a digits R1 pass 0.36-0.43 s NCHW, 0.47-0.48 s NHWC (docs/performance.md).
+    cpu_channels_last = False
+
     def __init__(self, img_resolution: int, img_channels: int, num_classes: int,
                  widths: Sequence[int] = (768, 768, 768, 768), cardinalities: Sequence[int] = (96, 96, 96, 96),
                  blocks: Sequence[int] = (2, 2, 2, 2), expansion: int = 2, kernel_size: int = 3,

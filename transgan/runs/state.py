@@ -163,6 +163,14 @@ def saved_progress(state: dict[str, Any]) -> Progress:
     return Progress(**state["progress"])
 
 
+def saved_channels_last(state: dict[str, Any]) -> Optional[bool]:
+    """Whether a checkpoint's networks were trained in NHWC (None when no convolution weight tells)."""
+    for value in [*state["D"].values(), *state["G"].values()]:  # torch.save keeps strides
+        if value.dim() == 4 and not (value.is_contiguous() and value.is_contiguous(memory_format=torch.channels_last)):
+            return not value.is_contiguous()
+    return None
+
+
 def saved_num_classes(state: dict[str, Any]) -> Optional[int]:
     """The class count a checkpoint records (None for files from before it was recorded)."""
     recorded = state.get("model", {}).get("num_classes")

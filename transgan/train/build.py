@@ -20,8 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from transgan.data import build_dataset
 from transgan.errors import ConfigError
+from transgan.registry import channels_last_on_cpu
 from transgan.runs import checkpoint as ckpt
-from transgan.runs.state import TrainingState, model_signature
+from transgan.runs.state import TrainingState, model_signature, saved_channels_last
 from transgan.train.batches import BatchSource
 from transgan.train.trainer import Evaluator, Trainer
 
@@ -49,7 +50,12 @@ def build_trainer(cfg: DictConfig, run_dir_pattern: str, resume_from: Optional[P
                               f"= {acc.num_processes} x {t.grad_accum}")
     if len(dataset) < t.batch_size:
         raise ConfigError(f"dataset has {len(dataset)} images, fewer than one batch ({t.batch_size})")
-    channels_last = acc.device.type == "cuda" if t.channels_last is None else bool(t.channels_last)
+    saved = None if resume_from is None else ckpt.load_resume_checkpoint(resume_from, model_signature(cfg, num_classes))
+    channels_last = t.channels_last
+    if channels_last is None and saved is not None:
+        channels_last = saved_channels_last(saved)  # continue in the layout it was trained in: bit for bit
+    if channels_last is None:  # CUDA: NHWC for the tensor cores; CPU: for oneDNN's faster NHWC convolutions, where they are
+        channels_last = acc.device.type == "cuda" or channels_last_on_cpu(cfg.model)
     state = TrainingState.build(cfg, num_classes, dataset.class_names, channels_last=channels_last,
                                 fused=acc.device.type in ("cuda", "cpu"))
     if any(p.needs_reals for p in state.loss.phases() if p.trains == "G") and (t.batch_size_g or t.batch_size) % t.batch_size:
@@ -57,9 +63,7 @@ def build_trainer(cfg: DictConfig, run_dir_pattern: str, resume_from: Optional[P
                           f"the G step too (drawn as whole batches): train.batch_size_g={t.batch_size_g} must be null "
                           f"or a multiple of train.batch_size={t.batch_size}")
     evaluator = build_evaluator(cfg) if build_evaluator is not None else None
-    saved = None
-    if resume_from is not None:
-        saved = ckpt.load_resume_checkpoint(resume_from, model_signature(cfg, num_classes))
+    if saved is not None:
         with ckpt.unfit_state_is_refused(resume_from):
             state.load_state_dict(saved)
 
