@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 
 import pytest
 
 from transgan.ablation import compose_ablation
-from transgan.ablation.cost import corner_recipes, cost_report, planned_images
+from transgan.ablation.cost import balanced_parts, corner_recipes, cost_report, format_cost, planned_images
 
 
 def test_the_tuned_preset_plans_its_rungs_and_final_seeds():
@@ -31,6 +32,31 @@ def test_core_hours_are_the_planned_images_over_the_measured_speed():
     assert report["cells"]["a"]["core_hours"]["heavy"] == pytest.approx(per_cell / 50 / 3600)
     assert report["core_hours"]["light"] == pytest.approx(per_cell * (1 / 100 + 1 / 200) / 3600)
     assert report["wall_hours_at_least"]["heavy"] == pytest.approx(report["core_hours"]["heavy"] / 2)
+    # Two cells, two parts: one each, and the longest part is the slower cell.
+    assert sorted(map(tuple, (p["cells"] for p in report["split"]))) == [("a",), ("b",)]
+    assert report["wall_hours_split"]["heavy"] == pytest.approx(report["cells"]["a"]["core_hours"]["heavy"])
+    text = format_cost(report, "ablation_digits_tuned")
+    assert "python tools/ablate.py experiment=ablation_digits_tuned 'only=[a]'" in text
+
+
+def _best_two_way(values: list) -> float:
+    """The smallest longest part over every split in two (enumeration)."""
+    return min(max(sum(h for j, h in enumerate(values) if mask >> j & 1),
+                   sum(h for j, h in enumerate(values) if not mask >> j & 1)) for mask in range(2 ** len(values)))
+
+
+def test_the_parts_split_is_within_grahams_bound_of_the_enumerated_best():
+    # Longest-first to the lightest part (LPT) is within 4/3 - 1/(3m) = 7/6 of the best for m = 2 parts.
+    rng = random.Random(0)
+    for _ in range(50):
+        hours = {f"c{i}": rng.uniform(0.2, 5.0) for i in range(rng.randint(2, 10))}
+        groups = balanced_parts(hours, 2)
+        assert sorted(sum(groups, [])) == sorted(hours)  # every cell in exactly one part
+        longest = max(sum(hours[c] for c in g) for g in groups)
+        assert longest <= 7 / 6 * _best_two_way(list(hours.values())) + 1e-9
+    hours = {"a": 5.0, "b": 4.0, "c": 3.0, "d": 3.0, "e": 1.0, "f": 2.5}
+    assert max(sum(hours[c] for c in g) for g in balanced_parts(hours, 2)) == _best_two_way(list(hours.values()))
+    assert balanced_parts(hours, 10) == [[c] for c in sorted(hours, key=lambda c: -hours[c])]  # no empty parts
 
 
 def test_cost_flag_measures_each_cell_and_trains_nothing_else(repo_root, tmp_path):

@@ -92,13 +92,29 @@ def cost_report(cfg: DictConfig, speeds: dict[str, dict[str, float]], parts: Opt
     corners = list(next(iter(speeds.values())))
     sums = {k: sum(r["core_hours"][k] for r in rows.values()) for k in corners}
     parts = parts or 1
-    # Parts side by side share the machine's memory bandwidth: a lower bound on the wall clock.
+    split = balanced_parts({label: r["core_hours"][corners[-1]] for label, r in rows.items()}, parts)
+    # Parts side by side share the machine's memory bandwidth: lower bounds on the wall clock.
     return {"images_per_cell": images, "cells": rows, "core_hours": sums, "parts": parts,
-            "wall_hours_at_least": {k: v / parts for k, v in sums.items()}}
+            "wall_hours_at_least": {k: v / parts for k, v in sums.items()},
+            "split": [{"cells": part, "core_hours": {k: sum(rows[c]["core_hours"][k] for c in part) for k in corners}}
+                      for part in split],
+            "wall_hours_split": {k: max(sum(rows[c]["core_hours"][k] for c in part) for part in split)
+                                 for k in corners}}
 
 
-def format_cost(report: dict[str, Any]) -> str:
-    """The cost as a Markdown table."""
+def balanced_parts(hours: dict[str, float], parts: int) -> list[list[str]]:
+    """Cells in ``parts`` groups of near-equal summed hours: the longest first, each to the lightest group (LPT)."""
+    groups: list[list[str]] = [[] for _ in range(max(1, min(parts, len(hours))))]
+    load = [0.0] * len(groups)
+    for label in sorted(hours, key=lambda c: -hours[c]):
+        i = load.index(min(load))
+        groups[i].append(label)
+        load[i] += hours[label]
+    return groups
+
+
+def format_cost(report: dict[str, Any], name: str = "<preset>") -> str:
+    """The cost as a Markdown table, and the commands of the parts for the preset ``name``."""
     corners = list(report["core_hours"])
     img = report["images_per_cell"]
     lines = [f"images per cell: {img['tuning']:,.0f} tuning + {img['final']:,.0f} final", "",
@@ -112,6 +128,13 @@ def format_cost(report: dict[str, Any]) -> str:
                  + " | ".join(f"**{report['core_hours'][k]:.1f}**" for k in corners) + " |")
     wall = ", ".join(f"{v:.1f} h ({k})" for k, v in report["wall_hours_at_least"].items())
     lines += ["", f"as {report['parts']} one-thread part(s) side by side: at least {wall} of wall clock"]
+    if len(report["split"]) > 1:
+        split = ", ".join(f"{v:.1f} h ({k})" for k, v in report["wall_hours_split"].items())
+        lines += [f"split by the {corners[-1]} corner's hours, the longest part takes {split}; the parts "
+                  f"(each with your other overrides; then the whole grid once more for the report):"]
+        for part in report["split"]:
+            hours = ", ".join(f"{v:.1f} h ({k})" for k, v in part["core_hours"].items())
+            lines.append(f"  python tools/ablate.py experiment={name} 'only=[{','.join(part['cells'])}]'   # {hours}")
     return "\n".join(lines)
 
 
@@ -119,5 +142,5 @@ def estimate_cost(cfg: DictConfig, seconds: float, parts: Optional[int],
                   echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Measure every cell's speed and return (and print) the grid's cost."""
     report = cost_report(cfg, measure_speed(cfg, seconds, echo), parts)
-    echo(format_cost(report))
+    echo(format_cost(report, str(cfg.get("name") or "<preset>")))
     return report
