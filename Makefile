@@ -16,8 +16,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
+# `accelerate launch`, through its module: the `accelerate` command also imports its other subcommands
+# (timm and torchvision for estimate-memory), 2.5-3 s more before the run starts.
 train: install
-	$(VENV)/bin/accelerate launch --config_file accelerate.yaml --num_cpu_threads_per_process $$(nproc) tools/train.py $(ARGS)
+	$(PY) -m accelerate.commands.launch --config_file accelerate.yaml --num_cpu_threads_per_process $$(nproc) tools/train.py $(ARGS)
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
