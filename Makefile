@@ -17,7 +17,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 # `accelerate launch`, through its module: the `accelerate` command also imports its other subcommands
-# (timm and torchvision for estimate-memory), 2.5-3 s more before the run starts.
+# (timm and torchvision for estimate-memory): 2-3 s more before the run starts.
 train: install
 	$(PY) -m accelerate.commands.launch --config_file accelerate.yaml --num_cpu_threads_per_process $$(nproc) tools/train.py $(ARGS)
 
