@@ -22,7 +22,7 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from transgan.errors import ConfigError
 from transgan.eval.extractors import FD_DIGITS, MissingWeightsError
 from transgan.eval.metrics import evaluate, frechet_distance
-from transgan.eval.sampling import balanced_labels, to_uint8
+from transgan.eval.sampling import CPU_CHUNK, GeneratorSource, balanced_labels, to_rgb, to_uint8
 
 EXTRACTOR = "test-pool-16"
 RES = 16
@@ -227,6 +227,27 @@ def test_balanced_labels_are_balanced_and_seeded():
     a = balanced_labels(1000, 7, seed=5)
     assert torch.bincount(a).tolist() == [143] * 6 + [142]
     assert torch.equal(a, balanced_labels(1000, 7, seed=5)) and not torch.equal(a, balanced_labels(1000, 7, seed=6))
+
+
+def test_cpu_chunks_give_the_images_of_the_whole_batch():
+    """GeneratorSource runs G on CPU in chunks of CPU_CHUNK: for a G without noise inputs, bit for bit."""
+    from transgan.registry import build_generator
+    from transgan.train.config import compose_config
+
+    cfg, _ = compose_config(["model=cwgan_gp", "dataset=digits"])
+    torch.manual_seed(0)
+    G = build_generator(cfg.model.generator, img_resolution=32, img_channels=1, num_classes=10).eval()
+    n = 2 * CPU_CHUNK + 5  # two whole chunks and a remainder
+    source = GeneratorSource(G, n, seed=0)
+    z = torch.randn(n, G.z_dim)
+    calls = []
+    hook = G.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    images = source.images(z, 0)
+    hook.remove()
+    assert calls == [CPU_CHUNK, CPU_CHUNK, 5]
+    with torch.no_grad():
+        whole = G(z, source.labels)
+    assert torch.equal(images, to_rgb(to_uint8(whole)))
 
 
 def test_uint8_conversion_inverts_the_data_scaling():
