@@ -61,8 +61,8 @@ def measure_speed(cfg: DictConfig, seconds: float = 12.0,
                   echo: Callable[[str], None] = print) -> dict[str, dict[str, float]]:
     """Per cell and corner recipe, the real images per second of training steps (after two warm-up steps)."""
     speeds: dict[str, dict[str, float]] = {}
+    labels = [spec_label(s) for s in cell_specs(cfg)]
     for name, recipe in corner_recipes(cfg).items():
-        labels = [spec_label(s) for s in cell_specs(cfg)]
         cells = plan_grid(cfg, {label: recipe for label in labels}, tuned_keys(cfg) if recipe else ())
         for cell in {c.label: c for c in cells}.values():
             tree = OmegaConf.to_container(cell.cfg)
@@ -92,14 +92,12 @@ def cost_report(cfg: DictConfig, speeds: dict[str, dict[str, float]], parts: Opt
     corners = list(next(iter(speeds.values())))
     sums = {k: sum(r["core_hours"][k] for r in rows.values()) for k in corners}
     parts = parts or 1
-    split = balanced_parts({label: r["core_hours"][corners[-1]] for label, r in rows.items()}, parts)
+    split = [{"cells": part, "core_hours": {k: sum(rows[c]["core_hours"][k] for c in part) for k in corners}}
+             for part in balanced_parts({label: r["core_hours"][corners[-1]] for label, r in rows.items()}, parts)]
     # Parts side by side share the machine's memory bandwidth: lower bounds on the wall clock.
     return {"images_per_cell": images, "cells": rows, "core_hours": sums, "parts": parts,
-            "wall_hours_at_least": {k: v / parts for k, v in sums.items()},
-            "split": [{"cells": part, "core_hours": {k: sum(rows[c]["core_hours"][k] for c in part) for k in corners}}
-                      for part in split],
-            "wall_hours_split": {k: max(sum(rows[c]["core_hours"][k] for c in part) for part in split)
-                                 for k in corners}}
+            "wall_hours_at_least": {k: v / parts for k, v in sums.items()}, "split": split,
+            "wall_hours_split": {k: max(part["core_hours"][k] for part in split) for k in corners}}
 
 
 def balanced_parts(hours: dict[str, float], parts: int) -> list[list[str]]:

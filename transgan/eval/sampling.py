@@ -105,8 +105,8 @@ class GeneratorSource(GenerativeModelBase):
     def generate(self, z: torch.Tensor, c: Optional[torch.Tensor]) -> torch.Tensor:
         """Images in [-1, 1] for latents ``z`` and labels ``c``, truncated if asked."""
         if z.device.type == "cpu" and z.shape[0] > CPU_CHUNK:
-            labels = [None] * -(-z.shape[0] // CPU_CHUNK) if c is None else c.split(CPU_CHUNK)
-            return torch.cat([self.generate(zz, cc) for zz, cc in zip(z.split(CPU_CHUNK), labels)])
+            return torch.cat([self.generate(z[i:i + CPU_CHUNK], None if c is None else c[i:i + CPU_CHUNK])
+                              for i in range(0, z.shape[0], CPU_CHUNK)])
         if self.truncation_psi != 1.0:
             return self.G.synthesis(self.G.mapping(z, c, truncation_psi=self.truncation_psi))
         return self.G(z, c)
