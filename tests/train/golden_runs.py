@@ -16,9 +16,9 @@ import torch
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "golden_training"
 
 # NCHW, as they were recorded (the CPU default then; NHWC rounds convolutions otherwise).
-COMMON = ["dataset=digits", "model.resolution=16", "train.channels_last=false", "train.batch_size=8", "train.log_every=1",
-          "train.sample_every=1000", "train.eval_every=1000", "train.ckpt_every=1000", "train.cpu_threads=1",
-          "dataset.num_workers=0", "eval.metrics=[]", "seed=3"]
+COMMON = ["dataset=digits", "model.resolution=16", "train.channels_last=false", "train.batch_size=8",
+          "train.log_every=1", "train.sample_every=1000", "train.eval_every=1000", "train.ckpt_every=1000",
+          "train.cpu_threads=1", "dataset.num_workers=0", "eval.metrics=[]", "seed=3"]
 
 NARROW_CONV = ["model.generator.channel_max=16", "model.discriminator.channel_max=16"]
 

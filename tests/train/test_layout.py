@@ -31,7 +31,8 @@ def test_the_cpu_default_layout_follows_the_networks(model, expected, tmp_path):
     if model == ["model=cwgan_gp"]:  # the trainer builds in it, and an explicit setting wins
         trainer = build_trainer(cfg, str(tmp_path / "a"))
         assert saved_channels_last(trainer.state.state_dict(rng=[])) is True
-        assert all(_nhwc(p) for p in trainer.state.D.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[2:] != (1, 1))
+        convs = [p for p in trainer.state.D.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[2:] != (1, 1)]
+        assert convs and all(_nhwc(p) for p in convs)
         cfg, _ = compose_config([*model, *TINY, "train.channels_last=false", f"hydra.run.dir={tmp_path / 'b'}"])
         trainer = build_trainer(cfg, str(tmp_path / "b"))
         assert saved_channels_last(trainer.state.state_dict(rng=[])) is False

@@ -152,8 +152,9 @@ def tune(cfg: DictConfig, run_cells: Callable[[DictConfig, list[Cell]], list[dic
         study = optuna.create_study(study_name=label, storage=storage, load_if_exists=True, direction=direction,
                                     sampler=optuna.samplers.TPESampler(seed=int(cfg.tuning.sampler_seed) + i))
         if study.user_attrs.get("declared", declared) != declared:
-            raise AblationError(f"{root / JOURNAL} holds trials of cell {label} under another search space, trial budget, rungs, "
-                                "final budget (halving), seeds or metric; choose another out_dir or delete the tuning folder")
+            raise AblationError(f"{root / JOURNAL} holds trials of cell {label} under another search space, trial "
+                                "budget, rungs, final budget (halving), seeds or metric; choose another out_dir or "
+                                "delete the tuning folder")
         study.set_user_attr("declared", declared)
         for stale in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             # an interrupted trial: closed as failed and asked again with its parameters (its run resumes)

@@ -54,7 +54,7 @@ def build_trainer(cfg: DictConfig, run_dir_pattern: str, resume_from: Optional[P
     channels_last = t.channels_last
     if channels_last is None and saved is not None:
         channels_last = saved_channels_last(saved)  # continue in the layout it was trained in: bit for bit
-    if channels_last is None:  # CUDA: NHWC for the tensor cores; CPU: for oneDNN's faster NHWC convolutions, where they are
+    if channels_last is None:  # CUDA: for the tensor cores; CPU: oneDNN's NHWC convolutions, where faster
         channels_last = acc.device.type == "cuda" or channels_last_on_cpu(cfg.model)
     state = TrainingState.build(cfg, num_classes, dataset.class_names, channels_last=channels_last,
                                 fused=acc.device.type in ("cuda", "cpu"))
